@@ -1,0 +1,40 @@
+// The one test oracle: plain double-precision implementations of every kernel, written for
+// clarity, not speed. Every backend's tests (CPU, CUDA) compare against these functions, and only
+// these. Linked into tests and benchmarks, never into the server.
+#ifndef TENSORPREP_KERNELS_REFERENCE_REFERENCE_H_
+#define TENSORPREP_KERNELS_REFERENCE_REFERENCE_H_
+
+#include <vector>
+
+#include "absl/types/span.h"
+#include "kernels/common/tensor.h"
+#include "kernels/elementwise/elementwise.h"
+#include "kernels/flip/flip.h"
+#include "kernels/warp/warp.h"
+
+namespace tensorprep::kernels::reference {
+
+// Every element of `t` as a double (float16 widened exactly), in memory order.
+std::vector<double> ToDoubles(const ConstTensorView& t);
+
+// Converts `v` (in memory order, v.size() == t.shape.elements()) into `t`'s dtype with kCast's
+// rules (see elementwise.h) and writes it.
+void FromDoubles(const std::vector<double>& v, const TensorView& t);
+
+// The value kCast would produce for `x` converted to `to`, as a double.
+double CastValue(double x, DType to);
+
+// Expected output of WarpAffineCpu for the same arguments, as doubles in memory order (already
+// rounded and saturated to src.dtype).
+std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affine> inverse,
+                               const WarpParams& params);
+
+// Expected output of FlipCpu.
+std::vector<double> Flip(const ConstTensorView& src, absl::Span<const FlipFlags> flags);
+
+// Expected output of ElementwiseCpu; the values are in ElementwiseOutputDType(src.dtype, ops).
+std::vector<double> Elementwise(const ConstTensorView& src, absl::Span<const ElementwiseOp> ops);
+
+}  // namespace tensorprep::kernels::reference
+
+#endif  // TENSORPREP_KERNELS_REFERENCE_REFERENCE_H_
