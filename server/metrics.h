@@ -1,0 +1,81 @@
+// Prometheus metrics of the server: families built once at start-up, every series of the closed
+// label sets created up front, so the request path only observes and increments.
+#ifndef TENSORPREP_SERVER_METRICS_H_
+#define TENSORPREP_SERVER_METRICS_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace tensorprep::server {
+
+// Closed label sets. Never add a label whose values come from a request.
+enum class Rpc : int { kProcess = 0, kProcessStream = 1, kListOps = 2 };
+inline constexpr int kRpcCount = 3;
+enum class Stage : int { kDecode = 0, kQueue = 1, kKernel = 2, kEncode = 3 };
+inline constexpr int kStageCount = 4;
+enum class MetricDevice : int { kCpu = 0, kCuda = 1 };
+inline constexpr int kDeviceCount = 2;
+// gRPC status codes 0..16 are the closed set of the `code` label.
+inline constexpr int kCodeCount = 17;
+
+const char* RpcName(Rpc rpc);          // "Process", "ProcessStream", "ListOps"
+const char* StageName(Stage stage);    // "decode", "queue", "kernel", "encode"
+const char* DeviceName(MetricDevice);  // "cpu", "cuda"
+const char* CodeName(int code);        // "OK", "INVALID_ARGUMENT", ... (grpc names)
+
+// Thread-safe: every method may be called from any thread at any time after construction.
+// Holds references into `registry`, which must outlive it.
+class Metrics {
+ public:
+  // `kernels` is the closed set of kernel labels (e.g. "warp", "flip", "elementwise").
+  // Builds all families and series in `registry`.
+  Metrics(prometheus::Registry& registry, const std::vector<std::string>& kernels,
+          const std::string& version);
+
+  // tensorprep_requests_in_flight{rpc} += 1. A ProcessStream "request" is one message on a stream.
+  void RequestStarted(Rpc rpc);
+  // tensorprep_requests_in_flight{rpc} -= 1; tensorprep_request_duration_seconds{rpc,code}
+  // observes `seconds`; tensorprep_requests_total{rpc,code} += 1. Failed requests land here too.
+  void RequestFinished(Rpc rpc, int grpc_code, double seconds);
+  // tensorprep_stage_duration_seconds{stage,device}.
+  void ObserveStage(Stage stage, MetricDevice device, double seconds);
+  // tensorprep_kernel_duration_seconds{kernel,device}; `kernel_index` indexes the constructor's
+  // `kernels`; out-of-range indices are ignored.
+  void ObserveKernel(int kernel_index, MetricDevice device, double seconds);
+  // tensorprep_received_bytes_total / tensorprep_sent_bytes_total (tensor payload bytes).
+  void AddBytes(uint64_t received, uint64_t sent);
+  // tensorprep_samples_total{device}.
+  void AddSamples(MetricDevice device, uint64_t samples);
+  // tensorprep_queued_requests (requests accepted but not yet running).
+  void AddQueued(int64_t delta);
+  // tensorprep_device_usable{device} = 0/1.
+  void SetDeviceUsable(MetricDevice device, bool usable);
+  // tensorprep_streams_open += delta.
+  void AddOpenStreams(int64_t delta);
+
+ private:
+  // Series, indexed by the enums above; filled by the constructor, never resized afterwards.
+  std::array<prometheus::Gauge*, kRpcCount> in_flight_{};
+  std::array<std::array<prometheus::Histogram*, kCodeCount>, kRpcCount> request_duration_{};
+  std::array<std::array<prometheus::Counter*, kCodeCount>, kRpcCount> requests_{};
+  std::array<std::array<prometheus::Histogram*, kDeviceCount>, kStageCount> stage_duration_{};
+  std::vector<std::array<prometheus::Histogram*, kDeviceCount>> kernel_duration_;
+  prometheus::Counter* received_bytes_ = nullptr;
+  prometheus::Counter* sent_bytes_ = nullptr;
+  std::array<prometheus::Counter*, kDeviceCount> samples_{};
+  prometheus::Gauge* queued_ = nullptr;
+  prometheus::Gauge* streams_open_ = nullptr;
+  std::array<prometheus::Gauge*, kDeviceCount> device_usable_{};
+};
+
+}  // namespace tensorprep::server
+
+#endif  // TENSORPREP_SERVER_METRICS_H_
