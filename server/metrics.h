@@ -29,14 +29,24 @@ inline constexpr int kCodeCount = 17;
 const char* RpcName(Rpc rpc);          // "Process", "ProcessStream", "ListOps"
 const char* StageName(Stage stage);    // "decode", "queue", "kernel", "encode"
 const char* DeviceName(MetricDevice);  // "cpu", "cuda"
-const char* CodeName(int code);        // "OK", "INVALID_ARGUMENT", ... (grpc names)
+const char* CodeName(int code);        // "OK", "INVALID_ARGUMENT", ... (grpc names); codes
+                                       // outside 0..16 are "UNKNOWN"
+
+// Upper bounds (seconds) of every duration histogram's buckets: 25 us to 30 s in 1-2.5-5 steps,
+// so both a 50 us flip and a multi-second batch on a slow CPU land in a bucket of their own.
+// The Python client's tensorprep_client_call_duration_seconds uses the same bounds.
+const std::vector<double>& DurationBuckets();
 
 // Thread-safe: every method may be called from any thread at any time after construction.
 // Holds references into `registry`, which must outlive it.
 class Metrics {
  public:
-  // `kernels` is the closed set of kernel labels (e.g. "warp", "flip", "elementwise").
-  // Builds all families and series in `registry`.
+  // `kernels` is the closed set of values of the kernel histogram's `op` label (e.g. the Op
+  // oneof names "rotate", "flip", "add", ...); it must not come from request data.
+  // Builds all families and series in `registry`, and sets tensorprep_build_info{version} = 1.
+  // Only start-up misconfiguration throws: std::invalid_argument for an empty or duplicate entry
+  // in `kernels`; prometheus-cpp's exceptions for a registry built with InsertBehavior::Throw
+  // that already holds these families.
   Metrics(prometheus::Registry& registry, const std::vector<std::string>& kernels,
           const std::string& version);
 
@@ -44,10 +54,11 @@ class Metrics {
   void RequestStarted(Rpc rpc);
   // tensorprep_requests_in_flight{rpc} -= 1; tensorprep_request_duration_seconds{rpc,code}
   // observes `seconds`; tensorprep_requests_total{rpc,code} += 1. Failed requests land here too.
+  // A code outside 0..16 counts as UNKNOWN.
   void RequestFinished(Rpc rpc, int grpc_code, double seconds);
   // tensorprep_stage_duration_seconds{stage,device}.
   void ObserveStage(Stage stage, MetricDevice device, double seconds);
-  // tensorprep_kernel_duration_seconds{kernel,device}; `kernel_index` indexes the constructor's
+  // tensorprep_kernel_duration_seconds{op,device}; `kernel_index` indexes the constructor's
   // `kernels`; out-of-range indices are ignored.
   void ObserveKernel(int kernel_index, MetricDevice device, double seconds);
   // tensorprep_received_bytes_total / tensorprep_sent_bytes_total (tensor payload bytes).
@@ -74,6 +85,7 @@ class Metrics {
   prometheus::Gauge* queued_ = nullptr;
   prometheus::Gauge* streams_open_ = nullptr;
   std::array<prometheus::Gauge*, kDeviceCount> device_usable_{};
+  prometheus::Gauge* build_info_ = nullptr;
 };
 
 }  // namespace tensorprep::server

@@ -1,0 +1,226 @@
+#include "server/metrics.h"
+
+#include <cmath>
+#include <set>
+#include <stdexcept>
+
+namespace tensorprep::server {
+namespace {
+
+constexpr std::array<const char*, kRpcCount> kRpcNames = {"Process", "ProcessStream", "ListOps"};
+constexpr std::array<const char*, kStageCount> kStageNames = {"decode", "queue", "kernel",
+                                                              "encode"};
+constexpr std::array<const char*, kDeviceCount> kDeviceNames = {"cpu", "cuda"};
+// Indexed by grpc::StatusCode; the spelling gRPC itself uses in its docs and tools.
+constexpr std::array<const char*, kCodeCount> kCodeNames = {
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+};
+constexpr int kUnknownCode = 2;
+
+int Index(Rpc rpc) { return static_cast<int>(rpc); }
+int Index(Stage stage) { return static_cast<int>(stage); }
+int Index(MetricDevice device) { return static_cast<int>(device); }
+bool InRange(int index, int count) { return index >= 0 && index < count; }
+
+// A clock step or a caller's subtraction in the wrong order must not drive a histogram's sum
+// negative; NaN would poison the sum for the life of the process.
+double Sanitize(double seconds) {
+  if (std::isnan(seconds) || seconds < 0) return 0;
+  return seconds;
+}
+
+}  // namespace
+
+const char* RpcName(Rpc rpc) {
+  return InRange(Index(rpc), kRpcCount) ? kRpcNames[Index(rpc)] : "unknown";
+}
+const char* StageName(Stage stage) {
+  return InRange(Index(stage), kStageCount) ? kStageNames[Index(stage)] : "unknown";
+}
+const char* DeviceName(MetricDevice device) {
+  return InRange(Index(device), kDeviceCount) ? kDeviceNames[Index(device)] : "unknown";
+}
+const char* CodeName(int code) {
+  return kCodeNames[InRange(code, kCodeCount) ? code : kUnknownCode];
+}
+
+const std::vector<double>& DurationBuckets() {
+  static const std::vector<double>* const kBuckets = new std::vector<double>{
+      25e-6, 50e-6,  100e-6, 250e-6, 500e-6,  // a flip of one small image, a ListOps
+      1e-3,  2.5e-3, 5e-3,   10e-3,  25e-3,  50e-3, 100e-3, 250e-3, 500e-3,  // typical batches
+      1.0,   2.5,    5.0,    10.0,   30.0};  // large batches on a loaded CPU, stalled streams
+  return *kBuckets;
+}
+
+Metrics::Metrics(prometheus::Registry& registry, const std::vector<std::string>& kernels,
+                 const std::string& version) {
+  // Checked before anything is registered. Two indices sharing one series would merge two ops'
+  // timings without a trace.
+  std::set<std::string> seen;
+  for (const auto& kernel : kernels) {
+    if (kernel.empty() || !seen.insert(kernel).second) {
+      throw std::invalid_argument("metrics: kernel labels must be unique and non-empty, got '" +
+                                  kernel + "'");
+    }
+  }
+  const auto& buckets = DurationBuckets();
+
+  auto& request_duration =
+      prometheus::BuildHistogram()
+          .Name("tensorprep_request_duration_seconds")
+          .Help(
+              "Time from a request's arrival to its response (or error) being handed to gRPC, "
+              "by RPC and gRPC status code. One ProcessStream message is one request.")
+          .Register(registry);
+  auto& requests = prometheus::BuildCounter()
+                       .Name("tensorprep_requests_total")
+                       .Help("Requests finished, by RPC and gRPC status code.")
+                       .Register(registry);
+  auto& in_flight = prometheus::BuildGauge()
+                        .Name("tensorprep_requests_in_flight")
+                        .Help("Requests started and not yet finished, by RPC.")
+                        .Register(registry);
+  for (int r = 0; r < kRpcCount; ++r) {
+    in_flight_[r] = &in_flight.Add({{"rpc", kRpcNames[r]}});
+    for (int c = 0; c < kCodeCount; ++c) {
+      const prometheus::Labels labels = {{"rpc", kRpcNames[r]}, {"code", kCodeNames[c]}};
+      request_duration_[r][c] = &request_duration.Add(labels, buckets);
+      requests_[r][c] = &requests.Add(labels);
+    }
+  }
+
+  auto& stage_duration =
+      prometheus::BuildHistogram()
+          .Name("tensorprep_stage_duration_seconds")
+          .Help(
+              "Server time of one request spent in each stage (decode, queue, kernel, encode), "
+              "by the device that ran it.")
+          .Register(registry);
+  for (int s = 0; s < kStageCount; ++s) {
+    for (int d = 0; d < kDeviceCount; ++d) {
+      stage_duration_[s][d] =
+          &stage_duration.Add({{"stage", kStageNames[s]}, {"device", kDeviceNames[d]}}, buckets);
+    }
+  }
+
+  auto& kernel_duration = prometheus::BuildHistogram()
+                              .Name("tensorprep_kernel_duration_seconds")
+                              .Help(
+                                  "Time of one op of a pipeline over a whole batch, by op and "
+                                  "device.")
+                              .Register(registry);
+  kernel_duration_.resize(kernels.size());
+  for (size_t k = 0; k < kernels.size(); ++k) {
+    for (int d = 0; d < kDeviceCount; ++d) {
+      kernel_duration_[k][d] =
+          &kernel_duration.Add({{"op", kernels[k]}, {"device", kDeviceNames[d]}}, buckets);
+    }
+  }
+
+  received_bytes_ = &prometheus::BuildCounter()
+                         .Name("tensorprep_received_bytes_total")
+                         .Help("Tensor payload bytes received in requests.")
+                         .Register(registry)
+                         .Add({});
+  sent_bytes_ = &prometheus::BuildCounter()
+                     .Name("tensorprep_sent_bytes_total")
+                     .Help("Tensor payload bytes sent in responses.")
+                     .Register(registry)
+                     .Add({});
+
+  auto& samples = prometheus::BuildCounter()
+                      .Name("tensorprep_samples_total")
+                      .Help("Samples (images) processed successfully, by device.")
+                      .Register(registry);
+  auto& device_usable = prometheus::BuildGauge()
+                            .Name("tensorprep_device_usable")
+                            .Help("1 when the device can run kernels, else 0.")
+                            .Register(registry);
+  for (int d = 0; d < kDeviceCount; ++d) {
+    samples_[d] = &samples.Add({{"device", kDeviceNames[d]}});
+    device_usable_[d] = &device_usable.Add({{"device", kDeviceNames[d]}});
+  }
+
+  queued_ = &prometheus::BuildGauge()
+                 .Name("tensorprep_queued_requests")
+                 .Help("Requests accepted and waiting for a worker or device.")
+                 .Register(registry)
+                 .Add({});
+  streams_open_ = &prometheus::BuildGauge()
+                       .Name("tensorprep_streams_open")
+                       .Help("ProcessStream calls currently open.")
+                       .Register(registry)
+                       .Add({});
+  build_info_ = &prometheus::BuildGauge()
+                     .Name("tensorprep_build_info")
+                     .Help("Always 1; the version label says which build is running.")
+                     .Register(registry)
+                     .Add({{"version", version}});
+  build_info_->Set(1);
+}
+
+void Metrics::RequestStarted(Rpc rpc) {
+  if (!InRange(Index(rpc), kRpcCount)) return;
+  in_flight_[Index(rpc)]->Increment();
+}
+
+void Metrics::RequestFinished(Rpc rpc, int grpc_code, double seconds) {
+  if (!InRange(Index(rpc), kRpcCount)) return;
+  const int code = InRange(grpc_code, kCodeCount) ? grpc_code : kUnknownCode;
+  in_flight_[Index(rpc)]->Decrement();
+  request_duration_[Index(rpc)][code]->Observe(Sanitize(seconds));
+  requests_[Index(rpc)][code]->Increment();
+}
+
+void Metrics::ObserveStage(Stage stage, MetricDevice device, double seconds) {
+  if (!InRange(Index(stage), kStageCount) || !InRange(Index(device), kDeviceCount)) return;
+  stage_duration_[Index(stage)][Index(device)]->Observe(Sanitize(seconds));
+}
+
+void Metrics::ObserveKernel(int kernel_index, MetricDevice device, double seconds) {
+  if (!InRange(kernel_index, static_cast<int>(kernel_duration_.size())) ||
+      !InRange(Index(device), kDeviceCount)) {
+    return;
+  }
+  kernel_duration_[kernel_index][Index(device)]->Observe(Sanitize(seconds));
+}
+
+void Metrics::AddBytes(uint64_t received, uint64_t sent) {
+  // Counters hold doubles: exact up to 2^53 bytes (9 PB), far beyond a process's life.
+  if (received != 0) received_bytes_->Increment(static_cast<double>(received));
+  if (sent != 0) sent_bytes_->Increment(static_cast<double>(sent));
+}
+
+void Metrics::AddSamples(MetricDevice device, uint64_t samples) {
+  if (!InRange(Index(device), kDeviceCount) || samples == 0) return;
+  samples_[Index(device)]->Increment(static_cast<double>(samples));
+}
+
+void Metrics::AddQueued(int64_t delta) { queued_->Increment(static_cast<double>(delta)); }
+
+void Metrics::SetDeviceUsable(MetricDevice device, bool usable) {
+  if (!InRange(Index(device), kDeviceCount)) return;
+  device_usable_[Index(device)]->Set(usable ? 1 : 0);
+}
+
+void Metrics::AddOpenStreams(int64_t delta) {
+  streams_open_->Increment(static_cast<double>(delta));
+}
+
+}  // namespace tensorprep::server
