@@ -1,0 +1,318 @@
+"""The Python client: NumPy batches in, NumPy batches out.
+
+    import tensorprep as tp
+    with tp.Client("127.0.0.1:50051") as client:
+        out = client.process(images, [tp.rotate(30, border="edge")])
+        out, labels = client.process(images, [tp.random_flip(0.5)], labels=labels, seed=7)
+        for out in client.stream(batches, [tp.flip("horizontal")], inflight=4):
+            ...
+
+Arrays come back as read-only views into the received message (no copy); call ``.copy()`` when
+you need to write into one. Failed calls raise tensorprep.TensorprepError subclasses carrying the
+server's status code and message.
+
+Thread-safety: a Client may be shared by threads; each call is independent. ``stream`` returns a
+generator that one thread consumes.
+"""
+
+import dataclasses
+import itertools
+import secrets
+import threading
+import time
+
+import grpc
+import numpy as np
+
+from . import metrics as _metrics
+from ._stubs import pb, pb_grpc
+from .errors import TensorprepError, error_for, from_rpc_error
+from .ops import as_pipeline, has_random, interpolation_enum
+from .wire import AuxInput, as_wire_array, decode_response, encode_request
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["Preprocessor"].full_name
+_DEVICES = {"auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU, "cuda": pb.DEVICE_CUDA,
+            "gpu": pb.DEVICE_CUDA}
+_DEVICE_NAMES = {pb.DEVICE_AUTO: "auto", pb.DEVICE_CPU: "cpu", pb.DEVICE_CUDA: "cuda"}
+LABELS = "labels"
+
+
+def _device_enum(device):
+    if isinstance(device, int):
+        return device
+    try:
+        return _DEVICES[device.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'") from None
+
+
+@dataclasses.dataclass
+class Result:
+    """Everything a response carries."""
+    images: np.ndarray
+    aux: dict  # name -> ndarray
+    device: str  # "cpu" or "cuda": the device that ran the kernels
+    timings: dict  # server stage -> seconds: decode, queue, kernel, encode, total
+    request_id: str
+    round_trip_s: float  # client-side, from send to receipt
+
+
+def _timings(t):
+    return {"decode": t.decode_ns * 1e-9, "queue": t.queue_ns * 1e-9, "kernel": t.kernel_ns * 1e-9,
+            "encode": t.encode_ns * 1e-9, "total": t.total_ns * 1e-9}
+
+
+def _prepare_aux(labels, aux):
+    """-> list of (name, array, interpolation enum, fill) and whether `labels` was given."""
+    items = []
+    if labels is not None:
+        items.append((LABELS, labels))
+    if aux:
+        for name, value in aux.items():
+            if name == LABELS and labels is not None:
+                raise ValueError("aux has an entry named 'labels' and labels= is given too")
+            items.append((name, value))
+    out = []
+    for name, value in items:
+        if isinstance(value, AuxInput):
+            arr, interp, fill = value.array, value.interpolation, value.fill
+        else:
+            arr, interp, fill = value, None, 0.0
+        out.append((name, as_wire_array(arr, f"aux {name!r}"), interpolation_enum(interp),
+                    float(fill)))
+    return out
+
+
+class Client:
+    """A connection to a tensorprep server.
+
+    Args:
+      address: "host:port".
+      timeout: default deadline in seconds for each call (a stream's deadline covers the whole
+        stream); None means no deadline.
+      device: default device for calls: "auto", "cpu" or "cuda".
+      max_message_mb: send and receive limit; the server's default is 256 MB.
+      metrics: True (default registry, when prometheus_client is installed), False, or a
+        prometheus_client CollectorRegistry.
+      workload: default ``workload`` label of the client's latency histogram.
+      credentials: grpc.ChannelCredentials for TLS; None for a plaintext channel.
+      options: extra gRPC channel options.
+
+    Nothing connects until the first call (or ``wait_ready``).
+    """
+
+    def __init__(self, address, *, timeout=None, device="auto", max_message_mb=256, metrics=True,
+                 workload="default", credentials=None, options=()):
+        self.address = address
+        self.timeout = timeout
+        self.device = _device_enum(device)
+        limit = int(max_message_mb * 1024 * 1024)
+        opts = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        opts += list(options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=opts)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=opts)
+        # Raw bytes in and out: wire.py serialises and parses without extra tensor copies.
+        self._unary = self._channel.unary_unary(f"/{_SERVICE}/Process")
+        self._bidi = self._channel.stream_stream(f"/{_SERVICE}/ProcessStream")
+        self._stub = pb_grpc.PreprocessorStub(self._channel)
+        registry = metrics if metrics not in (True, False, None) else None
+        self._metrics = _metrics.Recorder(registry, workload, enabled=bool(metrics))
+        self._ids = itertools.count()
+        self._closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def close(self):
+        """Closes the channel; calls in progress are cancelled. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def wait_ready(self, timeout=10.0):
+        """Blocks until the channel connects; raises UnavailableError after ``timeout`` s."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise error_for(grpc.StatusCode.UNAVAILABLE,
+                            f"could not connect to {self.address} within {timeout} s") from None
+        return self
+
+    def _deadline(self, timeout):
+        return self.timeout if timeout is None else timeout
+
+    # --- calls -------------------------------------------------------------------------------
+    def list_ops(self, timeout=None):
+        """The server's ops and devices (a ListOpsResponse message)."""
+        try:
+            return self._stub.ListOps(pb.ListOpsRequest(), timeout=self._deadline(timeout))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def call(self, images, pipeline, *, labels=None, aux=None, seed=None, sample_offset=0,
+             device=None, timeout=None, request_id=None, workload=None):
+        """Runs ``pipeline`` on one batch with a unary call; returns a Result.
+
+        ``images``: (N, H, W) or (N, H, W, C) uint8 / int32 / float32 / float16.
+        ``labels``: an array (N, H, W[, C]) that follows the geometric ops (nearest sampling);
+        returned as aux["labels"]. ``aux``: more of them, {name: array or AuxInput}.
+        ``seed``: for random ops; None draws a fresh one per call.
+        Raises ValueError / TypeError for inputs the client can reject itself, TensorprepError
+        for what the server rejects.
+        """
+        pipeline = as_pipeline(pipeline)
+        images = as_wire_array(images)
+        aux_items = _prepare_aux(labels, aux)
+        if seed is None:
+            seed = secrets.randbits(64) if has_random(pipeline) else 0
+        rid = request_id if request_id is not None else f"u{next(self._ids)}"
+        payload = encode_request(images, pipeline, aux=aux_items, request_id=rid,
+                                 device=_device_enum(device) if device is not None else self.device,
+                                 seed=int(seed), sample_offset=int(sample_offset))
+        start = time.perf_counter()
+        try:
+            raw = self._unary(payload, timeout=self._deadline(timeout))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        elapsed = time.perf_counter() - start
+        self._metrics.observe("remote_unary", elapsed, workload)
+        return self._result(decode_response(raw), elapsed)
+
+    def process(self, images, pipeline, labels=None, seed=None, device=None, *, aux=None,
+                sample_offset=0, timeout=None, workload=None):
+        """Like ``call`` but returns arrays: the images, or (images, labels) when labels are
+        given, or (images, {name: array}) when aux is given."""
+        res = self.call(images, pipeline, labels=labels, aux=aux, seed=seed,
+                        sample_offset=sample_offset, device=device, timeout=timeout,
+                        workload=workload)
+        return _shape_output(res, labels is not None, aux)
+
+    def stream(self, batches, pipeline, *, inflight=4, seed=None, device=None, timeout=None,
+               full=False, workload=None, sample_offset=0):
+        """Sends each batch of ``batches`` on one bidirectional stream; yields results in order.
+
+        ``batches`` yields arrays, (images, labels) pairs, or (images, {name: aux}) pairs; it is
+        read lazily, from a gRPC thread, and never more than ``inflight`` batches ahead of what
+        this generator has handed out (that bounds memory whatever the consumer's pace).
+        Random ops draw from one seed for the whole stream with each batch's sample_offset
+        following on from the last, so the result equals one call on the concatenated batch.
+
+        Yields what ``process`` returns for each batch (or a Result with ``full=True``). A
+        per-request error raises its TensorprepError at its place in the order, after the
+        results before it; an exception raised by ``batches`` is re-raised likewise. Closing
+        the generator early cancels the stream.
+        """
+        if inflight < 1:
+            raise ValueError(f"inflight must be >= 1, got {inflight}")
+        pipeline = as_pipeline(pipeline)
+        if seed is None:
+            seed = secrets.randbits(64) if has_random(pipeline) else 0
+        device = _device_enum(device) if device is not None else self.device
+        slots = threading.Semaphore(inflight)
+        stop = threading.Event()
+        sent_at = {}  # request index -> perf_counter at send
+        shapes = {}  # request index -> (labels given, aux given)
+        state = {"sent": 0, "done": False, "error": None}
+
+        def requests():
+            offset = int(sample_offset)
+            it = iter(batches)
+            for index in itertools.count():
+                while not slots.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                except BaseException as e:  # re-raised to the consumer in order
+                    state["error"] = e
+                    break
+                try:
+                    images, labels, aux = _split_item(item)
+                    images = as_wire_array(images)
+                    payload = encode_request(images, pipeline, aux=_prepare_aux(labels, aux),
+                                             request_id=str(index), device=device, seed=int(seed),
+                                             sample_offset=offset)
+                except BaseException as e:
+                    state["error"] = e
+                    break
+                shapes[index] = (labels is not None, aux)
+                offset += images.shape[0]
+                sent_at[index] = time.perf_counter()
+                state["sent"] = index + 1
+                yield payload
+            state["done"] = True
+
+        try:
+            call = self._bidi(requests(), timeout=self._deadline(timeout))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        pending = {}
+        next_index = 0
+        try:
+            try:
+                for raw in call:
+                    now = time.perf_counter()
+                    decoded = decode_response(raw)
+                    index = int(decoded.meta.request_id)
+                    rtt = now - sent_at.pop(index, now)
+                    self._metrics.observe("remote_stream", rtt, workload)
+                    pending[index] = (decoded, rtt)
+                    while next_index in pending:
+                        decoded, rtt = pending.pop(next_index)
+                        labels_given, aux_given = shapes.pop(next_index)
+                        next_index += 1
+                        slots.release()
+                        if decoded.meta.HasField("error"):
+                            err = decoded.meta.error
+                            raise error_for(err.code, err.message, decoded.meta.request_id)
+                        res = self._result(decoded, rtt)
+                        yield res if full else _shape_output(res, labels_given, aux_given)
+            except grpc.RpcError as e:
+                if state["error"] is not None:
+                    raise state["error"]
+                raise from_rpc_error(e) from None
+            if state["error"] is not None:
+                raise state["error"]
+            if next_index != state["sent"] or not state["done"]:
+                raise error_for(grpc.StatusCode.DATA_LOSS,
+                                f"stream ended after {next_index} of {state['sent']} responses")
+        finally:
+            stop.set()
+            call.cancel()
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _result(self, decoded, rtt):
+        meta = decoded.meta
+        return Result(images=decoded.images, aux=decoded.aux,
+                      device=_DEVICE_NAMES.get(meta.device, str(meta.device)),
+                      timings=_timings(meta.timings), request_id=meta.request_id, round_trip_s=rtt)
+
+
+def _split_item(item):
+    if isinstance(item, (tuple, list)):
+        if len(item) != 2:
+            raise ValueError(f"a stream item is an array or an (images, labels) pair; got "
+                             f"{len(item)} elements")
+        images, extra = item
+        if isinstance(extra, dict):
+            return images, None, extra
+        return images, extra, None
+    return item, None, None
+
+
+def _shape_output(res, labels_given, aux_given):
+    if labels_given and not aux_given:
+        return res.images, res.aux.get(LABELS)
+    if aux_given:
+        return res.images, res.aux
+    return res.images
