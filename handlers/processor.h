@@ -1,0 +1,83 @@
+// Turns a decoded ProcessRequest into work: validation (shape of the message, then meaning),
+// planning, device routing, execution, and the response. No gRPC server types here; the server
+// layer only moves messages and converts statuses.
+#ifndef TENSORPREP_HANDLERS_PROCESSOR_H_
+#define TENSORPREP_HANDLERS_PROCESSOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "handlers/backend.h"
+#include "handlers/op_registry.h"
+#include "handlers/plan.h"
+#include "handlers/tensor_codec.h"
+#include "tensorprep/v1/tensorprep.pb.h"
+
+namespace tensorprep::handlers {
+
+struct ProcessorOptions {
+  PlanOptions plan;
+  DecodeLimits limits;
+  // With DEVICE_AUTO, batches of at least this many input bytes go to a usable CUDA device.
+  uint64_t auto_cuda_min_bytes = uint64_t{1} << 20;
+  // Which device DEVICE_AUTO may pick: kCpu pins everything to the CPU (--device cpu).
+  bool allow_cuda = true;
+  // Retry a request on the CPU when its CUDA execution fails (else it fails with INTERNAL).
+  bool cuda_fallback_to_cpu = true;
+};
+
+// A request that passed validation and has a plan and a device; holds views into the request,
+// which must outlive it.
+struct PreparedRequest {
+  Plan plan;
+  DeviceKind device = DeviceKind::kCpu;
+  DecodedTensor main;
+  std::vector<DecodedTensor> aux;
+  int64_t decode_ns = 0;
+  uint64_t bytes_in = 0;
+};
+
+struct RunStats {
+  DeviceKind device = DeviceKind::kCpu;
+  std::vector<StepTiming> steps;
+  int64_t kernel_ns = 0;
+  int64_t encode_ns = 0;
+  uint64_t bytes_out = 0;
+  int64_t samples = 0;
+};
+
+// Thread-safe: Prepare and Run may be called from many threads at once.
+class Processor {
+ public:
+  // `cpu` must be non-null; `cuda` may be null. Neither is owned; both outlive the processor.
+  Processor(ProcessorOptions options, Backend* cpu, Backend* cuda);
+
+  // Validates and plans. INVALID_ARGUMENT naming the field (prefixed with the request id when
+  // set), RESOURCE_EXHAUSTED over a size limit, FAILED_PRECONDITION for DEVICE_CUDA without a
+  // usable device.
+  absl::StatusOr<std::unique_ptr<PreparedRequest>> Prepare(const pb::ProcessRequest& request) const;
+
+  // Runs a prepared request and fills `response` (results, aux, device, decode/kernel/encode
+  // timings; queue and total are the caller's). INTERNAL if a kernel fails and no fallback ran.
+  absl::StatusOr<RunStats> Run(const pb::ProcessRequest& request, PreparedRequest& prepared,
+                               pb::ProcessResponse* response) const;
+
+  // Devices for ListOps: CPU first, then CUDA when built.
+  std::vector<const Backend*> backends() const;
+  const ProcessorOptions& options() const { return options_; }
+
+ private:
+  ProcessorOptions options_;
+  Backend* cpu_;
+  Backend* cuda_;
+};
+
+// Fills a ListOps response from the registry and the backends.
+void DescribeOps(const std::vector<const Backend*>& backends, pb::ListOpsResponse* response);
+
+}  // namespace tensorprep::handlers
+
+#endif  // TENSORPREP_HANDLERS_PROCESSOR_H_

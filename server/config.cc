@@ -1,0 +1,154 @@
+#include "server/config.h"
+
+#include <functional>
+#include <map>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+
+namespace tensorprep::server {
+
+std::string Usage() {
+  return R"(tensorprep-server: image preprocessing over gRPC (rotate, flip, arithmetic; CPU and CUDA)
+
+Usage: tensorprep-server [flags]
+
+Flags (each also read from the environment variable shown; flags win):
+  --host ADDR            listen address (TENSORPREP_HOST, default 0.0.0.0)
+  --port N               gRPC port, 0 = any free port (TENSORPREP_PORT, default 50051)
+  --metrics-port N       Prometheus /metrics port, 0 = off (TENSORPREP_METRICS_PORT, default 9464)
+  --device D             auto | cpu | cuda (TENSORPREP_DEVICE, default auto): auto uses a usable
+                         CUDA device for large batches and the CPU otherwise; cpu never uses CUDA;
+                         cuda requires a usable device at start-up and sends every request to it
+  --threads N            CPU worker threads, 0 = all cores (TENSORPREP_THREADS, default 0)
+  --max-message-mb N     largest request/response message in MiB (TENSORPREP_MAX_MESSAGE_MB, 256)
+  --stream-inflight N    requests in flight per stream before reading pauses
+                         (TENSORPREP_STREAM_INFLIGHT, default 8)
+  --grace-seconds S      on SIGTERM/SIGINT, time given to in-flight work before it is cancelled
+                         (TENSORPREP_GRACE_SECONDS, default 30)
+  --version              print the version and exit
+  --help                 print this help and exit
+
+On start the server prints one line: "tensorprep-server ready on HOST:PORT (...)".
+)";
+}
+
+namespace {
+
+using Setter = std::function<absl::Status(Config&, const std::string& value, const std::string& name)>;
+
+absl::Status ParseInt(const std::string& v, const std::string& name, int lo, int hi, int* out) {
+  int x;
+  if (!absl::SimpleAtoi(v, &x) || x < lo || x > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": expected an integer in [", lo, ", ", hi, "], got '", v, "'"));
+  }
+  *out = x;
+  return absl::OkStatus();
+}
+
+const std::map<std::string, Setter>& Setters() {
+  static const auto* setters = new std::map<std::string, Setter>{
+      {"host",
+       [](Config& c, const std::string& v, const std::string& name) {
+         if (v.empty()) return absl::InvalidArgumentError(name + ": expected an address, got ''");
+         c.host = v;
+         return absl::OkStatus();
+       }},
+      {"port", [](Config& c, const std::string& v,
+                  const std::string& name) { return ParseInt(v, name, 0, 65535, &c.port); }},
+      {"metrics-port",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 0, 65535, &c.metrics_port);
+       }},
+      {"device",
+       [](Config& c, const std::string& v, const std::string& name) {
+         if (v != "auto" && v != "cpu" && v != "cuda") {
+           return absl::InvalidArgumentError(
+               absl::StrCat(name, ": expected auto, cpu or cuda, got '", v, "'"));
+         }
+         c.device = v;
+         return absl::OkStatus();
+       }},
+      {"threads", [](Config& c, const std::string& v,
+                     const std::string& name) { return ParseInt(v, name, 0, 1024, &c.threads); }},
+      {"max-message-mb",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 2047, &c.max_message_mb);
+       }},
+      {"stream-inflight",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 1024, &c.stream_inflight);
+       }},
+      {"grace-seconds",
+       [](Config& c, const std::string& v, const std::string& name) {
+         double x;
+         if (!absl::SimpleAtod(v, &x) || !(x >= 0 && x <= 3600)) {
+           return absl::InvalidArgumentError(
+               absl::StrCat(name, ": expected seconds in [0, 3600], got '", v, "'"));
+         }
+         c.grace_seconds = x;
+         return absl::OkStatus();
+       }},
+  };
+  return *setters;
+}
+
+std::string EnvName(const std::string& flag) {
+  std::string out = "TENSORPREP_";
+  for (char ch : flag) out += ch == '-' ? '_' : static_cast<char>(std::toupper(ch));
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Config> ParseConfig(const std::vector<std::string>& args,
+                                   const std::vector<std::string>& env) {
+  Config c;
+  for (const std::string& kv : env) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string key = kv.substr(0, eq);
+    for (const auto& [flag, set] : Setters()) {
+      if (key == EnvName(flag)) {
+        absl::Status s = set(c, kv.substr(eq + 1), key);
+        if (!s.ok()) return s;
+      }
+    }
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      c.help = true;
+      continue;
+    }
+    if (a == "--version") {
+      c.version = true;
+      continue;
+    }
+    if (!absl::StartsWith(a, "--")) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", a, "'; see --help"));
+    }
+    std::string name = a.substr(2);
+    std::string value;
+    const size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (i + 1 < args.size()) {
+      value = args[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, ": expected a value"));
+    }
+    auto it = Setters().find(name);
+    if (it == Setters().end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, "; see --help"));
+    }
+    absl::Status s = it->second(c, value, "--" + name);
+    if (!s.ok()) return s;
+  }
+  return c;
+}
+
+}  // namespace tensorprep::server

@@ -1,0 +1,155 @@
+// tensorprep-server: flags -> kernels, handlers, service, metrics -> a running gRPC server.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "handlers/backend.h"
+#include "handlers/processor.h"
+#include "kernels/common/thread_pool.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/config.h"
+#include "server/metrics.h"
+#include "server/service.h"
+#include "server/work_queue.h"
+
+extern char** environ;
+
+namespace tensorprep::server {
+namespace {
+
+std::string HostPort(const std::string& host, int port) {
+  if (host.find(':') != std::string::npos && host.front() != '[') {
+    return absl::StrCat("[", host, "]:", port);
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+int Run(const Config& config) {
+  // Signals are taken synchronously by the main thread (sigwait below); every thread started
+  // from here on inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  kernels::ThreadPool pool(config.threads);
+  handlers::CpuBackend cpu(&pool);
+  std::unique_ptr<handlers::Backend> cuda;
+  if (config.device != "cpu") cuda = handlers::MakeCudaBackend();
+  const bool cuda_usable = cuda != nullptr && cuda->usable();
+  if (config.device == "cuda" && !cuda_usable) {
+    std::cerr << "tensorprep-server: --device cuda but no CUDA device is usable ("
+              << (cuda ? cuda->detail() : std::string("built without CUDA")) << ")\n";
+    return 2;
+  }
+  if (config.device == "auto" && !cuda_usable) {
+    std::cerr << "tensorprep-server: no usable CUDA device ("
+              << (cuda ? cuda->detail() : std::string("built without CUDA"))
+              << "); serving on CPU\n";
+  }
+
+  handlers::ProcessorOptions options;
+  options.allow_cuda = config.device != "cpu";
+  if (config.device == "cuda") options.auto_cuda_min_bytes = 0;
+  handlers::Processor processor(options, &cpu, cuda_usable ? cuda.get() : cuda.get());
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::vector<std::string> kernel_labels;
+  for (int k = 0; k < handlers::kKernelKindCount; ++k) {
+    kernel_labels.push_back(handlers::KernelName(static_cast<handlers::KernelKind>(k)));
+  }
+  Metrics metrics(*registry, kernel_labels, TENSORPREP_VERSION);
+  metrics.SetDeviceUsable(MetricDevice::kCpu, true);
+  metrics.SetDeviceUsable(MetricDevice::kCuda, cuda_usable);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::string metrics_address = "off";
+  if (config.metrics_port != 0) {
+    metrics_address = HostPort(config.host, config.metrics_port);
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(metrics_address);
+    } catch (const std::exception& e) {
+      std::cerr << "tensorprep-server: cannot serve metrics on " << metrics_address << ": "
+                << e.what() << "\n";
+      return 2;
+    }
+    exposer->RegisterCollectable(registry);
+  }
+
+  WorkQueue queue(pool.size());
+  ServiceOptions service_options;
+  service_options.stream_max_inflight = config.stream_inflight;
+  PreprocessorService service(processor, queue, metrics, service_options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string address = HostPort(config.host, config.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(config.max_message_mb * 1024 * 1024);
+  builder.SetMaxSendMessageSize(config.max_message_mb * 1024 * 1024);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << "tensorprep-server: cannot listen on " << address << "\n";
+    return 2;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("tensorprep.v1.Preprocessor", true);
+
+  std::printf("tensorprep-server ready on %s (device=%s, threads=%d, metrics=%s)\n",
+              HostPort(config.host, port).c_str(), cuda_usable && config.device != "cpu"
+                                                       ? (config.device == "cuda" ? "cuda" : "auto:cuda+cpu")
+                                                       : "cpu",
+              pool.size(), metrics_address.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::cerr << "tensorprep-server: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
+            << ": draining (grace " << config.grace_seconds << " s)\n";
+  // Stop accepting, tell health checkers, and give in-flight calls the grace period.
+  health->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(config.grace_seconds * 1000)));
+  server->Wait();
+  std::cerr << "tensorprep-server: stopped\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace tensorprep::server
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  auto config = tensorprep::server::ParseConfig(args, env);
+  if (!config.ok()) {
+    std::cerr << "tensorprep-server: " << config.status().message() << "\n";
+    return 2;
+  }
+  if (config->help) {
+    std::cout << tensorprep::server::Usage();
+    return 0;
+  }
+  if (config->version) {
+    std::cout << "tensorprep-server " << TENSORPREP_VERSION << "\n";
+    return 0;
+  }
+  return tensorprep::server::Run(*config);
+}
