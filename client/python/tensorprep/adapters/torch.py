@@ -1,0 +1,120 @@
+"""PyTorch adapters: an IterableDataset that streams batches through the service, and a collate
+function that sends each collated batch as one request.
+
+    ds = StreamingDataset("127.0.0.1:50051", batches, [tp.random_flip(0.5)], inflight=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None)   # ds yields whole batches
+
+    loader = torch.utils.data.DataLoader(samples, batch_size=64,
+                                         collate_fn=Collate("127.0.0.1:50051", [tp.flip()]))
+
+Both take an address, not a Client: a gRPC channel must not cross a fork, so each DataLoader
+worker process opens its own connection. Python runs once per batch; the per-sample work runs on
+the server. Tensors come back as writable CPU tensors (one copy out of the received message, since
+torch tensors are writable and the received bytes are not).
+"""
+
+import itertools
+import os
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from ..client import Client
+
+
+def _to_torch(value):
+    if isinstance(value, dict):
+        return {k: _to_torch(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_to_torch(v) for v in value)
+    return torch.from_numpy(np.array(value, copy=True))
+
+
+def _to_numpy(value):
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    return np.asarray(value)
+
+
+class StreamingDataset(torch.utils.data.IterableDataset):
+    """Yields processed batches (a tensor, or (images, labels)) from one stream per iterator.
+
+    ``batches``: a sequence or a callable returning an iterable of batches (arrays or tensors,
+    or (images, labels) pairs); a sequence or callable can be iterated again each epoch. With
+    several DataLoader workers each takes every k-th batch. ``seed=None`` draws fresh random
+    parameters every epoch.
+    """
+
+    def __init__(self, address, batches, pipeline, *, inflight=4, seed=None, device=None,
+                 timeout=None, client_options=None):
+        super().__init__()
+        self.address = address
+        self.batches = batches
+        self.pipeline = pipeline
+        self.inflight = inflight
+        self.seed = seed
+        self.device = device
+        self.timeout = timeout
+        self.client_options = dict(client_options or {})
+
+    def _source(self):
+        it = iter(self.batches()) if callable(self.batches) else iter(self.batches)
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1:
+            it = itertools.islice(it, info.id, None, info.num_workers)
+        for item in it:
+            if isinstance(item, (tuple, list)):
+                yield tuple(_to_numpy(v) for v in item)
+            else:
+                yield _to_numpy(item)
+
+    def __iter__(self):
+        with Client(self.address, **self.client_options) as client:
+            for out in client.stream(self._source(), self.pipeline, inflight=self.inflight,
+                                     seed=self.seed, device=self.device, timeout=self.timeout):
+                yield _to_torch(out)
+
+
+class Collate:
+    """A DataLoader ``collate_fn``: stacks the samples and processes them in one request.
+
+    Samples are arrays/tensors (images) or (image, label) pairs; returns a tensor or
+    (images, labels) tensors. The connection is opened lazily in each process that calls it.
+    """
+
+    def __init__(self, address, pipeline, *, seed=None, device=None, timeout=None,
+                 client_options=None):
+        self.address = address
+        self.pipeline = pipeline
+        self.seed = seed
+        self.device = device
+        self.timeout = timeout
+        self.client_options = dict(client_options or {})
+        self._client = None
+        self._pid = None
+
+    def _conn(self):
+        if self._client is None or self._pid != os.getpid():
+            self._client = Client(self.address, **self.client_options)
+            self._pid = os.getpid()
+        return self._client
+
+    def __getstate__(self):  # sent to worker processes without the channel
+        state = dict(self.__dict__)
+        state["_client"] = None
+        state["_pid"] = None
+        return state
+
+    def __call__(self, samples):
+        if not samples:
+            raise ValueError("Collate: empty batch")
+        if isinstance(samples[0], (tuple, list)):
+            images = np.stack([_to_numpy(s[0]) for s in samples])
+            labels = np.stack([_to_numpy(s[1]) for s in samples])
+        else:
+            images = np.stack([_to_numpy(s) for s in samples])
+            labels = None
+        out = self._conn().process(images, self.pipeline, labels=labels, seed=self.seed,
+                                   device=self.device, timeout=self.timeout)
+        return _to_torch(out)
