@@ -50,8 +50,12 @@ struct WarpParams {
 // Sampling. Nearest takes the pixel at (floor(sx + 0.5), floor(sy + 0.5)), resolved through the
 // border. Bilinear blends the four pixels around (sx, sy) with weights computed in double; each
 // tap outside the image is resolved through the border (kConstant taps give `fill`). Results for
-// integer dtypes are rounded to nearest (ties to even) and saturated; float16 is blended in float
-// and rounded once.
+// integer dtypes are rounded to nearest (ties to even) and saturated. uint8, float32 and float16
+// are blended in float (weights rounded to float), int32 in double; float16 is rounded once. All
+// four taps always contribute (a tap of weight 0 too), so non-finite source values or `fill`
+// propagate as IEEE arithmetic says.
+// A position with |sx| or |sy| >= 2^52, or not finite (only a degenerate map reaches one), samples
+// `fill` whatever the border: there the double has no fractional part left to interpolate.
 //
 // `inverse` has src.shape.n entries, or 1 entry used for every sample. src and dst have the same
 // dtype and shape and do not overlap. Spreads (sample, row band) tasks over `pool` (null: inline).

@@ -1,0 +1,519 @@
+// CPU element-wise chain, fused tile by tile. A tile (a few thousand elements, a multiple of C so
+// that it starts at channel 0) is copied into a small buffer, every op of the chain is applied to
+// the buffer in the tile's current dtype, and the tile is written out once. Per-channel operands
+// are expanded once per call into tile-length patterns, so the inner loops are plain
+// `x[i] op a[i]` loops that the compiler vectorises.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/common/half.h"
+#include "kernels/common/status.h"
+#include "kernels/elementwise/elementwise.h"
+
+namespace tensorprep::kernels {
+namespace {
+
+constexpr int64_t kTileTarget = 4096;        // elements per tile (16 KiB at 4 bytes)
+constexpr int64_t kMinTaskElements = 32768;  // smallest task worth a hand-off to another thread
+constexpr float kHalfMaxF = 65504.0f;
+
+const char* KindName(ElementwiseKind k) {
+  switch (k) {
+    case ElementwiseKind::kAdd:
+      return "add";
+    case ElementwiseKind::kSubtract:
+      return "subtract";
+    case ElementwiseKind::kMultiply:
+      return "multiply";
+    case ElementwiseKind::kDivide:
+      return "divide";
+    case ElementwiseKind::kNormalize:
+      return "normalize";
+    case ElementwiseKind::kClamp:
+      return "clamp";
+    case ElementwiseKind::kCast:
+      return "cast";
+  }
+  return "unknown";
+}
+
+bool ValidDType(DType t) { return static_cast<int>(t) <= static_cast<int>(DType::kFloat16); }
+
+const float* HalfTable() {
+  static const float* const table = [] {
+    static float t[65536];
+    for (uint32_t i = 0; i < 65536; ++i) t[i] = HalfToFloat(Half{static_cast<uint16_t>(i)});
+    return t;
+  }();
+  return table;
+}
+
+// Round to nearest, ties to even, for |v| <= 2^51 in the default rounding mode.
+inline double RoundEven(double v) { return (v + 6755399441055744.0) - 6755399441055744.0; }
+inline float RoundEvenF(float v) { return (v + 12582912.0f) - 12582912.0f; }  // |v| <= 2^22
+
+inline uint8_t SaturateU8(double v) {  // v not NaN
+  v = v < 0.0 ? 0.0 : (v > 255.0 ? 255.0 : v);
+  return static_cast<uint8_t>(static_cast<int32_t>(RoundEven(v)));
+}
+inline int32_t SaturateI32(double v) {  // v not NaN
+  v = v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v);
+  return static_cast<int32_t>(RoundEven(v));
+}
+inline uint16_t SaturateHalf(float v) {  // kCast to float16: finite values saturate
+  if (std::fabs(v) > kHalfMaxF && std::isfinite(v)) v = std::copysign(kHalfMaxF, v);
+  return FloatToHalf(v).bits;
+}
+
+// A double converted as kCast converts, for clamp bounds.
+double CastBound(double v, DType to) {
+  switch (to) {
+    case DType::kUInt8:
+      return std::isnan(v) ? 0 : SaturateU8(v);
+    case DType::kInt32:
+      return std::isnan(v) ? 0 : SaturateI32(v);
+    case DType::kFloat32:
+      return static_cast<float>(v);
+    case DType::kFloat16: {
+      if (!std::isfinite(v)) return v;
+      v = std::clamp(v, -65504.0, 65504.0);
+      // Round on binary16's grid in double: rounding through float first could round twice.
+      const double mag = std::fabs(v);
+      int e;
+      std::frexp(mag, &e);
+      const int q = std::max(e - 11, -24);
+      return std::copysign(std::ldexp(std::nearbyint(std::ldexp(mag, -q)), q), v);
+    }
+  }
+  return 0;
+}
+
+// One op, ready to run: operands expanded to tile-length patterns in the representation the
+// op's input dtype computes in.
+struct Prepared {
+  ElementwiseKind kind;
+  DType in;
+  DType to;
+  std::vector<float> af;   // float32/float16: a[c] rounded to float
+  std::vector<float> bf;   // normalize: std
+  std::vector<double> ad;  // integer dtypes: a[c]
+  double lo = 0;           // clamp bounds converted to `in`; +-inf / type limits if absent
+  double hi = 0;
+};
+
+template <typename V>
+std::vector<V> Pattern(const std::vector<double>& v, int64_t tile, int64_t channels) {
+  std::vector<V> p(static_cast<size_t>(tile));
+  for (int64_t i = 0; i < tile; ++i) {
+    p[i] = static_cast<V>(v.size() == 1 ? v[0] : v[i % channels]);
+  }
+  return p;
+}
+
+template <typename V>
+void ArithmeticLoop(ElementwiseKind k, V* x, const V* a, int64_t n) {
+  switch (k) {
+    case ElementwiseKind::kAdd:
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] + a[i];
+      break;
+    case ElementwiseKind::kSubtract:
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] - a[i];
+      break;
+    case ElementwiseKind::kMultiply:
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] * a[i];
+      break;
+    case ElementwiseKind::kDivide:
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] / a[i];
+      break;
+    default:
+      break;
+  }
+}
+
+// Integer arithmetic: in double, then rounded and saturated. `wide` is scratch of n doubles.
+template <typename T>
+void IntegerArithmetic(ElementwiseKind k, T* x, const double* a, int64_t n, double* wide) {
+  for (int64_t i = 0; i < n; ++i) wide[i] = static_cast<double>(x[i]);
+  ArithmeticLoop(k, wide, a, n);
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    for (int64_t i = 0; i < n; ++i) x[i] = SaturateU8(wide[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) x[i] = SaturateI32(wide[i]);
+  }
+}
+
+// float16 ops run in float32 and round back to binary16 once per op. `wide` is n floats.
+void WidenHalf(const uint16_t* x, float* wide, int64_t n) {
+  const float* table = HalfTable();
+  for (int64_t i = 0; i < n; ++i) wide[i] = table[x[i]];
+}
+void NarrowHalf(const float* wide, uint16_t* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = FloatToHalf(wide[i]).bits;
+}
+
+void Normalize(float* x, const float* mean, const float* stddev, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = (x[i] - mean[i]) / stddev[i];
+}
+
+template <typename T>
+void ClampLoop(T* x, T lo, T hi, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
+}
+
+// Converts n elements from dtype `from` in `in` to dtype `to` in `out` (distinct buffers). A
+// float16 source must arrive widened to float32 (pass kFloat32).
+void Convert(const void* in, DType from, void* out, DType to, int64_t n) {
+  if (from == to) {
+    std::memcpy(out, in, static_cast<size_t>(n) * DTypeSize(to));
+    return;
+  }
+  switch (from) {
+    case DType::kUInt8: {
+      const auto* x = static_cast<const uint8_t*>(in);
+      if (to == DType::kInt32) {
+        auto* y = static_cast<int32_t*>(out);
+        for (int64_t i = 0; i < n; ++i) y[i] = x[i];
+      } else if (to == DType::kFloat32) {
+        auto* y = static_cast<float*>(out);
+        for (int64_t i = 0; i < n; ++i) y[i] = x[i];
+      } else {
+        auto* y = static_cast<uint16_t*>(out);
+        for (int64_t i = 0; i < n; ++i) y[i] = FloatToHalf(static_cast<float>(x[i])).bits;
+      }
+      return;
+    }
+    case DType::kInt32: {
+      const auto* x = static_cast<const int32_t*>(in);
+      if (to == DType::kUInt8) {
+        auto* y = static_cast<uint8_t*>(out);
+        for (int64_t i = 0; i < n; ++i) y[i] = static_cast<uint8_t>(std::clamp(x[i], 0, 255));
+      } else if (to == DType::kFloat32) {
+        auto* y = static_cast<float*>(out);
+        for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(x[i]);  // to nearest
+      } else {
+        auto* y = static_cast<uint16_t*>(out);
+        // |v| <= 65504 is exact in float, so the only rounding is float -> binary16.
+        for (int64_t i = 0; i < n; ++i) {
+          y[i] = FloatToHalf(static_cast<float>(std::clamp(x[i], -65504, 65504))).bits;
+        }
+      }
+      return;
+    }
+    case DType::kFloat16:  // callers widen binary16 to float32 first
+    case DType::kFloat32: {
+      const auto* x = static_cast<const float*>(in);
+      if (to == DType::kUInt8) {
+        auto* y = static_cast<uint8_t*>(out);
+        for (int64_t i = 0; i < n; ++i) {
+          float v = x[i] != x[i] ? 0.0f : x[i];  // NaN -> 0
+          v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+          y[i] = static_cast<uint8_t>(static_cast<int32_t>(RoundEvenF(v)));
+        }
+      } else if (to == DType::kInt32) {
+        auto* y = static_cast<int32_t*>(out);
+        for (int64_t i = 0; i < n; ++i) {
+          const double v = x[i] != x[i] ? 0.0 : static_cast<double>(x[i]);
+          y[i] = SaturateI32(v);
+        }
+      } else if (to == DType::kFloat32) {
+        std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
+      } else {
+        auto* y = static_cast<uint16_t*>(out);
+        for (int64_t i = 0; i < n; ++i) y[i] = SaturateHalf(x[i]);
+      }
+      return;
+    }
+  }
+}
+
+// Runs the chain on one tile. buf0/buf1 hold >= n elements of 4 bytes; wide >= n doubles.
+// Returns the buffer holding the result.
+void* RunTile(const std::vector<Prepared>& chain, DType start, void* buf0, void* buf1,
+              double* wide, int64_t n) {
+  void* cur = buf0;
+  void* other = buf1;
+  DType t = start;
+  auto* wide_f = reinterpret_cast<float*>(wide);
+  for (const Prepared& op : chain) {
+    switch (op.kind) {
+      case ElementwiseKind::kAdd:
+      case ElementwiseKind::kSubtract:
+      case ElementwiseKind::kMultiply:
+      case ElementwiseKind::kDivide:
+        switch (t) {
+          case DType::kUInt8:
+            IntegerArithmetic(op.kind, static_cast<uint8_t*>(cur), op.ad.data(), n, wide);
+            break;
+          case DType::kInt32:
+            IntegerArithmetic(op.kind, static_cast<int32_t*>(cur), op.ad.data(), n, wide);
+            break;
+          case DType::kFloat32:
+            ArithmeticLoop(op.kind, static_cast<float*>(cur), op.af.data(), n);
+            break;
+          case DType::kFloat16:
+            WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
+            ArithmeticLoop(op.kind, wide_f, op.af.data(), n);
+            NarrowHalf(wide_f, static_cast<uint16_t*>(cur), n);
+            break;
+        }
+        break;
+      case ElementwiseKind::kNormalize:
+        if (t == DType::kFloat32) {
+          Normalize(static_cast<float*>(cur), op.af.data(), op.bf.data(), n);
+        } else {  // float16 (validated)
+          WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
+          Normalize(wide_f, op.af.data(), op.bf.data(), n);
+          NarrowHalf(wide_f, static_cast<uint16_t*>(cur), n);
+        }
+        break;
+      case ElementwiseKind::kClamp:
+        switch (t) {
+          case DType::kUInt8:
+            ClampLoop(static_cast<uint8_t*>(cur), static_cast<uint8_t>(op.lo),
+                      static_cast<uint8_t>(op.hi), n);
+            break;
+          case DType::kInt32:
+            ClampLoop(static_cast<int32_t*>(cur), static_cast<int32_t>(op.lo),
+                      static_cast<int32_t>(op.hi), n);
+            break;
+          case DType::kFloat32:
+            ClampLoop(static_cast<float*>(cur), static_cast<float>(op.lo),
+                      static_cast<float>(op.hi), n);
+            break;
+          case DType::kFloat16: {
+            // Bounds are binary16 values, so clamping in float and narrowing back is exact.
+            WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
+            ClampLoop(wide_f, static_cast<float>(op.lo), static_cast<float>(op.hi), n);
+            NarrowHalf(wide_f, static_cast<uint16_t*>(cur), n);
+            break;
+          }
+        }
+        break;
+      case ElementwiseKind::kCast:
+        if (t == DType::kFloat16 && op.to != DType::kFloat16) {
+          WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
+          Convert(wide_f, DType::kFloat32, other, op.to, n);
+        } else {
+          Convert(cur, t, other, op.to, n);
+        }
+        std::swap(cur, other);
+        t = op.to;
+        break;
+    }
+  }
+  return cur;
+}
+
+std::string ShapeString(const BatchShape& s) {
+  return absl::StrCat("(", s.n, ", ", s.h, ", ", s.w, ", ", s.c, ")");
+}
+
+}  // namespace
+
+DType ElementwiseOutputDType(DType in, absl::Span<const ElementwiseOp> ops) {
+  for (const ElementwiseOp& op : ops) {
+    if (op.kind == ElementwiseKind::kCast) in = op.to;
+  }
+  return in;
+}
+
+absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const ElementwiseOp> ops) {
+  if (!ValidDType(in)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input dtype ", static_cast<int>(in), "; expected a DType value"));
+  }
+  if (channels < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("channels is ", channels, "; expected >= 1"));
+  }
+  DType t = in;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const ElementwiseOp& op = ops[i];
+    const std::string where = absl::StrCat("ops[", i, "] (", KindName(op.kind), "): ");
+    // Checks one operand vector: its length and each value. `what` names it in messages.
+    auto check_vector = [&](const std::vector<double>& v, const char* what,
+                            bool nonzero) -> absl::Status {
+      if (v.size() != 1 && static_cast<int64_t>(v.size()) != channels) {
+        return absl::InvalidArgumentError(absl::StrCat(where, what, " has ", v.size(),
+                                                       " values; expected 1 or ", channels,
+                                                       " (channels)"));
+      }
+      for (size_t j = 0; j < v.size(); ++j) {
+        if (!std::isfinite(v[j])) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, what, "[", j, "] is ", v[j], "; expected a finite number"));
+        }
+        // Floating dtypes compute with the operand rounded to float32; it must survive that.
+        const bool floating = IsFloating(t);
+        if (floating && !std::isfinite(static_cast<float>(v[j]))) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, what, "[", j, "] is ", v[j], "; expected a value finite in float32"));
+        }
+        if (nonzero && v[j] == 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, what, "[", j, "] is 0; expected non-zero"));
+        }
+        if (nonzero && floating && static_cast<float>(v[j]) == 0.0f) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, what, "[", j, "] is ", v[j], ", 0 in float32; expected non-zero"));
+        }
+      }
+      return absl::OkStatus();
+    };
+    switch (op.kind) {
+      case ElementwiseKind::kAdd:
+      case ElementwiseKind::kSubtract:
+      case ElementwiseKind::kMultiply:
+      case ElementwiseKind::kDivide:
+        TP_RETURN_IF_ERROR(check_vector(op.a, "value", op.kind == ElementwiseKind::kDivide));
+        break;
+      case ElementwiseKind::kNormalize:
+        if (!IsFloating(t)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, "input dtype is ", DTypeName(t), "; expected float32 or float16"));
+        }
+        TP_RETURN_IF_ERROR(check_vector(op.a, "mean", false));
+        TP_RETURN_IF_ERROR(check_vector(op.b, "std", true));
+        break;
+      case ElementwiseKind::kClamp:
+        if (op.has_lo && !std::isfinite(op.lo)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, "lo is ", op.lo, "; expected a finite number"));
+        }
+        if (op.has_hi && !std::isfinite(op.hi)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, "hi is ", op.hi, "; expected a finite number"));
+        }
+        if (op.has_lo && op.has_hi && op.lo > op.hi) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, "lo is ", op.lo, " and hi is ", op.hi, "; expected lo <= hi"));
+        }
+        break;
+      case ElementwiseKind::kCast:
+        if (!ValidDType(op.to)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, "target dtype ", static_cast<int>(op.to), "; expected a DType value"));
+        }
+        t = op.to;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ops[", i, "]: kind ", static_cast<int>(op.kind), "; expected an ElementwiseKind"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
+                            absl::Span<const ElementwiseOp> ops, ThreadPool* pool) {
+  const BatchShape& s = src.shape;
+  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("elementwise: src shape ", ShapeString(s),
+                                                   "; expected every dimension >= 1"));
+  }
+  TP_RETURN_IF_ERROR(ValidateElementwise(src.dtype, s.c, ops));
+  if (!(dst.shape == s)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "elementwise: dst shape ", ShapeString(dst.shape), "; expected src shape ", ShapeString(s)));
+  }
+  const DType out_dtype = ElementwiseOutputDType(src.dtype, ops);
+  if (dst.dtype != out_dtype) {
+    return absl::InvalidArgumentError(absl::StrCat("elementwise: dst dtype ", DTypeName(dst.dtype),
+                                                   "; expected ", DTypeName(out_dtype),
+                                                   " (what the chain produces)"));
+  }
+  if (src.data == nullptr || dst.data == nullptr) {
+    return absl::InvalidArgumentError(
+        "elementwise: null data pointer; expected src and dst memory");
+  }
+  const auto* in = static_cast<const unsigned char*>(src.data);
+  auto* out = static_cast<unsigned char*>(dst.data);
+  const size_t in_size = DTypeSize(src.dtype);
+  const size_t out_size = DTypeSize(out_dtype);
+  const bool in_place = in == out && in_size == out_size;
+  if (!in_place && in < out + dst.bytes() && out < in + src.bytes()) {
+    return absl::InvalidArgumentError(
+        "elementwise: src and dst overlap; expected the same memory with equal element sizes, "
+        "or distinct memory");
+  }
+
+  const int64_t total = s.elements();
+  const int64_t tile = s.c * std::max<int64_t>(1, kTileTarget / s.c);  // starts at channel 0
+  const int64_t tiles = (total + tile - 1) / tile;
+  const int64_t tiles_per_task = std::max<int64_t>(1, kMinTaskElements / tile);
+  const int64_t tasks = (tiles + tiles_per_task - 1) / tiles_per_task;
+
+  if (ops.empty()) {
+    if (in_place) return absl::OkStatus();
+    ParallelFor(pool, tasks, [&](int64_t task) {
+      const int64_t begin = task * tiles_per_task * tile;
+      const int64_t end = std::min(total, begin + tiles_per_task * tile);
+      std::memcpy(out + begin * out_size, in + begin * in_size, (end - begin) * in_size);
+    });
+    return absl::OkStatus();
+  }
+
+  std::vector<Prepared> chain;
+  chain.reserve(ops.size());
+  const double inf = std::numeric_limits<double>::infinity();
+  DType t = src.dtype;
+  for (const ElementwiseOp& op : ops) {
+    Prepared p;
+    p.kind = op.kind;
+    p.in = t;
+    p.to = op.to;
+    switch (op.kind) {
+      case ElementwiseKind::kAdd:
+      case ElementwiseKind::kSubtract:
+      case ElementwiseKind::kMultiply:
+      case ElementwiseKind::kDivide:
+        if (IsFloating(t)) {
+          p.af = Pattern<float>(op.a, tile, s.c);
+        } else {
+          p.ad = Pattern<double>(op.a, tile, s.c);
+        }
+        break;
+      case ElementwiseKind::kNormalize:
+        p.af = Pattern<float>(op.a, tile, s.c);
+        p.bf = Pattern<float>(op.b, tile, s.c);
+        break;
+      case ElementwiseKind::kClamp: {
+        const double type_lo =
+            t == DType::kUInt8 ? 0.0 : (t == DType::kInt32 ? -2147483648.0 : -inf);
+        const double type_hi =
+            t == DType::kUInt8 ? 255.0 : (t == DType::kInt32 ? 2147483647.0 : inf);
+        p.lo = op.has_lo ? CastBound(op.lo, t) : type_lo;
+        p.hi = op.has_hi ? CastBound(op.hi, t) : type_hi;
+        break;
+      }
+      case ElementwiseKind::kCast:
+        t = op.to;
+        break;
+    }
+    chain.push_back(std::move(p));
+  }
+
+  ParallelFor(pool, tasks, [&](int64_t task) {
+    std::vector<uint32_t> buf0(static_cast<size_t>(tile));
+    std::vector<uint32_t> buf1(static_cast<size_t>(tile));
+    std::vector<double> wide(static_cast<size_t>(tile));
+    const int64_t first = task * tiles_per_task;
+    const int64_t last = std::min(tiles, first + tiles_per_task);
+    for (int64_t k = first; k < last; ++k) {
+      const int64_t begin = k * tile;
+      const int64_t n = std::min(tile, total - begin);
+      std::memcpy(buf0.data(), in + begin * in_size, n * in_size);
+      const void* result = RunTile(chain, src.dtype, buf0.data(), buf1.data(), wide.data(), n);
+      std::memcpy(out + begin * out_size, result, n * out_size);
+    }
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace tensorprep::kernels

@@ -1,0 +1,737 @@
+// CUDA backend tests. Every case runs on two backends and compares with the shared reference
+// (kernels/reference), the one oracle the CPU tests use too:
+//  - kDevice: the real launch (upload, kernel, download). Skipped where no usable GPU exists.
+//  - kHost: the kernels' own per-element code (kernel_math.h), fed with the launch arguments the
+//    launcher prepares (prepare.h), run on the host. It checks the arithmetic, border, rounding
+//    and argument packing the GPU runs, on any machine; only the thread-to-pixel mapping and the
+//    transfers are left to kDevice.
+// Tolerances are the CPU tests' (tests/kernels/warp_test.cc): exact for nearest, flip and
+// element-wise; bilinear: +-1 for integers, 1e-5 for float32 (values within +-3.5), one binary16
+// step for float16. On top of that the warp must equal the CPU backend bit for bit, and a fused
+// warp + chain must equal the warp followed by the chain.
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
+#include "gtest/gtest.h"
+#include "kernels/cuda/cuda_api.h"
+#include "kernels/cuda/kernel_math.h"
+#include "kernels/cuda/prepare.h"
+#include "kernels/reference/reference.h"
+#include "tests/kernels/test_util.h"
+
+namespace tensorprep::kernels::cuda {
+namespace {
+
+using ::tensorprep::kernels::testing::Buffer;
+using ::tensorprep::kernels::testing::DefaultRange;
+using ::tensorprep::kernels::testing::FromValues;
+using ::tensorprep::kernels::testing::HalfSpacing;
+using ::tensorprep::kernels::testing::RandomBuffer;
+using ::tensorprep::kernels::testing::ShapeName;
+
+enum class Backend { kHost, kDevice };
+
+const char* BackendName(Backend b) { return b == Backend::kHost ? "host" : "device"; }
+
+#define TP_SKIP_WITHOUT_DEVICE(backend)                                              \
+  do {                                                                               \
+    if ((backend) == Backend::kDevice && !Probe().usable) {                          \
+      GTEST_SKIP() << "no usable CUDA device (" << Probe().detail << ")";            \
+    }                                                                                \
+  } while (0)
+
+constexpr DType kAllDTypes[] = {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16};
+constexpr Border kAllBorders[] = {Border::kConstant, Border::kEdge, Border::kReflect,
+                                  Border::kReflect101, Border::kWrap};
+const BatchShape kShapes[] = {{1, 1, 1, 1}, {1, 2, 3, 1}, {2, 17, 13, 3},
+                              {3, 8, 8, 4}, {1, 1, 7, 2}, {2, 5, 31, 5}};
+
+const char* BorderName(Border b) {
+  switch (b) {
+    case Border::kConstant:
+      return "constant";
+    case Border::kEdge:
+      return "edge";
+    case Border::kReflect:
+      return "reflect";
+    case Border::kReflect101:
+      return "reflect101";
+    case Border::kWrap:
+      return "wrap";
+  }
+  return "unknown";
+}
+
+// Calls f(T{}) for the element type of `t`.
+template <typename F>
+void WithType(DType t, F&& f) {
+  switch (t) {
+    case DType::kUInt8:
+      return f(uint8_t{});
+    case DType::kInt32:
+      return f(int32_t{});
+    case DType::kFloat32:
+      return f(float{});
+    case DType::kFloat16:
+      return f(Half{});
+  }
+}
+
+bool SameValue(double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
+
+// Expects got[i] within tol(want[i]) of want[i] everywhere (NaN matches NaN); reports the first
+// few differences.
+template <typename Tol>
+void ExpectClose(const std::vector<double>& got, const std::vector<double>& want, Tol tol) {
+  ASSERT_EQ(got.size(), want.size());
+  int reported = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double t = tol(want[i]);
+    const bool ok = SameValue(got[i], want[i]) || std::fabs(got[i] - want[i]) <= t;
+    if (!ok && reported++ < 5) {
+      ADD_FAILURE() << "element " << i << ": got " << got[i] << ", expected " << want[i]
+                    << " (tolerance " << t << ")";
+    }
+  }
+  EXPECT_EQ(reported, 0) << "elements differing";
+}
+
+void ExpectSame(const std::vector<double>& got, const std::vector<double>& want) {
+  ExpectClose(got, want, [](double) { return 0.0; });
+}
+
+// ---- Running a launcher on either backend ----------------------------------------------------
+
+// Device round trip: uploads `src`, calls launch(src_view, dst_view, stream) on device views,
+// downloads dst (dtype `out`), returns it as doubles. `in_place` makes dst alias src.
+template <typename Launch>
+absl::StatusOr<std::vector<double>> RunOnDevice(const Buffer& src, DType out, bool in_place,
+                                                Launch launch) {
+  TP_ASSIGN_OR_RETURN(Stream stream, Stream::Create());
+  const size_t src_bytes = src.view().bytes();
+  Buffer dst(out, src.shape());
+  const size_t dst_bytes = dst.view().bytes();
+  TP_ASSIGN_OR_RETURN(DeviceBuffer d_src, DeviceBuffer::Allocate(src_bytes));
+  DeviceBuffer d_dst;
+  if (!in_place) {
+    TP_ASSIGN_OR_RETURN(d_dst, DeviceBuffer::Allocate(dst_bytes));
+  }
+  TP_RETURN_IF_ERROR(CopyToDevice(src.view().data, d_src, src_bytes, stream));
+  DeviceBuffer& result = in_place ? d_src : d_dst;
+  const ConstTensorView src_view{src.dtype(), src.shape(), d_src.data()};
+  const TensorView dst_view{out, src.shape(), result.data()};
+  TP_RETURN_IF_ERROR(launch(src_view, dst_view, stream));
+  TP_RETURN_IF_ERROR(CopyToHost(result, dst.mutable_view().data, dst_bytes, stream));
+  TP_RETURN_IF_ERROR(Synchronize(stream));
+  return reference::ToDoubles(dst.view());
+}
+
+absl::StatusOr<std::vector<double>> RunWarp(Backend backend, const Buffer& src,
+                                            absl::Span<const Affine> maps,
+                                            const WarpParams& params,
+                                            absl::Span<const ElementwiseOp> post_ops) {
+  const DType out = ElementwiseOutputDType(src.dtype(), post_ops);
+  if (backend == Backend::kDevice) {
+    return RunOnDevice(src, out, false,
+                       [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
+                         return post_ops.empty()
+                                    ? WarpAffineCuda(s, d, maps, params, stream)
+                                    : WarpElementwiseCuda(s, d, maps, params, post_ops, stream);
+                       });
+  }
+  Buffer dst(out, src.shape());
+  TP_ASSIGN_OR_RETURN(
+      detail::WarpLaunch launch,
+      detail::PrepareWarp("test", src.view(), dst.mutable_view(), maps, params, post_ops));
+  launch.Bind(launch.blob.data());
+  const detail::WarpArgs& a = launch.args;
+  WithType(launch.in, [&](auto tin) {
+    WithType(launch.out, [&](auto tout) {
+      for (int64_t n = 0; n < a.n; ++n) {
+        for (int64_t y = 0; y < a.h; ++y) {
+          for (int64_t x = 0; x < a.w; ++x) {
+            detail::WarpPixel<decltype(tin), decltype(tout)>(a, n, y, x);
+          }
+        }
+      }
+    });
+  });
+  return reference::ToDoubles(dst.view());
+}
+
+absl::StatusOr<std::vector<double>> RunFlip(Backend backend, const Buffer& src,
+                                            absl::Span<const FlipFlags> flags) {
+  if (backend == Backend::kDevice) {
+    return RunOnDevice(src, src.dtype(), false,
+                       [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
+                         return FlipCuda(s, d, flags, stream);
+                       });
+  }
+  Buffer dst(src.dtype(), src.shape());
+  TP_ASSIGN_OR_RETURN(detail::FlipLaunch launch,
+                      detail::PrepareFlip(src.view(), dst.mutable_view(), flags));
+  launch.Bind(launch.blob.data());
+  const detail::FlipArgs& a = launch.args;
+  WithType(src.dtype(), [&](auto t) {
+    for (int64_t n = 0; n < a.n; ++n) {
+      for (int64_t y = 0; y < a.h; ++y) {
+        for (int64_t x = 0; x < a.w; ++x) detail::FlipPixel<decltype(t)>(a, n, y, x);
+      }
+    }
+  });
+  return reference::ToDoubles(dst.view());
+}
+
+absl::StatusOr<std::vector<double>> RunElementwise(Backend backend, const Buffer& src,
+                                                   absl::Span<const ElementwiseOp> ops,
+                                                   bool in_place) {
+  const DType out = ElementwiseOutputDType(src.dtype(), ops);
+  if (backend == Backend::kDevice) {
+    return RunOnDevice(src, out, in_place,
+                       [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
+                         return ElementwiseCuda(s, d, ops, stream);
+                       });
+  }
+  Buffer copy = src;  // in place: the host run overwrites its input
+  Buffer separate(out, src.shape());
+  const TensorView dst = in_place ? TensorView{out, src.shape(), copy.mutable_view().data}
+                                  : separate.mutable_view();
+  TP_ASSIGN_OR_RETURN(detail::ElementwiseLaunch launch,
+                      detail::PrepareElementwise(copy.view(), dst, ops));
+  launch.Bind(launch.blob.data());
+  const detail::ElementwiseArgs& a = launch.args;
+  // The kernel's grid-stride loop with its carried channel index, for an odd number of threads.
+  constexpr int64_t kThreads = 37;
+  WithType(launch.in, [&](auto tin) {
+    WithType(launch.out, [&](auto tout) {
+      for (int64_t t = 0; t < kThreads; ++t) {
+        int c = static_cast<int>(t % a.channels);
+        const int step = static_cast<int>(kThreads % a.channels);
+        for (int64_t i = t; i < a.total; i += kThreads) {
+          detail::ElementwiseElement<decltype(tin), decltype(tout)>(a, i, c);
+          c += step;
+          if (c >= a.channels) c -= a.channels;
+        }
+      }
+    });
+  });
+  return reference::ToDoubles(dst.as_const());
+}
+
+// ---- Warp -------------------------------------------------------------------------------------
+
+// Per-sample maps: rotations (exact quarter turns included), flips and a general affine map.
+std::vector<Affine> SampleMaps(const BatchShape& s) {
+  const std::vector<Affine> pool = {
+      RotationInverse(30, s.h, s.w),
+      RotationInverse(90, s.h, s.w),
+      RotationInverse(-47.5, s.h, s.w).Then(FlipInverse(true, false, s.h, s.w)),
+      Affine{{1.3, 0.2, -1.7, -0.15, 0.8, 2.25}},
+      FlipInverse(true, true, s.h, s.w),
+      RotationInverse(200, s.h, s.w),
+  };
+  std::vector<Affine> maps;
+  for (int64_t n = 0; n < s.n; ++n) maps.push_back(pool[n % pool.size()]);
+  return maps;
+}
+
+double WarpTolerance(DType dtype, Interp interp, double expected) {
+  if (interp == Interp::kNearest) return 0;
+  switch (dtype) {
+    case DType::kUInt8:
+    case DType::kInt32:
+      return 1;
+    case DType::kFloat32:
+      return 1e-5;
+    case DType::kFloat16:
+      return HalfSpacing(expected);
+  }
+  return 0;
+}
+
+// A fill outside the source range: the kCast conversion (saturation, rounding) is exercised.
+double TestFill(DType dtype) {
+  switch (dtype) {
+    case DType::kUInt8:
+      return 300.6;  // saturates to 255
+    case DType::kInt32:
+      return -1234567.5;  // ties to even
+    default:
+      return 3.5;
+  }
+}
+
+using WarpCase = std::tuple<Backend, DType, BatchShape, Interp, Border>;
+
+class WarpTest : public ::testing::TestWithParam<WarpCase> {};
+
+TEST_P(WarpTest, MatchesReferenceAndCpu) {
+  const auto [backend, dtype, shape, interp, border] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  double lo, hi;
+  DefaultRange(dtype, &lo, &hi);
+  const Buffer src = RandomBuffer(dtype, shape, 17 + shape.h * 31 + shape.w, lo, hi);
+  WarpParams params;
+  params.interp = interp;
+  params.border = border;
+  params.fill = TestFill(dtype);
+  const std::vector<Affine> maps = SampleMaps(shape);
+
+  for (const bool broadcast : {false, true}) {
+    SCOPED_TRACE(broadcast ? "one map for every sample" : "one map per sample");
+    const absl::Span<const Affine> used =
+        broadcast ? absl::MakeConstSpan(maps).subspan(0, 1) : absl::MakeConstSpan(maps);
+    auto got = RunWarp(backend, src, used, params, {});
+    ASSERT_TRUE(got.ok()) << got.status();
+    const std::vector<double> want = reference::WarpAffine(src.view(), used, params);
+    ExpectClose(*got, want, [&](double e) { return WarpTolerance(dtype, interp, e); });
+
+    Buffer cpu(dtype, shape);
+    ASSERT_TRUE(WarpAffineCpu(src.view(), cpu.mutable_view(), used, params, nullptr).ok());
+    ExpectSame(*got, reference::ToDoubles(cpu.view()));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, WarpTest,
+    ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                       ::testing::ValuesIn(kAllDTypes), ::testing::ValuesIn(kShapes),
+                       ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                       ::testing::ValuesIn(kAllBorders)),
+    [](const ::testing::TestParamInfo<WarpCase>& info) {
+      const auto& [backend, dtype, shape, interp, border] = info.param;
+      return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_", ShapeName(shape), "_",
+                          interp == Interp::kNearest ? "nearest" : "bilinear", "_",
+                          BorderName(border));
+    });
+
+// Degenerate maps: far or non-finite positions sample the fill whatever the border.
+TEST(WarpEdgeCases, FarAndNonFinitePositionsGiveFill) {
+  for (Backend backend : {Backend::kHost, Backend::kDevice}) {
+    if (backend == Backend::kDevice && !Probe().usable) continue;
+    SCOPED_TRACE(BackendName(backend));
+    const BatchShape shape{4, 3, 5, 2};
+    const Buffer src = RandomBuffer(DType::kFloat32, shape, 5, -1, 1);
+    const std::vector<Affine> maps = {Affine{{1, 0, 1e300, 0, 1, 0}},
+                                      Affine{{1, 0, 0, 0, 1, -9007199254740992.0}},
+                                      Affine{{1, 0, NAN, 0, 1, 0}},
+                                      Affine{{1e16, 0, 0, 0, 1, 0}}};
+    for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+      for (Border border : kAllBorders) {
+        WarpParams params{interp, border, 2.5};
+        auto got = RunWarp(backend, src, maps, params, {});
+        ASSERT_TRUE(got.ok()) << got.status();
+        ExpectSame(*got, reference::WarpAffine(src.view(), maps, params));
+      }
+    }
+  }
+}
+
+// ---- Fused warp + element-wise ----------------------------------------------------------------
+
+std::vector<ElementwiseOp> Arith(ElementwiseKind kind, std::vector<double> a) {
+  ElementwiseOp op;
+  op.kind = kind;
+  op.a = std::move(a);
+  return {op};
+}
+ElementwiseOp Cast(DType to) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kCast;
+  op.to = to;
+  return op;
+}
+ElementwiseOp Clamp(bool has_lo, double lo, bool has_hi, double hi) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kClamp;
+  op.has_lo = has_lo;
+  op.lo = lo;
+  op.has_hi = has_hi;
+  op.hi = hi;
+  return op;
+}
+ElementwiseOp Normalize(std::vector<double> mean, std::vector<double> stddev) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kNormalize;
+  op.a = std::move(mean);
+  op.b = std::move(stddev);
+  return op;
+}
+ElementwiseOp One(ElementwiseKind kind, std::vector<double> a) { return Arith(kind, a)[0]; }
+
+// Per-channel vector of length c: distinct, non-zero, not exactly representable in float.
+std::vector<double> PerChannel(int64_t c, double base, double step) {
+  std::vector<double> v;
+  for (int64_t i = 0; i < c; ++i) v.push_back(base + step * static_cast<double>(i) + 0.01);
+  return v;
+}
+
+// Typical post-warp chains for an input dtype (all valid for it).
+std::vector<std::vector<ElementwiseOp>> FusedChains(DType dtype, int64_t c) {
+  std::vector<std::vector<ElementwiseOp>> chains;
+  if (IsFloating(dtype)) {
+    chains.push_back({Normalize(PerChannel(c, 0.1, 0.05), PerChannel(c, 0.2, 0.03))});
+    chains.push_back({One(ElementwiseKind::kMultiply, {255}),
+                      One(ElementwiseKind::kAdd, PerChannel(c, 100, 1)),
+                      Clamp(true, 0, true, 255), Cast(DType::kUInt8)});
+  } else {
+    chains.push_back({Cast(DType::kFloat32), One(ElementwiseKind::kDivide, {255}),
+                      Normalize(PerChannel(c, 0.45, 0.01), PerChannel(c, 0.22, 0.01))});
+    chains.push_back({One(ElementwiseKind::kDivide, {3}), Cast(DType::kFloat16)});
+  }
+  return chains;
+}
+
+using FusedCase = std::tuple<Backend, DType, Interp, Border>;
+
+class FusedWarpTest : public ::testing::TestWithParam<FusedCase> {};
+
+// The fused result equals the warp's stored result run through the chain (reference chain), so
+// fusion changes no rounding; with nearest the warp itself is exact, so the whole is exact.
+TEST_P(FusedWarpTest, EqualsWarpThenChain) {
+  const auto [backend, dtype, interp, border] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  const BatchShape shape{3, 19, 11, 3};
+  double lo, hi;
+  DefaultRange(dtype, &lo, &hi);
+  const Buffer src = RandomBuffer(dtype, shape, 99, lo, hi);
+  const std::vector<Affine> maps = SampleMaps(shape);
+  const WarpParams params{interp, border, TestFill(dtype)};
+  auto warped = RunWarp(backend, src, maps, params, {});
+  ASSERT_TRUE(warped.ok()) << warped.status();
+  const Buffer warped_buffer = FromValues(dtype, shape, *warped);
+  for (const auto& chain : FusedChains(dtype, shape.c)) {
+    auto got = RunWarp(backend, src, maps, params, chain);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSame(*got, reference::Elementwise(warped_buffer.view(), chain));
+    if (interp == Interp::kNearest) {
+      const Buffer ref_warp =
+          FromValues(dtype, shape, reference::WarpAffine(src.view(), maps, params));
+      ExpectSame(*got, reference::Elementwise(ref_warp.view(), chain));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, FusedWarpTest,
+    ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                       ::testing::ValuesIn(kAllDTypes),
+                       ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                       ::testing::Values(Border::kConstant, Border::kReflect101)),
+    [](const ::testing::TestParamInfo<FusedCase>& info) {
+      const auto& [backend, dtype, interp, border] = info.param;
+      return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
+                          interp == Interp::kNearest ? "nearest" : "bilinear", "_",
+                          BorderName(border));
+    });
+
+// ---- Flip -------------------------------------------------------------------------------------
+
+using FlipCase = std::tuple<Backend, DType, BatchShape>;
+
+class FlipTest : public ::testing::TestWithParam<FlipCase> {};
+
+TEST_P(FlipTest, MatchesReference) {
+  const auto [backend, dtype, shape] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  double lo, hi;
+  DefaultRange(dtype, &lo, &hi);
+  const Buffer src = RandomBuffer(dtype, shape, 3 + shape.w, lo, hi);
+  const FlipFlags cycle[] = {{false, false}, {true, false}, {false, true}, {true, true}};
+  std::vector<FlipFlags> per_sample;
+  for (int64_t n = 0; n < shape.n; ++n) per_sample.push_back(cycle[(n + 1) % 4]);
+  auto got = RunFlip(backend, src, per_sample);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSame(*got, reference::Flip(src.view(), per_sample));
+  for (const FlipFlags& f : cycle) {
+    auto one = RunFlip(backend, src, {f});
+    ASSERT_TRUE(one.ok()) << one.status();
+    ExpectSame(*one, reference::Flip(src.view(), {f}));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, FlipTest,
+                         ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                                            ::testing::ValuesIn(kAllDTypes),
+                                            ::testing::ValuesIn(kShapes)),
+                         [](const ::testing::TestParamInfo<FlipCase>& info) {
+                           const auto& [backend, dtype, shape] = info.param;
+                           return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
+                                               ShapeName(shape));
+                         });
+
+// ---- Element-wise -----------------------------------------------------------------------------
+
+struct NamedChain {
+  std::string name;
+  std::vector<ElementwiseOp> ops;
+};
+
+// Chains valid for `dtype` with `c` channels, covering every op, every cast and dtype changes
+// inside a chain.
+std::vector<NamedChain> Chains(DType dtype, int64_t c) {
+  double lo, hi;
+  DefaultRange(dtype, &lo, &hi);
+  const double span = hi - lo;
+  std::vector<NamedChain> chains = {
+      {"empty", {}},
+      {"add_per_channel", Arith(ElementwiseKind::kAdd, PerChannel(c, 0.5, -1.25))},
+      {"subtract_scalar", Arith(ElementwiseKind::kSubtract, {2.5})},
+      {"multiply_scalar", Arith(ElementwiseKind::kMultiply, {1.7})},
+      {"divide_per_channel", Arith(ElementwiseKind::kDivide, PerChannel(c, -3, 0.75))},
+      {"clamp", {Clamp(true, lo + 0.3 * span + 0.5, true, hi - 0.25 * span - 0.5)}},
+      {"clamp_lo_only", {Clamp(true, lo + 0.5 * span + 0.25, false, 0)}},
+      {"cast_uint8", {Cast(DType::kUInt8)}},
+      {"cast_int32", {Cast(DType::kInt32)}},
+      {"cast_float32", {Cast(DType::kFloat32)}},
+      {"cast_float16", {Cast(DType::kFloat16)}},
+      {"long_mixed",
+       {One(ElementwiseKind::kMultiply, {3.3}), One(ElementwiseKind::kAdd, {-0.7}),
+        Clamp(true, -100, true, 1e5), Cast(DType::kUInt8), One(ElementwiseKind::kAdd, {10}),
+        Cast(DType::kFloat16), One(ElementwiseKind::kMultiply, PerChannel(c, 300, 1)),
+        Clamp(false, 0, true, 60000), Cast(DType::kInt32)}},
+  };
+  if (IsFloating(dtype)) {
+    chains.push_back({"normalize", {Normalize(PerChannel(c, 0.1, 0.05), PerChannel(c, 0.2, 0.1))}});
+  } else {
+    chains.push_back({"cast_normalize",
+                      {Cast(DType::kFloat32), Normalize(PerChannel(c, 0.1, 0.05), {0.3})}});
+  }
+  return chains;
+}
+
+using ElementwiseCase = std::tuple<Backend, DType, BatchShape, bool>;
+
+class ElementwiseTest : public ::testing::TestWithParam<ElementwiseCase> {};
+
+TEST_P(ElementwiseTest, EveryChainMatchesReference) {
+  const auto [backend, dtype, shape, in_place] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  double lo, hi;
+  DefaultRange(dtype, &lo, &hi);
+  const Buffer src = RandomBuffer(dtype, shape, 11 + shape.c, lo, hi);
+  for (const NamedChain& chain : Chains(dtype, shape.c)) {
+    SCOPED_TRACE(chain.name);
+    const DType out = ElementwiseOutputDType(dtype, chain.ops);
+    if (in_place && DTypeSize(out) != DTypeSize(dtype)) continue;  // not an allowed in-place use
+    auto got = RunElementwise(backend, src, chain.ops, in_place);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSame(*got, reference::Elementwise(src.view(), chain.ops));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ElementwiseTest,
+                         ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                                            ::testing::ValuesIn(kAllDTypes),
+                                            ::testing::ValuesIn(kShapes), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<ElementwiseCase>& info) {
+                           const auto& [backend, dtype, shape, in_place] = info.param;
+                           return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
+                                               ShapeName(shape), in_place ? "_inplace" : "");
+                         });
+
+// Rounding and saturation edges: ties, NaN, infinities, signed zero, the float16 limit.
+TEST(ElementwiseEdgeCases, SpecialValuesMatchReference) {
+  const std::vector<double> values = {
+      0.5,        1.5,          2.5,         -0.5,         -1.5,       254.5,      255.5,
+      -0.0,       NAN,          INFINITY,    -INFINITY,    65504,      65519,      65520,
+      -65536,     2147483520.0, 3e9,         -3e9,         6.103515625e-05, 1e-8, 3.14159,
+      1e38,       -7.25,        0.999999,    1234.5678};
+  const BatchShape shape{1, 1, static_cast<int64_t>(values.size()), 1};
+  for (Backend backend : {Backend::kHost, Backend::kDevice}) {
+    if (backend == Backend::kDevice && !Probe().usable) continue;
+    for (DType dtype : kAllDTypes) {
+      const Buffer src = FromValues(dtype, shape, values);
+      for (const NamedChain& chain :
+           std::vector<NamedChain>{{"cast_uint8", {Cast(DType::kUInt8)}},
+                                   {"cast_int32", {Cast(DType::kInt32)}},
+                                   {"cast_float32", {Cast(DType::kFloat32)}},
+                                   {"cast_float16", {Cast(DType::kFloat16)}},
+                                   {"add_half", Arith(ElementwiseKind::kAdd, {0.5})},
+                                   {"multiply_big", Arith(ElementwiseKind::kMultiply, {1e5})},
+                                   {"clamp", {Clamp(true, -2.5, true, 65519.0)}},
+                                   {"divide", Arith(ElementwiseKind::kDivide, {-3})}}) {
+        SCOPED_TRACE(absl::StrCat(BackendName(backend), " ", DTypeName(dtype), " ", chain.name));
+        auto got = RunElementwise(backend, src, chain.ops, false);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ExpectSame(*got, reference::Elementwise(src.view(), chain.ops));
+      }
+    }
+  }
+}
+
+// The shared conversion helper against the reference's, on values that need care.
+TEST(KernelMath, CastDoubleMatchesReference) {
+  const double values[] = {0.0,    -0.0,     0.5,         1.5,        -2.5,      255.49,
+                           255.5,  -1e300,   1e300,       NAN,        INFINITY,  -INFINITY,
+                           65504,  65519.99, 65520,       -65520.01,  1.0009765625,
+                           1.00048828125,    1.000732421875,          5.9604644775390625e-8,
+                           2.98023223876953125e-8,        2.9802322387695313e-8,
+                           2147483647.4,     2147483647.5,            -2147483648.6,
+                           1.0000000596046448, 3.4028235677973366e38};
+  for (DType to : kAllDTypes) {
+    for (double v : values) {
+      EXPECT_TRUE(SameValue(detail::CastDouble(v, to), reference::CastValue(v, to)))
+          << DTypeName(to) << " of " << v << ": got " << detail::CastDouble(v, to)
+          << ", expected " << reference::CastValue(v, to);
+    }
+  }
+}
+
+// ---- Device probing and the API without a device ----------------------------------------------
+
+TEST(Probe, ReportsConsistentlyWithoutCrashing) {
+  const DeviceInfo info = Probe();
+  EXPECT_FALSE(info.detail.empty());
+  if (info.usable) {
+    EXPECT_GE(info.count, 1);
+    EXPECT_FALSE(info.name.empty());
+    EXPECT_GT(info.total_memory, 0u);
+  } else {
+    EXPECT_TRUE(info.name.empty());
+    EXPECT_EQ(info.total_memory, 0u);
+  }
+  const DeviceInfo again = Probe();  // cached: the same answer
+  EXPECT_EQ(again.usable, info.usable);
+  EXPECT_EQ(again.detail, info.detail);
+}
+
+TEST(NoDevice, EveryCallFailsCleanly) {
+  if (Probe().usable) GTEST_SKIP() << "a usable device exists: " << Probe().detail;
+  auto stream = Stream::Create();
+  ASSERT_FALSE(stream.ok());
+  EXPECT_EQ(stream.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(stream.status().message().find(Probe().detail), std::string::npos);
+  auto device = DeviceBuffer::Allocate(1024);
+  ASSERT_FALSE(device.ok());
+  EXPECT_EQ(device.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto pinned = PinnedBuffer::Allocate(1024);
+  ASSERT_FALSE(pinned.ok());
+  EXPECT_EQ(pinned.status().code(), absl::StatusCode::kFailedPrecondition);
+  PinnedBuffer empty_pinned;
+  EXPECT_EQ(empty_pinned.Reserve(64).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(empty_pinned.size(), 0u);
+
+  // Valid arguments with no stream to run them on.
+  Stream none;
+  DeviceBuffer nothing;
+  char host[16] = {};
+  EXPECT_EQ(Synchronize(none).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CopyToDevice(host, nothing, 0, none).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CopyToHost(nothing, host, 0, none).code(), absl::StatusCode::kFailedPrecondition);
+  float a[12] = {}, b[12] = {};
+  const ConstTensorView src{DType::kFloat32, {1, 2, 2, 3}, a};
+  const TensorView dst{DType::kFloat32, {1, 2, 2, 3}, b};
+  EXPECT_EQ(WarpAffineCuda(src, dst, {Affine{}}, WarpParams{}, none).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(FlipCuda(src, dst, {FlipFlags{true, false}}, none).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ElementwiseCuda(src, dst, {}, none).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Malformed arguments are INVALID_ARGUMENT before any device work, with or without a device.
+TEST(Validation, MalformedArgumentsAreInvalidArgument) {
+  Stream none;
+  float a[24] = {}, b[24] = {};
+  const ConstTensorView src{DType::kFloat32, {2, 2, 2, 3}, a};
+  const TensorView dst{DType::kFloat32, {2, 2, 2, 3}, b};
+  const auto invalid = absl::StatusCode::kInvalidArgument;
+  const TensorView wrong_shape{DType::kFloat32, {2, 2, 3, 2}, b};
+  const TensorView wrong_dtype{DType::kInt32, {2, 2, 2, 3}, b};
+  const TensorView overlapping{DType::kFloat32, {2, 2, 2, 3}, a + 1};
+  const TensorView null_data{DType::kFloat32, {2, 2, 2, 3}, nullptr};
+  const ConstTensorView empty{DType::kFloat32, {0, 2, 2, 3}, a};
+  const std::vector<Affine> three(3);
+  EXPECT_EQ(WarpAffineCuda(src, wrong_shape, {Affine{}}, {}, none).code(), invalid);
+  EXPECT_EQ(WarpAffineCuda(src, wrong_dtype, {Affine{}}, {}, none).code(), invalid);
+  EXPECT_EQ(WarpAffineCuda(src, overlapping, {Affine{}}, {}, none).code(), invalid);
+  EXPECT_EQ(WarpAffineCuda(src, null_data, {Affine{}}, {}, none).code(), invalid);
+  EXPECT_EQ(WarpAffineCuda(empty, dst, {Affine{}}, {}, none).code(), invalid);
+  EXPECT_EQ(WarpAffineCuda(src, dst, three, {}, none).code(), invalid);
+  EXPECT_EQ(WarpAffineCuda(src, dst, {}, {}, none).code(), invalid);
+  EXPECT_EQ(WarpAffineCuda(src, dst, {Affine{}}, WarpParams{static_cast<Interp>(7)}, none).code(),
+            invalid);
+  const std::vector<ElementwiseOp> to_uint8 = {Cast(DType::kUInt8)};
+  // dst must have the chain's output dtype.
+  EXPECT_EQ(WarpElementwiseCuda(src, dst, {Affine{}}, {}, to_uint8, none).code(), invalid);
+  EXPECT_EQ(FlipCuda(src, wrong_dtype, {FlipFlags{}}, none).code(), invalid);
+  EXPECT_EQ(FlipCuda(src, dst, std::vector<FlipFlags>(3), none).code(), invalid);
+  EXPECT_EQ(FlipCuda(src, overlapping, {FlipFlags{}}, none).code(), invalid);
+  EXPECT_EQ(ElementwiseCuda(src, dst, Arith(ElementwiseKind::kDivide, {0}), none).code(), invalid);
+  EXPECT_EQ(ElementwiseCuda(src, dst, Arith(ElementwiseKind::kAdd, {1, 2}), none).code(), invalid);
+  EXPECT_EQ(ElementwiseCuda(src, overlapping, {}, none).code(), invalid);
+  const ConstTensorView ints{DType::kInt32, {2, 2, 2, 3}, a};
+  const TensorView ints_out{DType::kInt32, {2, 2, 2, 3}, b};
+  EXPECT_EQ(ElementwiseCuda(ints, ints_out, {Normalize({0}, {1})}, none).code(), invalid);
+  // Exactly in place with same-size dtypes is allowed: it fails only for want of a stream.
+  const TensorView in_place{DType::kInt32, {2, 2, 2, 3}, a};
+  EXPECT_EQ(ElementwiseCuda(src, in_place, {Cast(DType::kInt32)}, none).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// ---- Device-only behaviour ----------------------------------------------------------------------
+
+TEST(DeviceOnly, HostPointersAreRejected) {
+  if (!Probe().usable) GTEST_SKIP() << "no usable CUDA device (" << Probe().detail << ")";
+  auto stream = Stream::Create();
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto device = DeviceBuffer::Allocate(12 * sizeof(float));
+  ASSERT_TRUE(device.ok()) << device.status();
+  float host[12] = {};
+  const ConstTensorView src{DType::kFloat32, {1, 2, 2, 3}, host};
+  const TensorView dst{DType::kFloat32, {1, 2, 2, 3}, device->data()};
+  EXPECT_EQ(FlipCuda(src, dst, {FlipFlags{}}, *stream).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Synchronize(*stream).ok());
+}
+
+// Batches and rows beyond one grid's reach exercise the kernels' grid-stride loops.
+TEST(DeviceOnly, LargeGridsStride) {
+  if (!Probe().usable) GTEST_SKIP() << "no usable CUDA device (" << Probe().detail << ")";
+  const BatchShape shape{70000, 2, 1, 1};  // more samples than gridDim.z allows
+  const Buffer src = RandomBuffer(DType::kUInt8, shape, 1, 0, 255);
+  auto flipped = RunFlip(Backend::kDevice, src, {FlipFlags{false, true}});
+  ASSERT_TRUE(flipped.ok()) << flipped.status();
+  ExpectSame(*flipped, reference::Flip(src.view(), {FlipFlags{false, true}}));
+  const std::vector<Affine> maps = {FlipInverse(false, true, 2, 1)};
+  const WarpParams params{Interp::kNearest, Border::kEdge, 0};
+  auto warped = RunWarp(Backend::kDevice, src, maps, params, {});
+  ASSERT_TRUE(warped.ok()) << warped.status();
+  ExpectSame(*warped, reference::WarpAffine(src.view(), maps, params));
+
+  const BatchShape big{1, 2100, 2100, 5};  // > 65535 * 256 elements: the element-wise loop wraps
+  const Buffer values = RandomBuffer(DType::kFloat32, big, 2, -1, 1);
+  const auto chain = Arith(ElementwiseKind::kAdd, PerChannel(5, 1, 2));
+  auto added = RunElementwise(Backend::kDevice, values, chain, false);
+  ASSERT_TRUE(added.ok()) << added.status();
+  ExpectSame(*added, reference::Elementwise(values.view(), chain));
+}
+
+TEST(DeviceOnly, PinnedRoundTripAndReuse) {
+  if (!Probe().usable) GTEST_SKIP() << "no usable CUDA device (" << Probe().detail << ")";
+  auto stream = Stream::Create();
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto pinned = PinnedBuffer::Allocate(16);
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  ASSERT_TRUE(pinned->Reserve(4096).ok());
+  EXPECT_GE(pinned->size(), 4096u);
+  ASSERT_TRUE(pinned->Reserve(8).ok());  // never shrinks
+  EXPECT_GE(pinned->size(), 4096u);
+  auto* bytes = static_cast<unsigned char*>(pinned->data());
+  for (int i = 0; i < 4096; ++i) bytes[i] = static_cast<unsigned char>(i * 7);
+  auto device = DeviceBuffer::Allocate(4096);
+  ASSERT_TRUE(device.ok()) << device.status();
+  ASSERT_TRUE(CopyToDevice(bytes, *device, 4096, *stream).ok());
+  std::vector<unsigned char> back(4096);
+  ASSERT_TRUE(CopyToHost(*device, back.data(), 4096, *stream).ok());
+  ASSERT_TRUE(Synchronize(*stream).ok());
+  for (int i = 0; i < 4096; ++i) ASSERT_EQ(back[i], static_cast<unsigned char>(i * 7)) << i;
+  EXPECT_EQ(CopyToDevice(bytes, *device, 4097, *stream).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tensorprep::kernels::cuda

@@ -1,0 +1,362 @@
+// ElementwiseCpu against the reference (exact), hand-picked rounding and saturation cases, fusion
+// equal to op-by-op execution, in-place runs, and the validation messages.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/common/thread_pool.h"
+#include "kernels/elementwise/elementwise.h"
+#include "kernels/reference/reference.h"
+#include "tests/kernels/test_util.h"
+
+namespace tensorprep::kernels {
+namespace {
+
+using testing::Buffer;
+using testing::FromValues;
+using testing::RandomBuffer;
+
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+const double kInf = std::numeric_limits<double>::infinity();
+
+ElementwiseOp Arith(ElementwiseKind kind, std::vector<double> a) {
+  ElementwiseOp op;
+  op.kind = kind;
+  op.a = std::move(a);
+  return op;
+}
+ElementwiseOp Normalize(std::vector<double> mean, std::vector<double> stddev) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kNormalize;
+  op.a = std::move(mean);
+  op.b = std::move(stddev);
+  return op;
+}
+ElementwiseOp Clamp(bool has_lo, double lo, bool has_hi, double hi) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kClamp;
+  op.has_lo = has_lo;
+  op.lo = lo;
+  op.has_hi = has_hi;
+  op.hi = hi;
+  return op;
+}
+ElementwiseOp Cast(DType to) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kCast;
+  op.to = to;
+  return op;
+}
+
+// Per-channel values c0 + step * c for c in [0, channels).
+std::vector<double> PerChannel(int64_t channels, double c0, double step) {
+  std::vector<double> v;
+  for (int64_t c = 0; c < channels; ++c) v.push_back(c0 + step * c);
+  return v;
+}
+
+// Equal as values, NaN equal to NaN.
+void ExpectSameValues(const std::vector<double>& got, const std::vector<double>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  int reported = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool same = (std::isnan(got[i]) && std::isnan(want[i])) || got[i] == want[i];
+    if (!same && reported++ < 5) {
+      ADD_FAILURE() << "element " << i << ": got " << got[i] << ", want " << want[i];
+    }
+  }
+}
+
+// Chains that exercise every op on input dtype `in` with `channels` channels.
+std::vector<std::vector<ElementwiseOp>> Chains(DType in, int64_t channels) {
+  using K = ElementwiseKind;
+  std::vector<std::vector<ElementwiseOp>> chains = {
+      {Arith(K::kAdd, {1})},
+      {Arith(K::kAdd, PerChannel(channels, 0.5, 1.25))},
+      {Arith(K::kSubtract, PerChannel(channels, -3.3, 0.7))},
+      {Arith(K::kMultiply, PerChannel(channels, 1.7, -0.45))},
+      {Arith(K::kDivide, PerChannel(channels, 3.0, 1.5))},
+      {Arith(K::kDivide, {-0.3})},
+      {Clamp(true, -0.5, true, 100.5)},
+      {Clamp(true, 7.2, false, 0)},
+      {Clamp(false, 0, true, -1e10)},
+      {Cast(DType::kUInt8)},
+      {Cast(DType::kInt32)},
+      {Cast(DType::kFloat32)},
+      {Cast(DType::kFloat16)},
+      {Arith(K::kMultiply, {1.7}), Arith(K::kAdd, PerChannel(channels, -3, 1)),
+       Cast(DType::kInt32), Arith(K::kAdd, {0.5}), Clamp(true, -100, true, 1000),
+       Cast(DType::kFloat16), Arith(K::kMultiply, {0.001}), Cast(DType::kFloat32),
+       Arith(K::kDivide, {3}), Cast(DType::kUInt8)},
+      {Cast(DType::kFloat16), Normalize(PerChannel(channels, 0.2, 0.1), {0.7}),
+       Cast(DType::kFloat32), Normalize({-0.1}, PerChannel(channels, 2.0, 0.5)),
+       Arith(K::kMultiply, {255}), Cast(DType::kUInt8), Arith(K::kSubtract, {10})},
+  };
+  if (IsFloating(in)) {
+    chains.push_back({Normalize(PerChannel(channels, 0.485, 0.01), PerChannel(channels, 0.229, 0.004))});
+    chains.push_back({Normalize({3}, {1e-3}), Clamp(true, -65504, true, 65504)});
+  }
+  return chains;
+}
+
+class ElementwiseVsReference : public ::testing::TestWithParam<DType> {};
+
+TEST_P(ElementwiseVsReference, ChainsOnAllShapes) {
+  const DType dtype = GetParam();
+  const std::vector<BatchShape> shapes = {
+      {1, 1, 1, 1},     {1, 2, 3, 1},  {1, 7, 5, 3},    {2, 17, 13, 4},
+      {1, 48, 64, 3},   {1, 33, 31, 5},  // a tile of 4095 elements
+      {2, 100, 100, 3},                  // several tiles and several tasks
+  };
+  // Ranges that reach saturation and rounding ties in every cast.
+  double lo = 0, hi = 255;
+  if (dtype == DType::kInt32) lo = -3e9, hi = 3e9;
+  if (IsFloating(dtype)) lo = -300, hi = 300;
+  uint64_t seed = 100;
+  for (const BatchShape& shape : shapes) {
+    Buffer src = RandomBuffer(dtype, shape, seed++, lo, hi);
+    if (IsFloating(dtype) && shape.elements() > 8) {
+      // Exact ties for the integer casts, and special values.
+      std::vector<double> v = reference::ToDoubles(src.view());
+      const double specials[] = {0.5, 1.5, 2.5, -0.5, -2.5, 254.5, 255.5, kNaN, kInf, -kInf};
+      for (size_t i = 0; i < std::size(specials); ++i) v[i * 3 % v.size()] = specials[i];
+      src = FromValues(dtype, shape, v);
+    }
+    const auto chains = Chains(dtype, shape.c);
+    for (size_t k = 0; k < chains.size(); ++k) {
+      const auto& ops = chains[k];
+      SCOPED_TRACE(absl::StrCat(testing::ShapeName(shape), " chain ", k));
+      ASSERT_TRUE(ValidateElementwise(dtype, shape.c, ops).ok())
+          << ValidateElementwise(dtype, shape.c, ops);
+      const DType out_dtype = ElementwiseOutputDType(dtype, ops);
+      Buffer out(out_dtype, shape);
+      ASSERT_TRUE(ElementwiseCpu(src.view(), out.mutable_view(), ops, nullptr).ok());
+      ExpectSameValues(reference::ToDoubles(out.view()), reference::Elementwise(src.view(), ops));
+      for (int threads : {1, 3}) {
+        ThreadPool pool(threads);
+        Buffer again(out_dtype, shape);
+        ASSERT_TRUE(ElementwiseCpu(src.view(), again.mutable_view(), ops, &pool).ok());
+        EXPECT_EQ(again.bytes(), out.bytes()) << "threads=" << threads;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ElementwiseVsReference,
+                         ::testing::Values(DType::kUInt8, DType::kInt32, DType::kFloat32,
+                                           DType::kFloat16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
+
+// Runs `ops` on values given as doubles and returns the output as doubles.
+std::vector<double> RunChain(DType dtype, const std::vector<double>& values,
+                        const std::vector<ElementwiseOp>& ops, int64_t channels = 1) {
+  const BatchShape shape{1, 1, static_cast<int64_t>(values.size()) / channels, channels};
+  const Buffer src = FromValues(dtype, shape, values);
+  Buffer out(ElementwiseOutputDType(dtype, ops), shape);
+  const absl::Status st = ElementwiseCpu(src.view(), out.mutable_view(), ops, nullptr);
+  EXPECT_TRUE(st.ok()) << st;
+  return reference::ToDoubles(out.view());
+}
+
+TEST(ElementwiseCpu, IntegerArithmeticRoundsToEvenAndSaturates) {
+  using K = ElementwiseKind;
+  EXPECT_EQ(RunChain(DType::kUInt8, {0, 1, 2, 3, 254, 255}, {Arith(K::kAdd, {0.5})}),
+            (std::vector<double>{0, 2, 2, 4, 254, 255}));
+  EXPECT_EQ(RunChain(DType::kUInt8, {10, 200}, {Arith(K::kSubtract, {20})}),
+            (std::vector<double>{0, 180}));
+  EXPECT_EQ(RunChain(DType::kUInt8, {5, 7}, {Arith(K::kDivide, {2})}), (std::vector<double>{2, 4}));
+  EXPECT_EQ(RunChain(DType::kInt32, {2147483647.0, -2147483648.0, 5}, {Arith(K::kAdd, {1})}),
+            (std::vector<double>{2147483647.0, -2147483647.0, 6}));
+  EXPECT_EQ(RunChain(DType::kInt32, {-2147483648.0, 3}, {Arith(K::kSubtract, {1})}),
+            (std::vector<double>{-2147483648.0, 2}));
+  EXPECT_EQ(RunChain(DType::kInt32, {3, -3, 1000000000}, {Arith(K::kMultiply, {2.5})}),
+            (std::vector<double>{8, -8, 2147483647.0}));
+}
+
+TEST(ElementwiseCpu, PerChannelOperands) {
+  using K = ElementwiseKind;
+  EXPECT_EQ(RunChain(DType::kInt32, {1, 1, 1, 2, 2, 2}, {Arith(K::kMultiply, {10, 20, 30})}, 3),
+            (std::vector<double>{10, 20, 30, 20, 40, 60}));
+  const std::vector<double> got = RunChain(DType::kFloat32, {1, 2, 3, 4}, {Normalize({1, 2}, {2, 4})}, 2);
+  EXPECT_EQ(got, (std::vector<double>{0, 0, 1, 0.5}));
+}
+
+TEST(ElementwiseCpu, CastsRoundToEvenSaturateAndMapNaNToZero) {
+  EXPECT_EQ(RunChain(DType::kFloat32, {-1, 0.5, 1.5, 254.5, 300, kNaN, -kInf, kInf},
+                {Cast(DType::kUInt8)}),
+            (std::vector<double>{0, 0, 2, 254, 255, 0, 0, 255}));
+  EXPECT_EQ(RunChain(DType::kFloat32, {3e9, -3e9, kNaN, -2.5, 2.5, -3.5}, {Cast(DType::kInt32)}),
+            (std::vector<double>{2147483647.0, -2147483648.0, 0, -2, 2, -4}));
+  const std::vector<double> h =
+      RunChain(DType::kFloat32, {70000, -1e9, kInf, kNaN, 65519, 0.1}, {Cast(DType::kFloat16)});
+  EXPECT_EQ(h[0], 65504);
+  EXPECT_EQ(h[1], -65504);
+  EXPECT_EQ(h[2], kInf);
+  EXPECT_TRUE(std::isnan(h[3]));
+  EXPECT_EQ(h[4], 65504);
+  EXPECT_EQ(h[5], 0.0999755859375);
+  EXPECT_EQ(RunChain(DType::kInt32, {100000, -70000, 2049, 2051}, {Cast(DType::kFloat16)}),
+            (std::vector<double>{65504, -65504, 2048, 2052}));
+  EXPECT_EQ(RunChain(DType::kInt32, {16777217, 16777219, -300, 300}, {Cast(DType::kFloat32)}),
+            (std::vector<double>{16777216, 16777220, -300, 300}));
+  EXPECT_EQ(RunChain(DType::kInt32, {-300, 300, 17}, {Cast(DType::kUInt8)}),
+            (std::vector<double>{0, 255, 17}));
+  EXPECT_EQ(RunChain(DType::kFloat16, {-0.5, 2.5, 60000}, {Cast(DType::kUInt8)}),
+            (std::vector<double>{0, 2, 255}));
+}
+
+TEST(ElementwiseCpu, Float16ArithmeticRoundsLikeIeee) {
+  using K = ElementwiseKind;
+  // 65504 + 16 = 65520 is a tie between 65504 and 2^16: to even, which overflows (not a cast).
+  const std::vector<double> got = RunChain(DType::kFloat16, {65504, 1, 2048}, {Arith(K::kAdd, {16})});
+  EXPECT_EQ(got[0], kInf);
+  EXPECT_EQ(got[1], 17);
+  EXPECT_EQ(got[2], 2064);
+  // 2048 + 1 = 2049 is a tie between 2048 and 2050: to even.
+  EXPECT_EQ(RunChain(DType::kFloat16, {2048, 2050}, {Arith(K::kAdd, {1})}),
+            (std::vector<double>{2048, 2052}));
+}
+
+TEST(ElementwiseCpu, ClampConvertsBoundsAndKeepsNaN) {
+  const std::vector<double> f =
+      RunChain(DType::kFloat32, {kNaN, -5, 5, 0.25}, {Clamp(true, -1, true, 1)});
+  EXPECT_TRUE(std::isnan(f[0]));
+  EXPECT_EQ(f[1], -1);
+  EXPECT_EQ(f[2], 1);
+  EXPECT_EQ(f[3], 0.25);
+  // uint8: lo -10 casts to 0, hi 99.5 to 100 (ties to even).
+  EXPECT_EQ(RunChain(DType::kUInt8, {0, 50, 100, 200}, {Clamp(true, -10, true, 99.5)}),
+            (std::vector<double>{0, 50, 100, 100}));
+  EXPECT_EQ(RunChain(DType::kInt32, {-7, 7}, {Clamp(true, -2.5, false, 0)}),
+            (std::vector<double>{-2, 7}));
+}
+
+// Fusion must not change a single bit compared with running the ops one by one.
+TEST(ElementwiseCpu, FusedChainEqualsOpByOp) {
+  const BatchShape shape{2, 40, 50, 3};
+  for (DType dtype : {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16}) {
+    const Buffer src = RandomBuffer(dtype, shape, 7, dtype == DType::kUInt8 ? 0 : -300, 255);
+    for (const auto& ops : Chains(dtype, shape.c)) {
+      ThreadPool pool(3);
+      Buffer fused(ElementwiseOutputDType(dtype, ops), shape);
+      ASSERT_TRUE(ElementwiseCpu(src.view(), fused.mutable_view(), ops, &pool).ok());
+      Buffer step = src;
+      for (const ElementwiseOp& op : ops) {
+        Buffer next(ElementwiseOutputDType(step.dtype(), {op}), shape);
+        ASSERT_TRUE(ElementwiseCpu(step.view(), next.mutable_view(), {op}, nullptr).ok());
+        step = std::move(next);
+      }
+      EXPECT_EQ(fused.bytes(), step.bytes()) << DTypeName(dtype) << " chain of " << ops.size();
+    }
+  }
+}
+
+TEST(ElementwiseCpu, InPlaceEqualsOutOfPlace) {
+  using K = ElementwiseKind;
+  const BatchShape shape{3, 30, 41, 3};
+  struct Case {
+    DType dtype;
+    std::vector<ElementwiseOp> ops;
+  };
+  const Case cases[] = {
+      {DType::kInt32, {Arith(K::kAdd, {1})}},
+      {DType::kFloat32, {Arith(K::kMultiply, {2.5}), Cast(DType::kInt32)}},  // same size
+      {DType::kUInt8, {Arith(K::kSubtract, {3, 2, 1}), Clamp(true, 10, true, 200)}},
+      {DType::kFloat16, {Normalize({0.5}, {0.25})}},
+      {DType::kFloat32, {}},
+  };
+  for (const Case& c : cases) {
+    const Buffer src = RandomBuffer(c.dtype, shape, 3, 0, 255);
+    Buffer out(ElementwiseOutputDType(c.dtype, c.ops), shape);
+    ASSERT_TRUE(ElementwiseCpu(src.view(), out.mutable_view(), c.ops, nullptr).ok());
+    Buffer in_place = src;
+    TensorView dst = in_place.mutable_view();
+    dst.dtype = ElementwiseOutputDType(c.dtype, c.ops);
+    ThreadPool pool(3);
+    ASSERT_TRUE(ElementwiseCpu(in_place.view(), dst, c.ops, &pool).ok());
+    EXPECT_EQ(std::memcmp(in_place.view().data, out.view().data, out.view().bytes()), 0)
+        << DTypeName(c.dtype);
+  }
+}
+
+TEST(ElementwiseCpu, EmptyChainCopies) {
+  const BatchShape shape{2, 9, 7, 3};
+  const Buffer src = RandomBuffer(DType::kFloat16, shape, 9, -5, 5);
+  Buffer out(DType::kFloat16, shape);
+  ASSERT_TRUE(ElementwiseCpu(src.view(), out.mutable_view(), {}, nullptr).ok());
+  EXPECT_EQ(out.bytes(), src.bytes());
+}
+
+TEST(ElementwiseOutputDType, FollowsCasts) {
+  EXPECT_EQ(ElementwiseOutputDType(DType::kUInt8, {}), DType::kUInt8);
+  EXPECT_EQ(ElementwiseOutputDType(DType::kUInt8, {Cast(DType::kFloat32)}), DType::kFloat32);
+  EXPECT_EQ(ElementwiseOutputDType(DType::kUInt8, {Cast(DType::kFloat32),
+                                                   Arith(ElementwiseKind::kAdd, {1}),
+                                                   Cast(DType::kFloat16)}),
+            DType::kFloat16);
+}
+
+void ExpectInvalid(DType dtype, int64_t channels, const std::vector<ElementwiseOp>& ops,
+                   const std::string& message) {
+  const absl::Status st = ValidateElementwise(dtype, channels, ops);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << message;
+  EXPECT_EQ(std::string(st.message()), message);
+}
+
+TEST(ValidateElementwise, NamesTheOpAndWhatWasExpected) {
+  using K = ElementwiseKind;
+  ExpectInvalid(DType::kFloat32, 3,
+                {Arith(K::kAdd, {1}), Arith(K::kMultiply, {2}), Normalize({0.5}, {1, 2})},
+                "ops[2] (normalize): std has 2 values; expected 1 or 3 (channels)");
+  ExpectInvalid(DType::kUInt8, 3, {Arith(K::kDivide, {1, 0, 2})},
+                "ops[0] (divide): value[1] is 0; expected non-zero");
+  ExpectInvalid(DType::kFloat32, 1, {Arith(K::kDivide, {1e-60})},
+                "ops[0] (divide): value[0] is 1e-60, 0 in float32; expected non-zero");
+  ExpectInvalid(DType::kInt32, 1, {Normalize({0}, {1})},
+                "ops[0] (normalize): input dtype is int32; expected float32 or float16");
+  ExpectInvalid(DType::kInt32, 1, {Cast(DType::kFloat32), Arith(K::kAdd, {kNaN})},
+                "ops[1] (add): value[0] is nan; expected a finite number");
+  ExpectInvalid(DType::kFloat32, 1, {Arith(K::kAdd, {1e39})},
+                "ops[0] (add): value[0] is 1e+39; expected a value finite in float32");
+  ExpectInvalid(DType::kFloat32, 4, {Arith(K::kSubtract, {})},
+                "ops[0] (subtract): value has 0 values; expected 1 or 4 (channels)");
+  ExpectInvalid(DType::kFloat32, 1, {Normalize({1, 2}, {1})},
+                "ops[0] (normalize): mean has 2 values; expected 1 or 1 (channels)");
+  ExpectInvalid(DType::kUInt8, 1, {Clamp(true, 5, true, 3)},
+                "ops[0] (clamp): lo is 5 and hi is 3; expected lo <= hi");
+  ExpectInvalid(DType::kUInt8, 1, {Clamp(true, kInf, false, 0)},
+                "ops[0] (clamp): lo is inf; expected a finite number");
+  // The cast changes the dtype that later ops are checked against.
+  EXPECT_TRUE(ValidateElementwise(DType::kInt32, 1, {Cast(DType::kFloat16), Normalize({0}, {2})})
+                  .ok());
+  EXPECT_TRUE(ValidateElementwise(DType::kUInt8, 3, {Arith(K::kAdd, {1, 2, 3})}).ok());
+}
+
+TEST(ElementwiseCpu, RejectsMismatchedViews) {
+  const BatchShape shape{1, 2, 2, 1};
+  const Buffer src = RandomBuffer(DType::kInt32, shape, 1, 0, 10);
+  Buffer wrong(DType::kFloat32, shape);
+  absl::Status st = ElementwiseCpu(src.view(), wrong.mutable_view(),
+                                   {Arith(ElementwiseKind::kAdd, {1})}, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("dst dtype float32; expected int32"), std::string::npos) << st;
+
+  Buffer in_place = src;  // int32 -> uint8 in place: element sizes differ
+  TensorView dst = in_place.mutable_view();
+  dst.dtype = DType::kUInt8;
+  st = ElementwiseCpu(in_place.view(), dst, {Cast(DType::kUInt8)}, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("overlap"), std::string::npos) << st;
+
+  st = ElementwiseCpu(src.view(), wrong.mutable_view(), {Normalize({0}, {0})}, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tensorprep::kernels

@@ -1,0 +1,491 @@
+// WarpAffineCpu against the reference, plus checks that do not go through the reference: the
+// rotation direction on hand-computed grids, OpenCV's warpAffine, label sets, identity and flips.
+#include <cmath>
+#include <cstring>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/common/thread_pool.h"
+#include "kernels/flip/flip.h"
+#include "kernels/reference/reference.h"
+#include "kernels/warp/warp.h"
+#include "tests/kernels/test_util.h"
+
+namespace tensorprep::kernels {
+namespace {
+
+using testing::Buffer;
+using testing::FromValues;
+using testing::RandomBuffer;
+
+const char* BorderName(Border b) {
+  switch (b) {
+    case Border::kConstant:
+      return "constant";
+    case Border::kEdge:
+      return "edge";
+    case Border::kReflect:
+      return "reflect";
+    case Border::kReflect101:
+      return "reflect101";
+    case Border::kWrap:
+      return "wrap";
+  }
+  return "?";
+}
+
+// Allowed |fast - reference| for one element.
+//  - nearest: 0, it only copies values.
+//  - uint8 bilinear: 1. The kernel blends in float, the reference in double; a blend within float
+//    rounding of k + 0.5 may round to either neighbour.
+//  - int32 bilinear: 1, for the same reason at double precision (the kernel also blends in
+//    double, so in practice it is exact).
+//  - float32 bilinear: 1e-5. The kernel rounds the four weights to float (relative error 2^-24
+//    each) and does four products and three sums in float: at most about 8 * 2^-24 * max|v|, with
+//    |v| <= 3.5 in these tests (source in [-1, 1], fill 3.5) that is 1.7e-6; 1e-5 leaves margin
+//    while still catching any wrong tap or weight (errors of at least 1e-3 here).
+//  - float16 bilinear: one binary16 step at the value: the float blend and the double blend can
+//    fall on either side of a rounding boundary.
+double Tolerance(DType dtype, Interp interp, double expected) {
+  if (interp == Interp::kNearest) return 0;
+  switch (dtype) {
+    case DType::kUInt8:
+    case DType::kInt32:
+      return 1;
+    case DType::kFloat32:
+      return 1e-5;
+    case DType::kFloat16:
+      return testing::HalfSpacing(expected);
+  }
+  return 0;
+}
+
+// Runs WarpAffineCpu inline and on pools of 1 and 3 threads; expects identical bytes from all
+// three and returns the inline result.
+Buffer RunAllPools(const Buffer& src, absl::Span<const Affine> maps, const WarpParams& params) {
+  Buffer out(src.dtype(), src.shape());
+  EXPECT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), maps, params, nullptr).ok());
+  for (int threads : {1, 3}) {
+    ThreadPool pool(threads);
+    Buffer again(src.dtype(), src.shape());
+    const absl::Status st = WarpAffineCpu(src.view(), again.mutable_view(), maps, params, &pool);
+    EXPECT_TRUE(st.ok()) << st;
+    EXPECT_EQ(again.bytes(), out.bytes()) << "threads=" << threads << " changed the result";
+  }
+  return out;
+}
+
+// Compares a result with the reference; reports the first few differences.
+void ExpectMatchesReference(const Buffer& src, const Buffer& out, absl::Span<const Affine> maps,
+                            const WarpParams& params) {
+  const std::vector<double> want = reference::WarpAffine(src.view(), maps, params);
+  const std::vector<double> got = reference::ToDoubles(out.view());
+  ASSERT_EQ(want.size(), got.size());
+  int reported = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double tol = Tolerance(src.dtype(), params.interp, want[i]);
+    const bool same = (std::isnan(want[i]) && std::isnan(got[i])) || std::fabs(got[i] - want[i]) <= tol;
+    if (!same && reported++ < 5) {
+      ADD_FAILURE() << "element " << i << ": got " << got[i] << ", reference " << want[i]
+                    << " (tolerance " << tol << ")";
+    }
+  }
+}
+
+using WarpCase = std::tuple<DType, Interp, Border>;
+
+class WarpVsReference : public ::testing::TestWithParam<WarpCase> {};
+
+TEST_P(WarpVsReference, ShapesAnglesAndMaps) {
+  const auto [dtype, interp, border] = GetParam();
+  const std::vector<BatchShape> shapes = {
+      {1, 1, 1, 1}, {1, 2, 3, 1}, {1, 7, 5, 3}, {2, 17, 13, 4},
+      {1, 9, 9, 1}, {1, 6, 5, 2},  // C = 2 takes the generic channel path
+      {1, 48, 64, 3},
+  };
+  const double angles[] = {0, 90, 180, 270, -30, 30, 359.5, 45};
+  double lo, hi;
+  testing::DefaultRange(dtype, &lo, &hi);
+  WarpParams params;
+  params.interp = interp;
+  params.border = border;
+  params.fill = 3.5;  // uint8/int32: 4 (ties to even)
+  uint64_t seed = 1;
+  for (const BatchShape& shape : shapes) {
+    const Buffer src = RandomBuffer(dtype, shape, seed++, lo, hi);
+    std::vector<std::vector<Affine>> map_sets;
+    for (double angle : angles) {
+      map_sets.push_back({RotationInverse(angle, shape.h, shape.w)});
+    }
+    // Scaled, sheared and shifted maps reach several periods beyond the image, so that reflect
+    // and wrap are exercised far from the edge.
+    Affine far_map;
+    far_map.m[0] = 2.3, far_map.m[1] = 0.4, far_map.m[2] = -13.7;
+    far_map.m[3] = -0.6, far_map.m[4] = 1.7, far_map.m[5] = 21.2;
+    map_sets.push_back({far_map});
+    Affine shrink;
+    shrink.m[0] = 0.37, shrink.m[1] = -0.21, shrink.m[2] = 1.25;
+    shrink.m[3] = 0.18, shrink.m[4] = 0.41, shrink.m[5] = -0.75;
+    map_sets.push_back({shrink});
+    if (shape.n == 2) {  // one map per sample
+      map_sets.push_back({RotationInverse(30, shape.h, shape.w), far_map});
+    }
+    for (const auto& maps : map_sets) {
+      SCOPED_TRACE(absl::StrCat(testing::ShapeName(shape), " map[0]=(", maps[0].m[0], ", ",
+                                maps[0].m[1], ", ", maps[0].m[2], ", ", maps[0].m[3], ", ",
+                                maps[0].m[4], ", ", maps[0].m[5], ") maps=", maps.size()));
+      const Buffer out = RunAllPools(src, maps, params);
+      ExpectMatchesReference(src, out, maps, params);
+    }
+  }
+}
+
+std::string CaseName(const ::testing::TestParamInfo<WarpCase>& info) {
+  const auto [dtype, interp, border] = info.param;
+  return absl::StrCat(DTypeName(dtype), "_", interp == Interp::kNearest ? "nearest" : "bilinear",
+                      "_", BorderName(border));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, WarpVsReference,
+    ::testing::Combine(::testing::Values(DType::kUInt8, DType::kInt32, DType::kFloat32,
+                                         DType::kFloat16),
+                       ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                       ::testing::Values(Border::kConstant, Border::kEdge, Border::kReflect,
+                                         Border::kReflect101, Border::kWrap)),
+    CaseName);
+
+// Several row bands per sample and several samples: the task split must not show in the result.
+TEST(WarpAffineCpu, BandsAndSamplesMatchReference) {
+  const BatchShape shape{2, 200, 120, 3};
+  for (DType dtype : {DType::kUInt8, DType::kFloat32}) {
+    for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+      double lo, hi;
+      testing::DefaultRange(dtype, &lo, &hi);
+      const Buffer src = RandomBuffer(dtype, shape, 99, lo, hi);
+      const std::vector<Affine> maps = {RotationInverse(33, shape.h, shape.w),
+                                        RotationInverse(-71, shape.h, shape.w)};
+      WarpParams params;
+      params.interp = interp;
+      params.border = Border::kReflect;
+      const Buffer out = RunAllPools(src, maps, params);
+      ExpectMatchesReference(src, out, maps, params);
+    }
+  }
+}
+
+// 0..8 in a 3x3 grid; rotation about the centre pixel by multiples of 90 degrees is a pure
+// permutation, written out here by hand (np.rot90 is counter-clockwise too).
+TEST(RotationConvention, QuarterTurnsOnHandComputedGrid) {
+  const BatchShape shape{1, 3, 3, 1};
+  const std::vector<double> grid = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  struct Case {
+    double angle;
+    std::vector<double> want;
+  };
+  const Case cases[] = {
+      // Counter-clockwise: the top-right pixel (2) moves to the top-left.
+      {90, {2, 5, 8, 1, 4, 7, 0, 3, 6}},
+      {-90, {6, 3, 0, 7, 4, 1, 8, 5, 2}},
+      {270, {6, 3, 0, 7, 4, 1, 8, 5, 2}},
+      {180, {8, 7, 6, 5, 4, 3, 2, 1, 0}},
+      {450, {2, 5, 8, 1, 4, 7, 0, 3, 6}},
+      {0, {0, 1, 2, 3, 4, 5, 6, 7, 8}},
+  };
+  for (DType dtype : {DType::kUInt8, DType::kFloat32, DType::kInt32, DType::kFloat16}) {
+    const Buffer src = FromValues(dtype, shape, grid);
+    for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+      for (const Case& c : cases) {
+        SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " angle ", c.angle, " bilinear ",
+                                  interp == Interp::kBilinear));
+        const Affine m = RotationInverse(c.angle, 3, 3);
+        WarpParams params;
+        params.interp = interp;
+        params.border = Border::kConstant;
+        Buffer out(dtype, shape);
+        ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {m}, params, nullptr).ok());
+        EXPECT_EQ(reference::ToDoubles(out.view()), c.want);
+      }
+    }
+  }
+}
+
+// 45 degrees counter-clockwise on the same grid, nearest. Output pixel (row 1, col 2), one step
+// right of the centre, samples centre + (cos 45, sin 45) = (1.707, 1.707) -> pixel (2, 2) = 8: the
+// bottom-right corner has turned up to the right. Output (row 0, col 1), one step above the
+// centre, samples centre + (sin 45, -cos 45) -> (col 2, row 0) = 2: the top-right corner has turned
+// up to the top.
+TEST(RotationConvention, FortyFiveDegreesOnHandComputedGrid) {
+  const BatchShape shape{1, 3, 3, 1};
+  const Buffer src = FromValues(DType::kFloat32, shape, {0, 1, 2, 3, 4, 5, 6, 7, 8});
+  WarpParams params;
+  params.interp = Interp::kNearest;
+  Buffer out(DType::kFloat32, shape);
+  ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {RotationInverse(45, 3, 3)}, params,
+                            nullptr)
+                  .ok());
+  const float* o = out.view().as<float>();
+  EXPECT_EQ(o[1 * 3 + 2], 8);
+  EXPECT_EQ(o[0 * 3 + 1], 2);
+  EXPECT_EQ(o[1 * 3 + 1], 4);  // the centre stays
+}
+
+TEST(RotationInverse, QuarterTurnsAreExact) {
+  const Affine a = RotationInverse(90, 5, 7);
+  EXPECT_EQ(a.m[0], 0);
+  EXPECT_EQ(a.m[1], -1);
+  EXPECT_EQ(a.m[3], 1);
+  EXPECT_EQ(a.m[4], 0);
+  // Centre (3, 2) maps to itself.
+  EXPECT_EQ(a.m[0] * 3 + a.m[1] * 2 + a.m[2], 3);
+  EXPECT_EQ(a.m[3] * 3 + a.m[4] * 2 + a.m[5], 2);
+  for (double angle : {-270.0, 450.0, 810.0}) {
+    const Affine b = RotationInverse(angle, 5, 7);
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(b.m[i], a.m[i]) << angle;
+  }
+  const Affine half = RotationInverse(180, 4, 6);
+  EXPECT_EQ(half.m[0], -1);
+  EXPECT_EQ(half.m[2], 5);  // x -> 5 - x
+  EXPECT_EQ(half.m[5], 3);  // y -> 3 - y
+}
+
+// A smooth test image, so that OpenCV's 1/32-pixel position quantisation costs little.
+Buffer SmoothImage(DType dtype, BatchShape shape, double scale) {
+  std::vector<double> v(static_cast<size_t>(shape.elements()));
+  for (int64_t y = 0; y < shape.h; ++y) {
+    for (int64_t x = 0; x < shape.w; ++x) {
+      for (int64_t c = 0; c < shape.c; ++c) {
+        v[(y * shape.w + x) * shape.c + c] =
+            scale * (0.5 + 0.4 * std::sin(x / 5.0 + c) * std::cos(y / 7.0 - c));
+      }
+    }
+  }
+  return FromValues(dtype, shape, v);
+}
+
+double MaxAbsDiff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+// An independent check of the convention and of bilinear sampling: OpenCV's warpAffine with
+// cv::getRotationMatrix2D (forward matrix, OpenCV inverts it) and with our inverse matrix plus
+// WARP_INVERSE_MAP. OpenCV quantises positions to 1/32 pixel: with this image's gradients
+// (<= 0.08 per pixel at scale 1) the difference stays below 0.08 / 32 per axis ~ 0.005; uint8 adds
+// OpenCV's fixed-point weights and a rounding step, hence 3 levels. The mirrored angle must
+// differ by far more, so the comparison can tell the two directions apart.
+TEST(WarpAffineCpu, AgreesWithOpenCvRotation) {
+  const BatchShape shape{1, 48, 64, 3};
+  for (DType dtype : {DType::kFloat32, DType::kUInt8}) {
+    const double scale = dtype == DType::kUInt8 ? 255.0 : 1.0;
+    const double tol = dtype == DType::kUInt8 ? 3.0 : 0.005;
+    const Buffer src = SmoothImage(dtype, shape, scale);
+    const int cv_type = dtype == DType::kUInt8 ? CV_8UC3 : CV_32FC3;
+    const cv::Mat cv_src(static_cast<int>(shape.h), static_cast<int>(shape.w), cv_type,
+                         const_cast<void*>(src.view().data));
+    for (double angle : {30.0, -30.0, 45.0, 10.0, 123.0}) {
+      SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " angle ", angle));
+      WarpParams params;
+      params.interp = Interp::kBilinear;
+      params.border = Border::kEdge;
+      const Affine inv = RotationInverse(angle, shape.h, shape.w);
+      Buffer ours(dtype, shape);
+      ASSERT_TRUE(WarpAffineCpu(src.view(), ours.mutable_view(), {inv}, params, nullptr).ok());
+      const std::vector<double> got = reference::ToDoubles(ours.view());
+
+      const cv::Point2f centre((shape.w - 1) / 2.0f, (shape.h - 1) / 2.0f);
+      cv::Mat forward = cv::getRotationMatrix2D(centre, angle, 1.0);
+      cv::Mat cv_dst;
+      cv::warpAffine(cv_src, cv_dst, forward, cv_src.size(), cv::INTER_LINEAR,
+                     cv::BORDER_REPLICATE);
+      const ConstTensorView cv_view{dtype, shape, cv_dst.data};
+      EXPECT_LE(MaxAbsDiff(got, reference::ToDoubles(cv_view)), tol);
+
+      cv::Mat inverse_m = (cv::Mat_<double>(2, 3) << inv.m[0], inv.m[1], inv.m[2], inv.m[3],
+                           inv.m[4], inv.m[5]);
+      cv::Mat cv_dst2;
+      cv::warpAffine(cv_src, cv_dst2, inverse_m, cv_src.size(),
+                     cv::INTER_LINEAR | cv::WARP_INVERSE_MAP, cv::BORDER_REPLICATE);
+      const ConstTensorView cv_view2{dtype, shape, cv_dst2.data};
+      EXPECT_LE(MaxAbsDiff(got, reference::ToDoubles(cv_view2)), tol);
+
+      // The opposite direction is far off: the check above can fail.
+      cv::Mat mirrored = cv::getRotationMatrix2D(centre, -angle, 1.0);
+      cv::Mat cv_dst3;
+      cv::warpAffine(cv_src, cv_dst3, mirrored, cv_src.size(), cv::INTER_LINEAR,
+                     cv::BORDER_REPLICATE);
+      const ConstTensorView cv_view3{dtype, shape, cv_dst3.data};
+      EXPECT_GT(MaxAbsDiff(got, reference::ToDoubles(cv_view3)), 20 * tol);
+    }
+  }
+}
+
+// A segmentation label map warped with nearest keeps only label values (and the fill label).
+TEST(WarpAffineCpu, NearestKeepsLabelSet) {
+  const BatchShape shape{2, 37, 29, 1};
+  const std::vector<double> labels = {-3, 0, 7, 42, 1000000};
+  std::vector<double> v(static_cast<size_t>(shape.elements()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = labels[(i * 7 + i / 29) % labels.size()];
+  const Buffer src = FromValues(DType::kInt32, shape, v);
+  const std::set<int32_t> allowed = {-3, 0, 7, 42, 1000000, 255};
+  for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect, Border::kReflect101,
+                        Border::kWrap}) {
+    for (double angle : {30.0, -17.5, 45.0, 200.0}) {
+      WarpParams params;
+      params.interp = Interp::kNearest;
+      params.border = border;
+      params.fill = 255;
+      Buffer out(DType::kInt32, shape);
+      ThreadPool pool(3);
+      ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(),
+                                {RotationInverse(angle, shape.h, shape.w)}, params, &pool)
+                      .ok());
+      const int32_t* o = out.view().as<int32_t>();
+      for (int64_t i = 0; i < shape.elements(); ++i) {
+        ASSERT_TRUE(allowed.count(o[i])) << BorderName(border) << " angle " << angle
+                                         << ": value " << o[i] << " at " << i;
+      }
+    }
+  }
+}
+
+// The identity map copies exactly with either interpolation, and a flip map equals FlipCpu.
+TEST(WarpAffineCpu, IdentityAndFlipMapsAreExact) {
+  const BatchShape shape{2, 11, 8, 3};
+  for (DType dtype : {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16}) {
+    double lo, hi;
+    testing::DefaultRange(dtype, &lo, &hi);
+    const Buffer src = RandomBuffer(dtype, shape, 5, lo, hi);
+    for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+      for (Border border : {Border::kConstant, Border::kEdge, Border::kWrap}) {
+        WarpParams params;
+        params.interp = interp;
+        params.border = border;
+        Buffer out(dtype, shape);
+        ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {Affine{}}, params, nullptr).ok());
+        EXPECT_EQ(out.bytes(), src.bytes()) << DTypeName(dtype);
+
+        for (int f = 1; f < 4; ++f) {
+          const FlipFlags flags{(f & 1) != 0, (f & 2) != 0};
+          Buffer warped(dtype, shape);
+          ASSERT_TRUE(WarpAffineCpu(src.view(), warped.mutable_view(),
+                                    {FlipInverse(flags.horizontal, flags.vertical, shape.h,
+                                                 shape.w)},
+                                    params, nullptr)
+                          .ok());
+          Buffer flipped(dtype, shape);
+          ASSERT_TRUE(FlipCpu(src.view(), flipped.mutable_view(), {flags}, nullptr).ok());
+          EXPECT_EQ(warped.bytes(), flipped.bytes()) << DTypeName(dtype) << " flip " << f;
+        }
+      }
+    }
+  }
+}
+
+// Positions beyond 2^52 (a degenerate map) sample the fill value whatever the border.
+TEST(WarpAffineCpu, FarPositionsGiveFill) {
+  const BatchShape shape{1, 4, 5, 2};
+  const Buffer src = RandomBuffer(DType::kFloat32, shape, 3, -1, 1);
+  Affine far;
+  far.m[2] = 1e17;
+  Affine inf;
+  inf.m[0] = 1e308, inf.m[1] = 1e308;  // overflows to infinity
+  const Affine maps[] = {far, inf};
+  for (int k = 0; k < 2; ++k) {
+    const Affine& m = maps[k];
+    for (Border border : {Border::kEdge, Border::kWrap, Border::kReflect}) {
+      for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+        WarpParams params;
+        params.interp = interp;
+        params.border = border;
+        params.fill = -2.5;
+        Buffer out(DType::kFloat32, shape);
+        ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {m}, params, nullptr).ok());
+        const std::vector<double> got = reference::ToDoubles(out.view());
+        const std::vector<double> want = reference::WarpAffine(src.view(), {m}, params);
+        EXPECT_EQ(got, want);
+        // The first pixel (x = y = 0) of the overflowing map is not far: skip it.
+        for (size_t i = (k == 1 ? 2 : 0); i < got.size(); ++i) EXPECT_EQ(got[i], -2.5);
+      }
+    }
+  }
+}
+
+TEST(WarpAffineCpu, FillIsCastToTheDtype) {
+  const BatchShape shape{1, 2, 2, 1};
+  struct Case {
+    DType dtype;
+    double fill;
+    double want;
+  };
+  for (const Case& c : {Case{DType::kUInt8, 2.5, 2}, Case{DType::kUInt8, -7, 0},
+                        Case{DType::kUInt8, 300, 255}, Case{DType::kInt32, -3.5, -4},
+                        Case{DType::kInt32, 1e12, 2147483647.0},
+                        Case{DType::kFloat16, 1e6, 65504}, Case{DType::kFloat16, 0.1, 0.0999755859375},
+                        Case{DType::kFloat32, 0.1, static_cast<float>(0.1)}}) {
+    const Buffer src = RandomBuffer(c.dtype, shape, 1, 0, 1);
+    Affine away;
+    away.m[2] = 100;  // everything outside
+    WarpParams params;
+    params.interp = Interp::kBilinear;
+    params.border = Border::kConstant;
+    params.fill = c.fill;
+    Buffer out(c.dtype, shape);
+    ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {away}, params, nullptr).ok());
+    for (double v : reference::ToDoubles(out.view())) {
+      EXPECT_EQ(v, c.want) << DTypeName(c.dtype) << " fill " << c.fill;
+    }
+  }
+}
+
+TEST(WarpAffineCpu, RejectsMismatchedViews) {
+  const BatchShape shape{2, 4, 4, 1};
+  const Buffer src = RandomBuffer(DType::kFloat32, shape, 1, 0, 1);
+  WarpParams params;
+  const Affine id;
+  {
+    Buffer dst(DType::kUInt8, shape);
+    const absl::Status st = WarpAffineCpu(src.view(), dst.mutable_view(), {id}, params, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("dst dtype uint8"), std::string::npos) << st;
+  }
+  {
+    Buffer dst(DType::kFloat32, BatchShape{2, 4, 5, 1});
+    const absl::Status st = WarpAffineCpu(src.view(), dst.mutable_view(), {id}, params, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("dst shape (2, 4, 5, 1)"), std::string::npos) << st;
+  }
+  {
+    Buffer dst(DType::kFloat32, shape);
+    const std::vector<Affine> three(3);
+    const absl::Status st = WarpAffineCpu(src.view(), dst.mutable_view(), three, params, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("3 affine maps; expected 1 or 2"), std::string::npos) << st;
+  }
+  {
+    Buffer same(DType::kFloat32, shape);
+    const absl::Status st =
+        WarpAffineCpu(same.view(), same.mutable_view(), {id}, params, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("overlap"), std::string::npos) << st;
+  }
+  {
+    const ConstTensorView empty{DType::kFloat32, BatchShape{0, 4, 4, 1}, src.view().data};
+    Buffer dst(DType::kFloat32, shape);
+    TensorView dv = dst.mutable_view();
+    dv.shape.n = 0;
+    const absl::Status st = WarpAffineCpu(empty, dv, {id}, params, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+}  // namespace
+}  // namespace tensorprep::kernels
