@@ -10,7 +10,7 @@
 namespace tensorprep::server {
 
 std::string Usage() {
-  return R"(tensorprep-server: image preprocessing over gRPC (rotate, flip, arithmetic; CPU and CUDA)
+  return R"usage(tensorprep-server: image preprocessing over gRPC (rotate, flip, arithmetic; CPU and CUDA)
 
 Usage: tensorprep-server [flags]
 
@@ -31,7 +31,7 @@ Flags (each also read from the environment variable shown; flags win):
   --help                 print this help and exit
 
 On start the server prints one line: "tensorprep-server ready on HOST:PORT (...)".
-)";
+)usage";
 }
 
 namespace {

@@ -211,7 +211,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
     job->enqueued = Clock::now();
     job->deadline = ctx_->deadline();
     service_->metrics().AddQueued(1);
-    service_->queue().Submit([this, request = std::move(request), job = std::move(job),
+    service_->queue().Submit([this, arrival, request = std::move(request), job = std::move(job),
                               response = std::move(response)]() mutable {
       service_->metrics().AddQueued(-1);
       bool cancelled;

@@ -1,0 +1,130 @@
+#include "client/cpp/client.h"
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace tensorprep::client {
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+namespace {
+
+std::string ChannelTarget(const std::string& target) {
+  // Several addresses: one ipv4/ipv6 target that round_robin spreads over.
+  if (absl::StrContains(target, ",") && !absl::StrContains(target, "://") &&
+      !absl::StartsWith(target, "ipv4:") && !absl::StartsWith(target, "ipv6:")) {
+    return absl::StrCat("ipv4:", target);
+  }
+  return target;
+}
+
+}  // namespace
+
+Client::Client(const ClientOptions& options) : options_(options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_mb * 1024 * 1024);
+  args.SetMaxSendMessageSize(options.max_message_mb * 1024 * 1024);
+  args.SetLoadBalancingPolicyName("round_robin");
+  channel_ = grpc::CreateCustomChannel(ChannelTarget(options.target),
+                                       grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::Preprocessor::NewStub(channel_);
+}
+
+void Client::Prepare(grpc::ClientContext* ctx) const {
+  if (options_.timeout.count() > 0) {
+    ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+  }
+}
+
+absl::StatusOr<v1::ProcessResponse> Client::Process(const v1::ProcessRequest& request) const {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  v1::ProcessResponse response;
+  grpc::Status s = stub_->Process(&ctx, request, &response);
+  if (!s.ok()) return FromGrpc(s);
+  return response;
+}
+
+absl::StatusOr<v1::ListOpsResponse> Client::ListOps() const {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  v1::ListOpsResponse response;
+  grpc::Status s = stub_->ListOps(&ctx, v1::ListOpsRequest(), &response);
+  if (!s.ok()) return FromGrpc(s);
+  return response;
+}
+
+absl::StatusOr<std::string> Client::Health(const std::string& service) const {
+  auto stub = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status s = stub->Check(&ctx, request, &response);
+  if (!s.ok()) return FromGrpc(s);
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+}
+
+absl::Status Client::Stream(const std::vector<const v1::ProcessRequest*>& requests, int inflight,
+                            const std::function<void(v1::ProcessResponse&)>& on_response,
+                            const std::function<void(size_t)>& on_send) const {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  auto stream = stub_->ProcessStream(&ctx);
+  if (inflight < 1) inflight = 1;
+  // A writer thread keeps the window full; this thread reads. The window is a counting
+  // semaphore of unanswered requests.
+  std::mutex mu;
+  std::condition_variable cv;
+  int outstanding = 0;
+  bool reader_done = false;
+  std::thread writer([&] {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const v1::ProcessRequest* r = requests[i];
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return outstanding < inflight || reader_done; });
+        if (reader_done) break;
+        ++outstanding;
+      }
+      if (on_send) on_send(i);
+      if (!stream->Write(*r)) break;
+    }
+    stream->WritesDone();
+  });
+  v1::ProcessResponse response;
+  size_t received = 0;
+  while (received < requests.size() && stream->Read(&response)) {
+    ++received;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      --outstanding;
+    }
+    cv.notify_one();
+    on_response(response);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    reader_done = true;
+  }
+  cv.notify_one();
+  writer.join();
+  grpc::Status s = stream->Finish();
+  if (!s.ok()) return FromGrpc(s);
+  if (received != requests.size()) {
+    return absl::DataLossError(absl::StrCat("stream ended after ", received, " of ",
+                                            requests.size(), " responses"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tensorprep::client

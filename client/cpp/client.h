@@ -1,0 +1,60 @@
+// C++ client library for tensorprep.v1.Preprocessor.
+#ifndef TENSORPREP_CLIENT_CPP_CLIENT_H_
+#define TENSORPREP_CLIENT_CPP_CLIENT_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "tensorprep/v1/tensorprep.grpc.pb.h"
+
+namespace tensorprep::client {
+
+struct ClientOptions {
+  // A gRPC target: "host:port", "dns:///name:port", or several "host:port" joined by commas
+  // (spread with the round_robin policy).
+  std::string target = "127.0.0.1:50051";
+  int max_message_mb = 256;
+  // Per-call deadline; zero means none.
+  std::chrono::milliseconds timeout{0};
+};
+
+// One channel to the service. Thread-safe: calls may run concurrently from many threads.
+class Client {
+ public:
+  explicit Client(const ClientOptions& options);
+
+  // Unary Process. Returns the server's status as an absl::Status with the same code and message.
+  absl::StatusOr<v1::ProcessResponse> Process(const v1::ProcessRequest& request) const;
+  absl::StatusOr<v1::ListOpsResponse> ListOps() const;
+  // grpc.health.v1 Check for `service` ("" = the whole server): "SERVING", "NOT_SERVING", ...
+  absl::StatusOr<std::string> Health(const std::string& service = "") const;
+
+  // Sends `requests` on one ProcessStream keeping at most `inflight` unanswered, calling
+  // `on_response` (from this thread) for each response as it arrives, in arrival order. Returns
+  // the stream's final status. Per-request errors come as responses with `error` set.
+  // `on_send(i)`, when given, is called (from a writer thread) just before request i is written.
+  absl::Status Stream(const std::vector<const v1::ProcessRequest*>& requests, int inflight,
+                      const std::function<void(v1::ProcessResponse&)>& on_response,
+                      const std::function<void(size_t)>& on_send = nullptr) const;
+
+ private:
+  void Prepare(grpc::ClientContext* ctx) const;
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Preprocessor::Stub> stub_;
+};
+
+// grpc::Status -> absl::Status with the same code and message.
+absl::Status FromGrpc(const grpc::Status& s);
+
+}  // namespace tensorprep::client
+
+#endif  // TENSORPREP_CLIENT_CPP_CLIENT_H_
