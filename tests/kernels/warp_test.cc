@@ -328,6 +328,25 @@ TEST(WarpAffineCpu, AgreesWithOpenCvRotation) {
   }
 }
 
+// Half-way blends are exact in both float and double, so integer outputs must round them to even
+// exactly (the +-1 tolerance above cannot see this).
+TEST(WarpAffineCpu, BilinearRoundsExactTiesToEven) {
+  const BatchShape shape{1, 1, 6, 1};
+  Affine half_step;
+  half_step.m[2] = 0.5;  // every output samples half-way between two source pixels
+  WarpParams params;
+  params.interp = Interp::kBilinear;
+  params.border = Border::kEdge;
+  for (DType dtype : {DType::kUInt8, DType::kInt32}) {
+    const Buffer src = FromValues(dtype, shape, {0, 1, 2, 3, 4, 5});
+    Buffer out(dtype, shape);
+    ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {half_step}, params, nullptr).ok());
+    // 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, 3.5 -> 4, 4.5 -> 4, and the edge pixel 5.
+    EXPECT_EQ(reference::ToDoubles(out.view()), (std::vector<double>{0, 2, 2, 4, 4, 5}))
+        << DTypeName(dtype);
+  }
+}
+
 // A segmentation label map warped with nearest keeps only label values (and the fill label).
 TEST(WarpAffineCpu, NearestKeepsLabelSet) {
   const BatchShape shape{2, 37, 29, 1};
