@@ -41,8 +41,8 @@ const std::vector<double>& DurationBuckets();
 // Holds references into `registry`, which must outlive it.
 class Metrics {
  public:
-  // `kernels` is the closed set of values of the kernel histogram's `op` label (e.g. the Op
-  // oneof names "rotate", "flip", "add", ...); it must not come from request data.
+  // `kernels` is the closed set of values of the kernel histogram's `op` label (the planner's
+  // kernel kinds: "warp", "flip", "elementwise"); it must not come from request data.
   // Builds all families and series in `registry`, and sets tensorprep_build_info{version} = 1.
   // Only start-up misconfiguration throws: std::invalid_argument for an empty or duplicate entry
   // in `kernels`; prometheus-cpp's exceptions for a registry built with InsertBehavior::Throw

@@ -1,7 +1,8 @@
 """Client-side load for the metrics tests: a separate Python process, as a training job would be.
 
 It exports the client family (tensorprep_client_call_duration_seconds) with prometheus_client on
-127.0.0.1, drives known traffic at a running server (successful and failing unary calls, a stream
+127.0.0.1 (every series at zero first; prints "exporting" and waits for "go" on stdin, sent once
+Prometheus has scraped it), drives known traffic at a running server (successful and failing unary calls, a stream
 with good and bad messages, ListOps), observes the remote calls and the in-process Python
 callbacks they replace, writes a JSON summary of exactly what it sent and received, prints
 "ready", and keeps serving its metrics until its stdin closes.
@@ -40,6 +41,9 @@ N_STREAM_RAW_OK = 3  # raw stream: good messages
 N_STREAM_RAW_BAD = 2  # raw stream: messages whose bytes do not match shape x dtype
 N_LIST_OPS = 3
 N_CALLBACKS = 20  # in-process Python callbacks per workload
+# The (path, workload) series of the client family this process observes.
+SERIES = ("remote_unary W1", "remote_unary W2", "remote_stream W3", "python_callback W1",
+          "python_callback W3")
 
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -203,7 +207,16 @@ def main():
     args = parser.parse_args()
 
     registry = prometheus_client.CollectorRegistry()
+    # Every series this process will observe exists, at zero, before the first scrape: a series
+    # born with its first observation has no zero sample before it, so rate() would miss that
+    # first increment (the server creates its series up front for the same reason).
+    family = tp_metrics.histogram(registry)
+    for key in SERIES:
+        family.labels(*key.split())
     prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+    print("exporting", flush=True)
+    if sys.stdin.readline().strip() != "go":  # the test has seen Prometheus scrape us once
+        sys.exit("client_load: expected 'go' on stdin")
 
     # Request ids carry a marker the test looks for in every label value of the server's metrics.
     tally = Tally(f"reqid-{uuid.uuid4().hex[:12]}")
@@ -220,6 +233,8 @@ def main():
         run_raw_stream(channel, tally)
         run_callbacks(registry, tally)
 
+    if set(tally.client_calls) != set(SERIES):
+        tally.errors.append(f"observed {sorted(tally.client_calls)}, declared {SERIES}")
     summary = {
         "marker": tally.marker,
         "requests": dict(tally.requests),

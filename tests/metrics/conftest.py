@@ -83,14 +83,26 @@ def traffic(stack):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(stack["tmp"] / "client.log", "w"),
         text=True)
     stack["procs"].append(client)
+    api = stack["api"]
     try:
+        if client.stdout.readline().strip() != "exporting":
+            pytest.fail(f"client load failed to start (exit {client.poll()}): "
+                        f"{(stack['tmp'] / 'client.log').read_text()[-4000:]}")
+
+        def client_scraped():
+            targets = api.api("targets")["activeTargets"]
+            return any(t["labels"]["job"] == "tensorprep-client" and t["health"] == "up"
+                       for t in targets)
+
+        poll("the first scrape of the client", client_scraped)
+        client.stdin.write("go\n")
+        client.stdin.flush()
         line = client.stdout.readline()  # "ready" once the traffic is done
         if line.strip() != "ready":
             pytest.fail(f"client load failed (exit {client.poll()}): "
                         f"{(stack['tmp'] / 'client.log').read_text()[-4000:]}")
         summary = json.loads(summary_path.read_text())
         assert summary["errors"] == [], summary["errors"]
-        api = stack["api"]
         want_ok = summary["requests"]["Process OK"]
         want_calls = summary["client_calls"]["python_callback W3"]
 

@@ -20,7 +20,7 @@
 namespace tensorprep::server {
 namespace {
 
-const std::vector<std::string> kKernels = {"rotate", "flip", "add"};
+const std::vector<std::string> kKernels = {"warp", "flip", "elementwise"};
 
 // One scraped sample: "name{labels} value". Labels are kept in their text form, sorted by
 // prometheus-cpp, e.g. `code="OK",rpc="Process"`.
