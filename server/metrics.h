@@ -34,11 +34,12 @@ const char* CodeName(int code);        // "OK", "INVALID_ARGUMENT", ... (grpc na
 
 // Upper bounds (seconds) of every duration histogram's buckets: 25 us to 30 s in 1-2.5-5 steps,
 // so both a 50 us flip and a multi-second batch on a slow CPU land in a bucket of their own.
-// The Python client's tensorprep_client_call_duration_seconds uses the same bounds.
+// The Python client's tensorprep_client_call_duration_seconds uses the same steps from 50 us.
 const std::vector<double>& DurationBuckets();
 
 // Thread-safe: every method may be called from any thread at any time after construction.
-// Holds references into `registry`, which must outlive it.
+// Holds references into `registry`, which must outlive it. Never fails on the request path: an
+// out-of-range enum or index is ignored, and a negative or NaN duration is observed as 0.
 class Metrics {
  public:
   // `kernels` is the closed set of values of the kernel histogram's `op` label (the planner's
