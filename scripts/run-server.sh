@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds tensorprep if needed and starts the server in the foreground with sensible defaults
+# (gRPC on 0.0.0.0:50051, metrics on :9464, CUDA when usable else CPU, all cores).
+# Arguments and TENSORPREP_* variables are passed on: scripts/run-server.sh --port 6000
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${TENSORPREP_BUILD_DIR:-${repo}/build}"
+"${repo}/scripts/build.sh"
+exec "${build}/server/tensorprep-server" "$@"

@@ -1,0 +1,51 @@
+#include "tests/server/test_server.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace tensorprep::testing {
+
+namespace {
+std::vector<std::string> KernelLabels() {
+  std::vector<std::string> out;
+  for (int k = 0; k < handlers::kKernelKindCount; ++k) {
+    out.push_back(handlers::KernelName(static_cast<handlers::KernelKind>(k)));
+  }
+  return out;
+}
+server::ServiceOptions MakeServiceOptions(const TestServerOptions& o) {
+  server::ServiceOptions s;
+  s.stream_max_inflight = o.stream_inflight;
+  return s;
+}
+}  // namespace
+
+TestServer::TestServer(const TestServerOptions& options)
+    : pool_(options.threads),
+      cpu_(&pool_),
+      processor_(options.processor, &cpu_, nullptr),
+      registry_(std::make_shared<prometheus::Registry>()),
+      metrics_(*registry_, KernelLabels(), "test"),
+      queue_(options.threads),
+      service_(processor_, queue_, metrics_, MakeServiceOptions(options)) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service_);
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  builder.SetMaxSendMessageSize(256 << 20);
+  server_ = builder.BuildAndStart();
+  server_->GetHealthCheckService()->SetServingStatus("tensorprep.v1.Preprocessor", true);
+  address_ = absl::StrCat("127.0.0.1:", port);
+}
+
+TestServer::~TestServer() { server_->Shutdown(); }
+
+client::Client TestServer::MakeClient() const {
+  client::ClientOptions o;
+  o.target = address_;
+  o.timeout = std::chrono::milliseconds(60000);
+  return client::Client(o);
+}
+
+}  // namespace tensorprep::testing

@@ -1,0 +1,52 @@
+// An in-process tensorprep server on 127.0.0.1 (a free port), built from the same parts as
+// tensorprep-server's main, for integration tests over real gRPC on loopback.
+#ifndef TENSORPREP_TESTS_SERVER_TEST_SERVER_H_
+#define TENSORPREP_TESTS_SERVER_TEST_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <memory>
+#include <string>
+
+#include "client/cpp/client.h"
+#include "handlers/backend.h"
+#include "handlers/processor.h"
+#include "kernels/common/thread_pool.h"
+#include "prometheus/registry.h"
+#include "server/metrics.h"
+#include "server/service.h"
+#include "server/work_queue.h"
+
+namespace tensorprep::testing {
+
+struct TestServerOptions {
+  int threads = 2;
+  int stream_inflight = 8;
+  handlers::ProcessorOptions processor;
+};
+
+class TestServer {
+ public:
+  explicit TestServer(const TestServerOptions& options = {});
+  ~TestServer();  // shuts down, waiting for in-flight calls
+
+  std::string address() const { return address_; }
+  client::Client MakeClient() const;
+  prometheus::Registry& registry() { return *registry_; }
+
+ private:
+  kernels::ThreadPool pool_;
+  handlers::CpuBackend cpu_;
+  handlers::Processor processor_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  server::Metrics metrics_;
+  server::WorkQueue queue_;
+  server::PreprocessorService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+}  // namespace tensorprep::testing
+
+#endif  // TENSORPREP_TESTS_SERVER_TEST_SERVER_H_
