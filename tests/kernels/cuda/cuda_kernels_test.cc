@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
+#include "kernels/common/status.h"
 #include "kernels/cuda/cuda_api.h"
 #include "kernels/cuda/kernel_math.h"
 #include "kernels/cuda/prepare.h"
@@ -267,6 +268,13 @@ double TestFill(DType dtype) {
 
 using WarpCase = std::tuple<Backend, DType, BatchShape, Interp, Border>;
 
+std::string WarpCaseName(const ::testing::TestParamInfo<WarpCase>& info) {
+  const auto& [backend, dtype, shape, interp, border] = info.param;
+  return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_", ShapeName(shape), "_",
+                      interp == Interp::kNearest ? "nearest" : "bilinear", "_",
+                      BorderName(border));
+}
+
 class WarpTest : public ::testing::TestWithParam<WarpCase> {};
 
 TEST_P(WarpTest, MatchesReferenceAndCpu) {
@@ -302,12 +310,7 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::ValuesIn(kAllDTypes), ::testing::ValuesIn(kShapes),
                        ::testing::Values(Interp::kNearest, Interp::kBilinear),
                        ::testing::ValuesIn(kAllBorders)),
-    [](const ::testing::TestParamInfo<WarpCase>& info) {
-      const auto& [backend, dtype, shape, interp, border] = info.param;
-      return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_", ShapeName(shape), "_",
-                          interp == Interp::kNearest ? "nearest" : "bilinear", "_",
-                          BorderName(border));
-    });
+    WarpCaseName);
 
 // Degenerate maps: far or non-finite positions sample the fill whatever the border.
 TEST(WarpEdgeCases, FarAndNonFinitePositionsGiveFill) {
@@ -388,6 +391,13 @@ std::vector<std::vector<ElementwiseOp>> FusedChains(DType dtype, int64_t c) {
 
 using FusedCase = std::tuple<Backend, DType, Interp, Border>;
 
+std::string FusedCaseName(const ::testing::TestParamInfo<FusedCase>& info) {
+  const auto& [backend, dtype, interp, border] = info.param;
+  return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
+                      interp == Interp::kNearest ? "nearest" : "bilinear", "_",
+                      BorderName(border));
+}
+
 class FusedWarpTest : public ::testing::TestWithParam<FusedCase> {};
 
 // The fused result equals the warp's stored result run through the chain (reference chain), so
@@ -422,16 +432,16 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::ValuesIn(kAllDTypes),
                        ::testing::Values(Interp::kNearest, Interp::kBilinear),
                        ::testing::Values(Border::kConstant, Border::kReflect101)),
-    [](const ::testing::TestParamInfo<FusedCase>& info) {
-      const auto& [backend, dtype, interp, border] = info.param;
-      return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
-                          interp == Interp::kNearest ? "nearest" : "bilinear", "_",
-                          BorderName(border));
-    });
+    FusedCaseName);
 
 // ---- Flip -------------------------------------------------------------------------------------
 
 using FlipCase = std::tuple<Backend, DType, BatchShape>;
+
+std::string FlipCaseName(const ::testing::TestParamInfo<FlipCase>& info) {
+  const auto& [backend, dtype, shape] = info.param;
+  return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_", ShapeName(shape));
+}
 
 class FlipTest : public ::testing::TestWithParam<FlipCase> {};
 
@@ -458,11 +468,7 @@ INSTANTIATE_TEST_SUITE_P(All, FlipTest,
                          ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
                                             ::testing::ValuesIn(kAllDTypes),
                                             ::testing::ValuesIn(kShapes)),
-                         [](const ::testing::TestParamInfo<FlipCase>& info) {
-                           const auto& [backend, dtype, shape] = info.param;
-                           return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
-                                               ShapeName(shape));
-                         });
+                         FlipCaseName);
 
 // ---- Element-wise -----------------------------------------------------------------------------
 
@@ -483,8 +489,8 @@ std::vector<NamedChain> Chains(DType dtype, int64_t c) {
       {"subtract_scalar", Arith(ElementwiseKind::kSubtract, {2.5})},
       {"multiply_scalar", Arith(ElementwiseKind::kMultiply, {1.7})},
       {"divide_per_channel", Arith(ElementwiseKind::kDivide, PerChannel(c, -3, 0.75))},
-      {"clamp", {Clamp(true, lo + 0.3 * span + 0.5, true, hi - 0.25 * span - 0.5)}},
-      {"clamp_lo_only", {Clamp(true, lo + 0.5 * span + 0.25, false, 0)}},
+      {"clamp", {Clamp(true, lo + 0.301 * span, true, hi - 0.2513 * span)}},
+      {"clamp_lo_only", {Clamp(true, lo + 0.5007 * span, false, 0)}},
       {"cast_uint8", {Cast(DType::kUInt8)}},
       {"cast_int32", {Cast(DType::kInt32)}},
       {"cast_float32", {Cast(DType::kFloat32)}},
@@ -505,6 +511,12 @@ std::vector<NamedChain> Chains(DType dtype, int64_t c) {
 }
 
 using ElementwiseCase = std::tuple<Backend, DType, BatchShape, bool>;
+
+std::string ElementwiseCaseName(const ::testing::TestParamInfo<ElementwiseCase>& info) {
+  const auto& [backend, dtype, shape, in_place] = info.param;
+  return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_", ShapeName(shape),
+                      in_place ? "_inplace" : "");
+}
 
 class ElementwiseTest : public ::testing::TestWithParam<ElementwiseCase> {};
 
@@ -528,11 +540,7 @@ INSTANTIATE_TEST_SUITE_P(All, ElementwiseTest,
                          ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
                                             ::testing::ValuesIn(kAllDTypes),
                                             ::testing::ValuesIn(kShapes), ::testing::Bool()),
-                         [](const ::testing::TestParamInfo<ElementwiseCase>& info) {
-                           const auto& [backend, dtype, shape, in_place] = info.param;
-                           return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
-                                               ShapeName(shape), in_place ? "_inplace" : "");
-                         });
+                         ElementwiseCaseName);
 
 // Rounding and saturation edges: ties, NaN, infinities, signed zero, the float16 limit.
 TEST(ElementwiseEdgeCases, SpecialValuesMatchReference) {

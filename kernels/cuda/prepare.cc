@@ -1,0 +1,215 @@
+#include "kernels/cuda/prepare.h"
+
+#include <limits>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/common/status.h"
+
+namespace tensorprep::kernels::cuda::detail {
+namespace {
+
+std::string ShapeText(const BatchShape& s) {
+  return absl::StrCat("(", s.n, ", ", s.h, ", ", s.w, ", ", s.c, ")");
+}
+
+absl::Status CheckView(const char* function, const char* what, const BatchShape& shape,
+                       const void* data) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (shape.n < 1 || shape.h < 1 || shape.w < 1 || shape.c < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(function, ": ", what, " shape ",
+                                                   ShapeText(shape),
+                                                   "; expected every dimension >= 1"));
+  }
+  if (shape.h > kMax || shape.w > kMax || shape.c > kMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(function, ": ", what, " shape ", ShapeText(shape),
+                     "; expected height, width and channels below 2^31"));
+  }
+  if (data == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(function, ": ", what, " data is null; expected device memory"));
+  }
+  return absl::OkStatus();
+}
+
+// Both views well formed, shapes equal, and the byte ranges disjoint or (when `allow_same` and
+// the element sizes match) identical.
+absl::Status CheckPair(const char* function, const ConstTensorView& src, const TensorView& dst,
+                       bool allow_same) {
+  TP_RETURN_IF_ERROR(CheckView(function, "src", src.shape, src.data));
+  TP_RETURN_IF_ERROR(CheckView(function, "dst", dst.shape, dst.data));
+  if (!(src.shape == dst.shape)) {
+    return absl::InvalidArgumentError(absl::StrCat(function, ": dst shape ", ShapeText(dst.shape),
+                                                   "; expected src shape ",
+                                                   ShapeText(src.shape)));
+  }
+  const auto s = reinterpret_cast<uintptr_t>(src.data);
+  const auto d = reinterpret_cast<uintptr_t>(dst.data);
+  const bool overlap = s < d + dst.bytes() && d < s + src.bytes();
+  const bool same = s == d && DTypeSize(src.dtype) == DTypeSize(dst.dtype);
+  if (overlap && !(allow_same && same)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        function, allow_same ? ": src and dst overlap; expected distinct memory or an exact "
+                               "in-place use with dtypes of the same size"
+                             : ": src and dst overlap; expected distinct memory"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPerSample(const char* function, const char* what, size_t entries, int64_t n) {
+  if (entries == 1 || static_cast<int64_t>(entries) == n) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(function, ": ", entries, " ", what,
+                                                 "; expected 1 or ", n, " (one per sample)"));
+}
+
+absl::Status CheckDType(const char* function, DType got, DType expected) {
+  if (got == expected) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(function, ": dst dtype ", DTypeName(got),
+                                                 "; expected ", DTypeName(expected)));
+}
+
+template <typename T>
+const T* At(const void* base, size_t offset) {
+  return reinterpret_cast<const T*>(static_cast<const unsigned char*>(base) + offset);
+}
+
+void SetGeometry(const BatchShape& s, int64_t* n, int32_t* h, int32_t* w, int32_t* c) {
+  *n = s.n;
+  *h = static_cast<int32_t>(s.h);
+  *w = static_cast<int32_t>(s.w);
+  *c = static_cast<int32_t>(s.c);
+}
+
+}  // namespace
+
+absl::StatusOr<ChainTable> BuildChainTable(DType in, int64_t channels,
+                                           absl::Span<const ElementwiseOp> ops) {
+  TP_RETURN_IF_ERROR(ValidateElementwise(in, channels, ops));
+  ChainTable table;
+  DType current = in;
+  for (const ElementwiseOp& op : ops) {
+    if (table.values.size() + op.a.size() + op.b.size() >
+        static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+      return absl::InvalidArgumentError("element-wise chain: too many per-channel values");
+    }
+    DeviceOp d;
+    d.kind = op.kind;
+    d.in = current;
+    d.to = op.to;
+    d.a_offset = static_cast<int32_t>(table.values.size());
+    d.a_count = static_cast<int32_t>(op.a.size());
+    table.values.insert(table.values.end(), op.a.begin(), op.a.end());
+    d.b_offset = static_cast<int32_t>(table.values.size());
+    d.b_count = static_cast<int32_t>(op.b.size());
+    table.values.insert(table.values.end(), op.b.begin(), op.b.end());
+    d.has_lo = op.has_lo ? 1 : 0;
+    d.has_hi = op.has_hi ? 1 : 0;
+    d.lo = op.has_lo ? CastDouble(op.lo, current) : 0.0;
+    d.hi = op.has_hi ? CastDouble(op.hi, current) : 0.0;
+    if (op.kind == ElementwiseKind::kCast) current = op.to;
+    table.ops.push_back(d);
+  }
+  table.out = current;
+  return table;
+}
+
+absl::StatusOr<WarpLaunch> PrepareWarp(const char* function, const ConstTensorView& src,
+                                       const TensorView& dst, absl::Span<const Affine> inverse,
+                                       const WarpParams& params,
+                                       absl::Span<const ElementwiseOp> post_ops) {
+  TP_RETURN_IF_ERROR(CheckPair(function, src, dst, /*allow_same=*/false));
+  TP_RETURN_IF_ERROR(CheckPerSample(function, "affine maps", inverse.size(), src.shape.n));
+  if (params.interp != Interp::kNearest && params.interp != Interp::kBilinear) {
+    return absl::InvalidArgumentError(absl::StrCat(function, ": interpolation ",
+                                                   static_cast<int>(params.interp),
+                                                   "; expected nearest or bilinear"));
+  }
+  if (static_cast<int>(params.border) > static_cast<int>(Border::kWrap)) {
+    return absl::InvalidArgumentError(absl::StrCat(function, ": border ",
+                                                   static_cast<int>(params.border),
+                                                   "; expected one of Border's values"));
+  }
+  TP_ASSIGN_OR_RETURN(ChainTable table, BuildChainTable(src.dtype, src.shape.c, post_ops));
+  TP_RETURN_IF_ERROR(CheckDType(function, dst.dtype, table.out));
+
+  WarpLaunch launch;
+  launch.in = src.dtype;
+  launch.out = dst.dtype;
+  std::vector<double> matrices;
+  matrices.reserve(inverse.size() * 6);
+  for (const Affine& a : inverse) matrices.insert(matrices.end(), a.m, a.m + 6);
+  launch.matrices_at = launch.blob.Append(matrices.data(), matrices.size());
+  launch.ops_at = launch.blob.Append(table.ops.data(), table.ops.size());
+  launch.values_at = launch.blob.Append(table.values.data(), table.values.size());
+  WarpArgs& args = launch.args;
+  args.src = src.data;
+  args.dst = dst.data;
+  SetGeometry(src.shape, &args.n, &args.h, &args.w, &args.c);
+  args.affine_stride = inverse.size() == 1 ? 0 : 1;
+  args.interp = params.interp;
+  args.border = params.border;
+  args.fill = CastDouble(params.fill, src.dtype);
+  args.chain.count = static_cast<int32_t>(table.ops.size());
+  return launch;
+}
+
+void WarpLaunch::Bind(const void* base) {
+  args.affines = At<double>(base, matrices_at);
+  args.chain.ops = At<DeviceOp>(base, ops_at);
+  args.chain.values = At<double>(base, values_at);
+}
+
+absl::StatusOr<FlipLaunch> PrepareFlip(const ConstTensorView& src, const TensorView& dst,
+                                       absl::Span<const FlipFlags> flags) {
+  constexpr char kFn[] = "FlipCuda";
+  TP_RETURN_IF_ERROR(CheckPair(kFn, src, dst, /*allow_same=*/false));
+  TP_RETURN_IF_ERROR(CheckDType(kFn, dst.dtype, src.dtype));
+  TP_RETURN_IF_ERROR(CheckPerSample(kFn, "flip flags", flags.size(), src.shape.n));
+  FlipLaunch launch;
+  std::vector<uint8_t> packed;
+  packed.reserve(flags.size() * 2);
+  for (const FlipFlags& f : flags) {
+    packed.push_back(f.horizontal ? 1 : 0);
+    packed.push_back(f.vertical ? 1 : 0);
+  }
+  launch.blob.Append(packed.data(), packed.size());  // at offset 0
+  launch.element_size = DTypeSize(src.dtype);
+  FlipArgs& args = launch.args;
+  args.src = src.data;
+  args.dst = dst.data;
+  SetGeometry(src.shape, &args.n, &args.h, &args.w, &args.c);
+  args.flag_stride = flags.size() == 1 ? 0 : 1;
+  return launch;
+}
+
+void FlipLaunch::Bind(const void* base) { args.flags = At<uint8_t>(base, 0); }
+
+absl::StatusOr<ElementwiseLaunch> PrepareElementwise(const ConstTensorView& src,
+                                                     const TensorView& dst,
+                                                     absl::Span<const ElementwiseOp> ops) {
+  constexpr char kFn[] = "ElementwiseCuda";
+  TP_RETURN_IF_ERROR(CheckPair(kFn, src, dst, /*allow_same=*/true));
+  TP_ASSIGN_OR_RETURN(ChainTable table, BuildChainTable(src.dtype, src.shape.c, ops));
+  TP_RETURN_IF_ERROR(CheckDType(kFn, dst.dtype, table.out));
+  ElementwiseLaunch launch;
+  launch.in = src.dtype;
+  launch.out = dst.dtype;
+  launch.ops_at = launch.blob.Append(table.ops.data(), table.ops.size());
+  launch.values_at = launch.blob.Append(table.values.data(), table.values.size());
+  ElementwiseArgs& args = launch.args;
+  args.src = src.data;
+  args.dst = dst.data;
+  args.total = src.shape.elements();
+  args.channels = static_cast<int32_t>(src.shape.c);
+  args.chain.count = static_cast<int32_t>(table.ops.size());
+  return launch;
+}
+
+void ElementwiseLaunch::Bind(const void* base) {
+  if (base == nullptr) return;  // empty chain: nothing was uploaded and nothing is read
+  args.chain.ops = At<DeviceOp>(base, ops_at);
+  args.chain.values = At<double>(base, values_at);
+}
+
+}  // namespace tensorprep::kernels::cuda::detail

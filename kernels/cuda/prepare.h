@@ -1,0 +1,92 @@
+// Internal to the CUDA backend (host code, no CUDA headers): validates a launcher's arguments
+// exactly as the CPU backend does and prepares the kernel's arguments, with every per-launch
+// parameter (matrices, flags, op tables) packed into one blob that is uploaded with one copy.
+// The tests run the same preparation with the blob left in host memory and the kernels' per-element
+// functions (kernel_math.h) on the host.
+#ifndef TENSORPREP_KERNELS_CUDA_PREPARE_H_
+#define TENSORPREP_KERNELS_CUDA_PREPARE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/common/tensor.h"
+#include "kernels/cuda/kernel_math.h"
+#include "kernels/elementwise/elementwise.h"
+#include "kernels/flip/flip.h"
+#include "kernels/warp/warp.h"
+
+namespace tensorprep::kernels::cuda::detail {
+
+struct ChainTable {
+  std::vector<DeviceOp> ops;
+  std::vector<double> values;  // the per-channel vectors, back to back
+  DType out = DType::kFloat32;  // ElementwiseOutputDType(in, ops)
+};
+
+// Validates `ops` for an input of dtype `in` with `channels` channels (ValidateElementwise, so the
+// errors are the CPU backend's) and builds its table: each op records the dtype entering it, and
+// clamp bounds are converted to that dtype up front.
+absl::StatusOr<ChainTable> BuildChainTable(DType in, int64_t channels,
+                                           absl::Span<const ElementwiseOp> ops);
+
+// Arrays appended at 16-byte aligned offsets into one byte buffer, uploaded with one copy.
+class ParamBlob {
+ public:
+  // Appends `count` objects of trivially copyable T and returns their byte offset.
+  template <typename T>
+  size_t Append(const T* data, size_t count) {
+    const size_t offset = (bytes_.size() + 15) & ~size_t{15};
+    bytes_.resize(offset + count * sizeof(T));
+    if (count > 0) std::memcpy(bytes_.data() + offset, data, count * sizeof(T));
+    return offset;
+  }
+  const unsigned char* data() const { return bytes_.data(); }
+  size_t size() const { return bytes_.size(); }
+
+ private:
+  std::vector<unsigned char> bytes_;
+};
+
+// A prepared launch: kernel arguments whose parameter pointers are bound by Bind() once the blob
+// has a home (device memory for a launch, its own host bytes for a host run). `in` and `out` are
+// the source and destination dtypes.
+struct WarpLaunch {
+  WarpArgs args;
+  ParamBlob blob;
+  size_t matrices_at = 0, ops_at = 0, values_at = 0;
+  DType in = DType::kFloat32, out = DType::kFloat32;
+  void Bind(const void* base);
+};
+struct FlipLaunch {
+  FlipArgs args;
+  ParamBlob blob;
+  size_t element_size = 1;
+  void Bind(const void* base);
+};
+struct ElementwiseLaunch {
+  ElementwiseArgs args;
+  ParamBlob blob;
+  size_t ops_at = 0, values_at = 0;
+  DType in = DType::kFloat32, out = DType::kFloat32;
+  void Bind(const void* base);
+};
+
+// Validation (INVALID_ARGUMENT, messages prefixed with `function`) and preparation for
+// WarpElementwiseCuda, FlipCuda and ElementwiseCuda (cuda_api.h). Pointers are not dereferenced.
+absl::StatusOr<WarpLaunch> PrepareWarp(const char* function, const ConstTensorView& src,
+                                       const TensorView& dst, absl::Span<const Affine> inverse,
+                                       const WarpParams& params,
+                                       absl::Span<const ElementwiseOp> post_ops);
+absl::StatusOr<FlipLaunch> PrepareFlip(const ConstTensorView& src, const TensorView& dst,
+                                       absl::Span<const FlipFlags> flags);
+absl::StatusOr<ElementwiseLaunch> PrepareElementwise(const ConstTensorView& src,
+                                                     const TensorView& dst,
+                                                     absl::Span<const ElementwiseOp> ops);
+
+}  // namespace tensorprep::kernels::cuda::detail
+
+#endif  // TENSORPREP_KERNELS_CUDA_PREPARE_H_
