@@ -26,7 +26,7 @@ def _floor(version):
     return ".".join(parts[:2])
 
 
-versions = _load_protogen().generate(HERE / "tensorprep" / "_proto")
+versions = _load_protogen().generate(HERE)
 
 setup(
     install_requires=[

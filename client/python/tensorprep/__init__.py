@@ -13,6 +13,7 @@ from .client import Client, Result
 from .errors import (CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError,
                      InvalidArgumentError, ResourceExhaustedError, TensorprepError,
                      UnavailableError)
+from .memory import tune_malloc
 from .metrics import timed_callback
 from .ops import (add, as_pipeline, cast, clamp, divide, flip, multiply, normalize, pipeline,
                   random_flip, random_rotate, rotate, subtract)
@@ -25,4 +26,5 @@ __all__ = [
     "InternalError", "InvalidArgumentError", "ResourceExhaustedError", "Result", "TensorprepError",
     "UnavailableError", "add", "as_pipeline", "cast", "clamp", "divide", "flip", "multiply",
     "normalize", "pipeline", "random_flip", "random_rotate", "rotate", "subtract", "timed_callback",
+    "tune_malloc",
 ]

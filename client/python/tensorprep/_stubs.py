@@ -13,7 +13,7 @@ _lock = threading.Lock()
 
 def _generate_if_missing():
     here = pathlib.Path(__file__).resolve().parent
-    target = here / "_proto" / "tensorprep" / "v1" / "tensorprep_pb2.py"
+    target = here / "v1" / "tensorprep_pb2.py"
     if target.exists():
         return
     with _lock:
@@ -21,7 +21,7 @@ def _generate_if_missing():
             return
         try:
             from . import _protogen
-            _protogen.generate(here / "_proto")
+            _protogen.generate(here.parent)
         except ImportError as e:
             raise ImportError(
                 "tensorprep: the generated protobuf modules are missing and grpcio-tools is not "
@@ -31,7 +31,7 @@ def _generate_if_missing():
 
 _generate_if_missing()
 
-from ._proto.tensorprep.v1 import tensorprep_pb2 as pb  # noqa: E402
-from ._proto.tensorprep.v1 import tensorprep_pb2_grpc as pb_grpc  # noqa: E402
+from .v1 import tensorprep_pb2 as pb  # noqa: E402
+from .v1 import tensorprep_pb2_grpc as pb_grpc  # noqa: E402
 
 __all__ = ["pb", "pb_grpc"]

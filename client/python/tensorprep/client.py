@@ -17,6 +17,7 @@ generator that one thread consumes.
 
 import dataclasses
 import itertools
+import json
 import secrets
 import threading
 import time
@@ -35,6 +36,25 @@ _DEVICES = {"auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU, "cuda": pb.DEVICE_CUDA
             "gpu": pb.DEVICE_CUDA}
 _DEVICE_NAMES = {pb.DEVICE_AUTO: "auto", pb.DEVICE_CPU: "cpu", pb.DEVICE_CUDA: "cuda"}
 LABELS = "labels"
+
+
+_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": _SERVICE, "method": "Process"},
+                 {"service": _SERVICE, "method": "ListOps"}],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+
+
+def _channel_target(address):
+    """"h1:p1,h2:p2" -> "ipv4:h1:p1,h2:p2" (one target round_robin spreads over); anything else
+    ("host:port", "dns:///name:port", ...) as it is."""
+    if "," in address and "://" not in address and not address.startswith(("ipv4:", "ipv6:")):
+        return "ipv4:" + address
+    return address
 
 
 def _device_enum(device):
@@ -87,7 +107,9 @@ class Client:
     """A connection to a tensorprep server.
 
     Args:
-      address: "host:port".
+      address: "host:port"; several joined by commas ("10.0.0.1:50051,10.0.0.2:50051"), or a
+        DNS name with several records ("dns:///tensorprep-headless:50051"), are balanced
+        round-robin, and Process/ListOps are retried on another replica on UNAVAILABLE.
       timeout: default deadline in seconds for each call (a stream's deadline covers the whole
         stream); None means no deadline.
       device: default device for calls: "auto", "cpu" or "cuda".
@@ -108,11 +130,17 @@ class Client:
         self.device = _device_enum(device)
         limit = int(max_message_mb * 1024 * 1024)
         opts = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        # Replicas: round_robin over every address, and retries of the idempotent calls on
+        # UNAVAILABLE (the retry buffer must hold a whole request or large ones are never retried).
+        opts += [("grpc.lb_policy_name", "round_robin"), ("grpc.enable_retries", 1),
+                 ("grpc.service_config", _SERVICE_CONFIG),
+                 ("grpc.per_rpc_retry_buffer_size", limit)]
         opts += list(options)
+        target = _channel_target(address)
         if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=opts)
+            self._channel = grpc.insecure_channel(target, options=opts)
         else:
-            self._channel = grpc.secure_channel(address, credentials, options=opts)
+            self._channel = grpc.secure_channel(target, credentials, options=opts)
         # Raw bytes in and out: wire.py serialises and parses without extra tensor copies.
         self._unary = self._channel.unary_unary(f"/{_SERVICE}/Process")
         self._bidi = self._channel.stream_stream(f"/{_SERVICE}/ProcessStream")

@@ -1,0 +1,215 @@
+"""The seed workloads W1, W2, W3, each written three ways.
+
+(a) the in-process Python callback, run by ``tf.numpy_function`` per sample inside ``tf.data``
+    (``map(..., num_parallel_calls=AUTOTUNE)`` then ``batch``): NumPy for W1 and W3,
+    ``skimage.transform.rotate`` for W2;
+(b) TensorFlow's native ops for the same work, vectorised over the batch (``batch`` then
+    ``map``): ``tf.add``, ``tf.raw_ops.ImageProjectiveTransformV3``, ``tf.image.flip_left_right``
+    and ``tf.reverse`` behind a per-sample ``tf.where``;
+(c) the service, through the Python client: one ``ProcessRequest`` per batch.
+
+Each workload also knows how to check one batch's outputs against the others (see ``check``).
+"""
+
+import dataclasses
+import math
+import random
+
+import numpy as np
+
+from .. import ops
+
+
+@dataclasses.dataclass
+class Workload:
+    name: str
+    description: str
+    image_shape: tuple  # one sample, as (a) and (b) see it
+    image_dtype: object
+    label_shape: tuple = None  # None: no labels
+    service_shape: tuple = None  # one sample as the service sees it (NHW needs rank >= 2)
+
+    def __post_init__(self):
+        if self.service_shape is None:
+            self.service_shape = self.image_shape
+
+    @property
+    def sample_bytes(self):
+        n = int(np.prod(self.image_shape)) * np.dtype(self.image_dtype).itemsize
+        if self.label_shape:
+            n += int(np.prod(self.label_shape)) * 4
+        return n
+
+
+W1 = Workload("W1", "add 1 to 100,000 int32", (100_000,), np.int32, service_shape=(1, 100_000))
+W2 = Workload("W2", "rotate 256x256x3 float32 by 30 deg, bilinear, edge border", (256, 256, 3),
+              np.float32)
+W3 = Workload("W3", "random left-right flip (p=0.5) of 256x256x3 float32 + 256x256 int32 label",
+              (256, 256, 3), np.float32, label_shape=(256, 256))
+ALL = {w.name: w for w in (W1, W2, W3)}
+ANGLE = 30.0
+
+
+def make_pool(w, n, seed=0):
+    """n distinct samples: images (n, *image_shape) and labels (n, *label_shape) or None."""
+    rng = np.random.default_rng(seed)
+    if w.image_dtype == np.int32:
+        images = rng.integers(-1000, 1000, (n,) + w.image_shape, dtype=np.int32)
+    else:
+        images = rng.random((n,) + w.image_shape, dtype=np.float32)
+    labels = rng.integers(0, 21, (n,) + w.label_shape).astype(np.int32) if w.label_shape else None
+    return images, labels
+
+
+# --- (a) Python callbacks ---------------------------------------------------------------------
+def python_callback(w):
+    """The per-sample Python function handed to tf.numpy_function, as in the reference article."""
+    if w is W1:
+        return lambda x: x + 1
+    if w is W2:
+        from skimage.transform import rotate
+
+        def rotate_image(image):
+            return rotate(image, ANGLE, mode="edge").astype(np.float32)
+
+        return rotate_image
+    if w is W3:
+        def augment(image, label):
+            if random.random() < 0.5:
+                image = np.fliplr(image)
+                label = np.fliplr(label)
+            return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+        return augment
+    raise ValueError(w)
+
+
+def tf_numpy_function_dataset(tf, w, images, labels, batch, callback):
+    """(a): from_tensor_slices -> repeat -> map(numpy_function, AUTOTUNE) -> batch -> prefetch."""
+    autotune = tf.data.AUTOTUNE
+    if labels is None:
+        ds = tf.data.Dataset.from_tensor_slices(images)
+        tout = tf.as_dtype(w.image_dtype)
+
+        def fn(x):
+            y = tf.numpy_function(callback, [x], tout)
+            y.set_shape(w.image_shape)
+            return y
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+
+        def fn(x, lab):
+            y, ylab = tf.numpy_function(callback, [x, lab], [tf.float32, tf.int32])
+            y.set_shape(w.image_shape)
+            ylab.set_shape(w.label_shape)
+            return y, ylab
+    return ds.repeat().map(fn, num_parallel_calls=autotune).batch(batch).prefetch(autotune)
+
+
+# --- (b) TensorFlow native ops ----------------------------------------------------------------
+def rotation_inverse(angle_deg, h, w):
+    """Output pixel (x, y) -> source position for a counter-clockwise rotation about the centre
+    ((w-1)/2, (h-1)/2), as a 2x3 matrix (the skimage / OpenCV convention)."""
+    t = math.radians(angle_deg)
+    c, s = math.cos(t), math.sin(t)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    return [[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy]]
+
+
+def tf_native_dataset(tf, w, images, labels, batch):
+    """(b): from_tensor_slices -> repeat -> batch -> map(native batched fn, AUTOTUNE) -> prefetch."""
+    autotune = tf.data.AUTOTUNE
+    if w is W1:
+        def fn(x):
+            return tf.add(x, 1)
+    elif w is W2:
+        m = rotation_inverse(ANGLE, *w.image_shape[:2])
+        transform = tf.constant([m[0] + m[1] + [0.0, 0.0]], tf.float32)
+
+        def fn(x):
+            # fill_mode NEAREST repeats the edge pixel: skimage's mode='edge'.
+            return tf.raw_ops.ImageProjectiveTransformV3(
+                images=x, transforms=transform, output_shape=tf.constant(w.image_shape[:2]),
+                fill_value=tf.constant(0.0), interpolation="BILINEAR", fill_mode="NEAREST")
+    elif w is W3:
+        def fn(x, lab):
+            flip = tf.random.uniform([tf.shape(x)[0]]) < 0.5
+            x = tf.where(flip[:, None, None, None], tf.image.flip_left_right(x), x)
+            lab = tf.where(flip[:, None, None], tf.reverse(lab, axis=[2]), lab)
+            return x, lab
+    else:
+        raise ValueError(w)
+    ds = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
+    return ds.repeat().batch(batch).map(fn, num_parallel_calls=autotune).prefetch(autotune)
+
+
+# --- (c) the service --------------------------------------------------------------------------
+def service_pipeline(w):
+    if w is W1:
+        return [ops.add(1)]
+    if w is W2:
+        return [ops.rotate(ANGLE, interpolation="bilinear", border="edge")]
+    if w is W3:
+        return [ops.random_flip(0.5, "horizontal")]
+    raise ValueError(w)
+
+
+def service_batches(w, images, labels, batch):
+    """The pool cut into batches of ``batch`` (cycled to fill), shaped as the service takes them."""
+    n = images.shape[0]
+    out = []
+    for start in range(0, n, batch):
+        idx = [(start + i) % n for i in range(batch)]
+        x = np.ascontiguousarray(images[idx].reshape((batch,) + w.service_shape))
+        out.append(x if labels is None else (x, np.ascontiguousarray(labels[idx])))
+    return out
+
+
+# --- equality ---------------------------------------------------------------------------------
+W2_TOLERANCE = 1e-4  # max |difference| between any two ways, on images in [0, 1)
+
+
+def check(w, images, labels, outputs):
+    """Checks the ways' outputs for one batch against each other; raises AssertionError.
+
+    ``outputs``: way -> images (N, *image_shape) or (images, labels). W1 must be exact; W2 within
+    W2_TOLERANCE of the others (float32 TensorFlow vs double scikit-image vs the service's exact
+    bilinear); W3 draws differ between ways, so each sample must be either unchanged or mirrored,
+    its label mirrored exactly when its image is, and both outcomes must occur. Returns a dict of
+    measured differences for the report.
+    """
+    found = {}
+    if w is W1:
+        want = images + 1
+        for way, out in outputs.items():
+            got = np.asarray(out).reshape(want.shape)
+            if not np.array_equal(got, want):
+                raise AssertionError(f"W1 {way}: {np.count_nonzero(got != want)} elements differ")
+            found[way] = 0.0
+    elif w is W2:
+        ways = list(outputs)
+        base = np.asarray(outputs[ways[0]], np.float64).reshape(images.shape)
+        for way in ways[1:]:
+            got = np.asarray(outputs[way], np.float64).reshape(images.shape)
+            diff = float(np.abs(got - base).max())
+            found[f"{way} vs {ways[0]}"] = diff
+            if not diff <= W2_TOLERANCE:
+                raise AssertionError(f"W2 {way} differs from {ways[0]} by {diff} > {W2_TOLERANCE}")
+    elif w is W3:
+        mirrored_img = images[:, :, ::-1]
+        mirrored_lab = labels[:, :, ::-1]
+        for way, (img, lab) in outputs.items():
+            img = np.asarray(img)
+            lab = np.asarray(lab)
+            flips = 0
+            for i in range(images.shape[0]):
+                f = np.array_equal(img[i], mirrored_img[i])
+                if not f and not np.array_equal(img[i], images[i]):
+                    raise AssertionError(f"W3 {way}: sample {i} is neither unchanged nor mirrored")
+                if not np.array_equal(lab[i], mirrored_lab[i] if f else labels[i]):
+                    raise AssertionError(f"W3 {way}: label {i} does not follow its image")
+                flips += f
+            if not 0 < flips < images.shape[0]:
+                raise AssertionError(f"W3 {way}: {flips} of {images.shape[0]} samples flipped")
+            found[way] = flips / images.shape[0]
+    return found
