@@ -167,3 +167,12 @@ def test_timed_callback_observes_python_callback_path():
                                      dict(labels, le="5e-05")) is not None
     assert registry.get_sample_value(metrics.METRIC_NAME + "_bucket",
                                      dict(labels, le="30.0")) == 2
+
+
+def test_tune_malloc_applies_on_glibc():
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("tune_malloc needs glibc's mallopt")
+    assert tp.tune_malloc() is True
+    big = np.ones(40 << 20, np.uint8)  # larger than any mmap threshold: now from the heap
+    assert bytes(memoryview(big)[-3:]) == b"\x01\x01\x01"
