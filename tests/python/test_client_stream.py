@@ -203,3 +203,31 @@ def test_client_reorders_responses_that_arrive_out_of_order():
         assert [int(o[0, 0, 0]) for o in outs] == list(range(7))
     finally:
         srv.stop(0)
+
+
+def test_large_batches_are_chunked_and_reassembled(client):
+    x = RNG.random((16, 32, 32, 3)).astype(np.float32)  # 192 KiB
+    y = RNG.integers(0, 9, (16, 32, 32)).astype(np.int32)
+    pipeline = [tp.random_flip(0.5), tp.random_rotate(20, border="edge")]
+    whole = client.process(x, pipeline, labels=y, seed=5)
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+    # 40 KiB chunks: 2 samples per request, 8 requests, more than `inflight` for one batch.
+    res = list(client.stream(batches, pipeline, seed=5, inflight=2, chunk_mb=40 / 1024,
+                             full=True))
+    assert [r.request_id for r in res] == ["0", "1"]
+    np.testing.assert_array_equal(np.concatenate([r.images for r in res]), whole[0])
+    np.testing.assert_array_equal(np.concatenate([r.aux["labels"] for r in res]), whole[1])
+    assert all(r.timings["kernel"] > 0 for r in res)
+    # Unchunked gives the same.
+    plain = list(client.stream(batches, pipeline, seed=5, chunk_mb=None))
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in plain]), whole[0])
+
+
+def test_chunked_stream_error_names_the_batch(client):
+    x = RNG.random((8, 16, 16, 3)).astype(np.float32)
+    gen = client.stream([x, (x, np.zeros((8, 15, 16), np.int32))], [tp.add(1)],
+                        chunk_mb=8 / 1024)
+    np.testing.assert_allclose(next(gen), x + 1, rtol=1e-6)
+    with pytest.raises(tp.InvalidArgumentError) as info:
+        next(gen)
+    assert info.value.request_id == "1"

@@ -222,12 +222,19 @@ class Client:
         return _shape_output(res, labels is not None, aux)
 
     def stream(self, batches, pipeline, *, inflight=4, seed=None, device=None, timeout=None,
-               full=False, workload=None, sample_offset=0):
+               full=False, workload=None, sample_offset=0, chunk_mb=4.0):
         """Sends each batch of ``batches`` on one bidirectional stream; yields results in order.
 
         ``batches`` yields arrays, (images, labels) pairs, or (images, {name: aux}) pairs; it is
         read lazily, from a gRPC thread, and never more than ``inflight`` batches ahead of what
         this generator has handed out (that bounds memory whatever the consumer's pace).
+
+        A batch larger than ``chunk_mb`` megabytes is sent as several requests of whole samples
+        (with their sample offsets, so random draws are unchanged) and reassembled: several
+        megabyte-sized messages in flight cost much less per byte than one huge message, on both
+        ends. At most ``inflight`` requests are on the wire at once. ``chunk_mb=None`` sends
+        each batch as one request.
+
         Random ops draw from one seed for the whole stream with each batch's sample_offset
         following on from the last, so the result equals one call on the concatenated batch.
 
@@ -238,24 +245,31 @@ class Client:
         """
         if inflight < 1:
             raise ValueError(f"inflight must be >= 1, got {inflight}")
+        if chunk_mb is not None and chunk_mb <= 0:
+            raise ValueError(f"chunk_mb must be > 0 or None, got {chunk_mb}")
         pipeline = as_pipeline(pipeline)
         if seed is None:
             seed = secrets.randbits(64) if has_random(pipeline) else 0
         device = _device_enum(device) if device is not None else self.device
-        slots = threading.Semaphore(inflight)
+        chunk_bytes = None if chunk_mb is None else int(chunk_mb * 1024 * 1024)
+        ahead = threading.Semaphore(inflight)  # batches read but not yet handed out
+        wire = threading.Semaphore(inflight)  # requests sent but not yet answered
         stop = threading.Event()
-        sent_at = {}  # request index -> perf_counter at send
-        shapes = {}  # request index -> (labels given, aux given)
-        state = {"sent": 0, "done": False, "error": None}
+        sent_at = {}  # request id -> perf_counter at send
+        batches_info = {}  # batch index -> (parts, labels given, aux given)
+        state = {"batches": 0, "done": False, "error": None}
+
+        def acquire(sem):
+            while not sem.acquire(timeout=0.05):
+                if stop.is_set():
+                    return False
+            return not stop.is_set()
 
         def requests():
             offset = int(sample_offset)
             it = iter(batches)
             for index in itertools.count():
-                while not slots.acquire(timeout=0.05):
-                    if stop.is_set():
-                        return
-                if stop.is_set():
+                if not acquire(ahead):
                     return
                 try:
                     item = next(it)
@@ -267,43 +281,57 @@ class Client:
                 try:
                     images, labels, aux = _split_item(item)
                     images = as_wire_array(images)
-                    payload = encode_request(images, pipeline, aux=_prepare_aux(labels, aux),
-                                             request_id=str(index), device=device, seed=int(seed),
-                                             sample_offset=offset)
+                    aux_items = _prepare_aux(labels, aux)
+                    spans = _chunks(images, aux_items, chunk_bytes)
                 except BaseException as e:
                     state["error"] = e
                     break
-                shapes[index] = (labels is not None, aux)
+                batches_info[index] = (len(spans), labels is not None, aux)
+                state["batches"] = index + 1
+                for part, (lo, hi) in enumerate(spans):
+                    if not acquire(wire):
+                        return
+                    rid = f"{index}" if len(spans) == 1 else f"{index}.{part}"
+                    try:
+                        payload = encode_request(
+                            images[lo:hi], pipeline,
+                            aux=[(n, a[lo:hi], i, f) for n, a, i, f in aux_items],
+                            request_id=rid, device=device, seed=int(seed),
+                            sample_offset=offset + lo)
+                    except BaseException as e:
+                        state["error"] = e
+                        state["done"] = True
+                        return
+                    sent_at[rid] = time.perf_counter()
+                    yield payload
                 offset += images.shape[0]
-                sent_at[index] = time.perf_counter()
-                state["sent"] = index + 1
-                yield payload
             state["done"] = True
 
         try:
             call = self._bidi(requests(), timeout=self._deadline(timeout))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        pending = {}
+        pending = {}  # batch index -> {part: (decoded, rtt)}
         next_index = 0
         try:
             try:
                 for raw in call:
                     now = time.perf_counter()
                     decoded = decode_response(raw)
-                    index = int(decoded.meta.request_id)
-                    rtt = now - sent_at.pop(index, now)
+                    rid = decoded.meta.request_id
+                    rtt = now - sent_at.pop(rid, now)
+                    wire.release()
                     self._metrics.observe("remote_stream", rtt, workload)
-                    pending[index] = (decoded, rtt)
-                    while next_index in pending:
-                        decoded, rtt = pending.pop(next_index)
-                        labels_given, aux_given = shapes.pop(next_index)
+                    index, _, part = rid.partition(".")
+                    pending.setdefault(int(index), {})[int(part or 0)] = (decoded, rtt)
+                    while (next_index in pending and next_index in batches_info
+                           and len(pending[next_index]) == batches_info[next_index][0]):
+                        parts = pending.pop(next_index)
+                        _, labels_given, aux_given = batches_info.pop(next_index)
+                        batch_id = str(next_index)
                         next_index += 1
-                        slots.release()
-                        if decoded.meta.HasField("error"):
-                            err = decoded.meta.error
-                            raise error_for(err.code, err.message, decoded.meta.request_id)
-                        res = self._result(decoded, rtt)
+                        ahead.release()
+                        res = self._assemble(parts, batch_id)
                         yield res if full else _shape_output(res, labels_given, aux_given)
             except grpc.RpcError as e:
                 if state["error"] is not None:
@@ -311,12 +339,31 @@ class Client:
                 raise from_rpc_error(e) from None
             if state["error"] is not None:
                 raise state["error"]
-            if next_index != state["sent"] or not state["done"]:
+            if next_index != state["batches"] or not state["done"]:
                 raise error_for(grpc.StatusCode.DATA_LOSS,
-                                f"stream ended after {next_index} of {state['sent']} responses")
+                                f"stream ended after {next_index} of {state['batches']} batches")
         finally:
             stop.set()
             call.cancel()
+
+    def _assemble(self, parts, batch_id):
+        """One Result from the responses to a batch's requests (raises the first error)."""
+        ordered = [parts[k] for k in sorted(parts)]
+        for decoded, _ in ordered:
+            if decoded.meta.HasField("error"):
+                err = decoded.meta.error
+                raise error_for(err.code, err.message, batch_id)
+        if len(ordered) == 1:
+            res = self._result(*ordered[0])
+            res.request_id = batch_id
+            return res
+        results = [self._result(d, rtt) for d, rtt in ordered]
+        timings = {k: sum(r.timings[k] for r in results) for k in results[0].timings}
+        return Result(images=np.concatenate([r.images for r in results]),
+                      aux={name: np.concatenate([r.aux[name] for r in results])
+                           for name in results[0].aux},
+                      device=results[0].device, timings=timings, request_id=batch_id,
+                      round_trip_s=max(r.round_trip_s for r in results))
 
     # --- helpers -----------------------------------------------------------------------------
     def _result(self, decoded, rtt):
@@ -336,6 +383,18 @@ def _split_item(item):
             return images, None, extra
         return images, extra, None
     return item, None, None
+
+
+def _chunks(images, aux_items, chunk_bytes):
+    """[(lo, hi)] sample ranges of at most ``chunk_bytes`` each (at least one sample each)."""
+    n = images.shape[0]
+    if chunk_bytes is None or n <= 1:
+        return [(0, n)]
+    per_sample = (images.nbytes + sum(a.nbytes for _, a, _, _ in aux_items)) / n
+    k = max(1, int(chunk_bytes // max(per_sample, 1)))
+    if k >= n:
+        return [(0, n)]
+    return [(lo, min(n, lo + k)) for lo in range(0, n, k)]
 
 
 def _shape_output(res, labels_given, aux_given):
