@@ -57,6 +57,8 @@ def parse_args(argv):
     p.add_argument("--min-time", type=float, default=1.5, help="seconds per repeat")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per cell")
     p.add_argument("--inflight", type=int, default=4, help="requests in flight on the stream")
+    p.add_argument("--chunk-mb", type=float, default=4.0,
+                   help="stream: largest request in MB; bigger batches are split (0: never)")
     p.add_argument("--pool", type=int, default=64, help="distinct samples per workload")
     p.add_argument("--out", default="bench-results")
     p.add_argument("--metrics-port", type=int, default=0,
@@ -239,7 +241,8 @@ def run(args):
                             rts.append(res.round_trip_s)
                     else:
                         gen = client.stream(itertools.cycle(svc), pipeline,
-                                            inflight=args.inflight, full=True, workload=w.name)
+                                            inflight=args.inflight, full=True, workload=w.name,
+                                            chunk_mb=args.chunk_mb or None)
                         next_batch = lambda gen=gen: rts.append(next(gen).round_trip_s)  # noqa
                     m = ms.measure(next_batch, b, warmup_s=args.warmup, min_time_s=args.min_time,
                                    repeats=args.repeats, server_pid=server.pid if server else None,

@@ -68,7 +68,8 @@ def markdown(results):
     if results.get("server"):
         lines.append(f"Server: `{results['server']}`.")
     lines.append(f"Repeats: {cfg['repeats']} × ≥ {cfg['min_time']} s per cell after "
-                 f"{cfg['warmup']} s warm-up; stream in flight: {cfg['inflight']}; "
+                 f"{cfg['warmup']} s warm-up; stream: {cfg['inflight']} requests in flight, batches "
+                 f"split into requests of ≤ {cfg.get('chunk_mb') or '∞'} MB; "
                  f"pool of {cfg['pool']} distinct samples per workload; glibc malloc tuned in the "
                  f"training process: {'yes' if cfg.get('malloc_tuned') else 'no'}.")
     lines.append("")

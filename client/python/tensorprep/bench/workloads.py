@@ -3,9 +3,9 @@
 (a) the in-process Python callback, run by ``tf.numpy_function`` per sample inside ``tf.data``
     (``map(..., num_parallel_calls=AUTOTUNE)`` then ``batch``): NumPy for W1 and W3,
     ``skimage.transform.rotate`` for W2;
-(b) TensorFlow's native ops for the same work, vectorised over the batch (``batch`` then
-    ``map``): ``tf.add``, ``tf.raw_ops.ImageProjectiveTransformV3``, ``tf.image.flip_left_right``
-    and ``tf.reverse`` behind a per-sample ``tf.where``;
+(b) TensorFlow's native ops for the same work, in the same tf.data shape: ``tf.add``,
+    ``tf.raw_ops.ImageProjectiveTransformV3``, ``tf.image.flip_left_right`` and ``tf.reverse``
+    behind a per-sample ``tf.cond``;
 (c) the service, through the Python client: one ``ProcessRequest`` per batch.
 
 Each workload also knows how to check one batch's outputs against the others (see ``check``).
@@ -117,7 +117,9 @@ def rotation_inverse(angle_deg, h, w):
 
 
 def tf_native_dataset(tf, w, images, labels, batch):
-    """(b): from_tensor_slices -> repeat -> batch -> map(native batched fn, AUTOTUNE) -> prefetch."""
+    """(b): from_tensor_slices -> repeat -> map(native per-sample fn, AUTOTUNE) -> batch ->
+    prefetch. Per sample, like (a): on this kind of machine that was faster than mapping the
+    same ops over whole batches (a per-sample tf.cond beats a batched tf.where for W3)."""
     autotune = tf.data.AUTOTUNE
     if w is W1:
         def fn(x):
@@ -125,22 +127,23 @@ def tf_native_dataset(tf, w, images, labels, batch):
     elif w is W2:
         m = rotation_inverse(ANGLE, *w.image_shape[:2])
         transform = tf.constant([m[0] + m[1] + [0.0, 0.0]], tf.float32)
+        size = tf.constant(w.image_shape[:2])
 
         def fn(x):
             # fill_mode NEAREST repeats the edge pixel: skimage's mode='edge'.
             return tf.raw_ops.ImageProjectiveTransformV3(
-                images=x, transforms=transform, output_shape=tf.constant(w.image_shape[:2]),
-                fill_value=tf.constant(0.0), interpolation="BILINEAR", fill_mode="NEAREST")
+                images=x[None], transforms=transform, output_shape=size,
+                fill_value=tf.constant(0.0), interpolation="BILINEAR", fill_mode="NEAREST")[0]
     elif w is W3:
         def fn(x, lab):
-            flip = tf.random.uniform([tf.shape(x)[0]]) < 0.5
-            x = tf.where(flip[:, None, None, None], tf.image.flip_left_right(x), x)
-            lab = tf.where(flip[:, None, None], tf.reverse(lab, axis=[2]), lab)
+            flip = tf.random.uniform([]) < 0.5
+            x = tf.cond(flip, lambda: tf.image.flip_left_right(x), lambda: x)
+            lab = tf.cond(flip, lambda: tf.reverse(lab, axis=[1]), lambda: lab)
             return x, lab
     else:
         raise ValueError(w)
     ds = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
-    return ds.repeat().batch(batch).map(fn, num_parallel_calls=autotune).prefetch(autotune)
+    return ds.repeat().map(fn, num_parallel_calls=autotune).batch(batch).prefetch(autotune)
 
 
 # --- (c) the service --------------------------------------------------------------------------
