@@ -1,7 +1,9 @@
 #include "server/config.h"
 
+#include <fstream>
 #include <functional>
 #include <map>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -23,10 +25,28 @@ Flags (each also read from the environment variable shown; flags win):
                          cuda requires a usable device at start-up and sends every request to it
   --threads N            CPU worker threads, 0 = all cores (TENSORPREP_THREADS, default 0)
   --max-message-mb N     largest request/response message in MiB (TENSORPREP_MAX_MESSAGE_MB, 256)
+  --max-tensor-mb N      largest tensor in a request, in MiB; bigger ones get RESOURCE_EXHAUSTED
+                         (TENSORPREP_MAX_TENSOR_MB, default 1024)
+  --max-inflight-mb N    request and response bytes held by accepted requests, server-wide, in
+                         MiB; past it new requests get RESOURCE_EXHAUSTED
+                         (TENSORPREP_MAX_INFLIGHT_MB, default 2048)
+  --max-inflight-requests N
+                         requests accepted and not yet answered, server-wide; past it new
+                         requests get RESOURCE_EXHAUSTED (TENSORPREP_MAX_INFLIGHT_REQUESTS, 1024)
   --stream-inflight N    requests in flight per stream before reading pauses
                          (TENSORPREP_STREAM_INFLIGHT, default 8)
+  --stream-inflight-mb N bytes in flight per stream before reading pauses, in MiB; one request
+                         bigger than this gets RESOURCE_EXHAUSTED (TENSORPREP_STREAM_INFLIGHT_MB, 256)
   --grace-seconds S      on SIGTERM/SIGINT, time given to in-flight work before it is cancelled
                          (TENSORPREP_GRACE_SECONDS, default 30)
+  --tls-cert FILE        PEM certificate chain; with --tls-key turns TLS on (TENSORPREP_TLS_CERT)
+  --tls-key FILE         PEM private key (TENSORPREP_TLS_KEY)
+  --tls-client-ca FILE   PEM CA bundle; clients must present a certificate it signed (mutual TLS)
+                         (TENSORPREP_TLS_CLIENT_CA)
+  --auth-token-file FILE bearer token (the file's first line) that every Preprocessor call must
+                         send as "authorization: Bearer <token>" (TENSORPREP_AUTH_TOKEN_FILE);
+                         TENSORPREP_AUTH_TOKEN or --auth-token give it directly. Health checks
+                         and /metrics never need it.
   --version              print the version and exit
   --help                 print this help and exit
 
@@ -45,6 +65,26 @@ absl::Status ParseInt(const std::string& v, const std::string& name, int lo, int
         absl::StrCat(name, ": expected an integer in [", lo, ", ", hi, "], got '", v, "'"));
   }
   *out = x;
+  return absl::OkStatus();
+}
+
+absl::Status SetPath(const std::string& v, const std::string& name, std::string* out) {
+  if (v.empty()) return absl::InvalidArgumentError(name + ": expected a file name, got ''");
+  *out = v;
+  return absl::OkStatus();
+}
+
+// The token goes into an HTTP/2 header value: printable ASCII without spaces. The value itself
+// is never echoed back in an error.
+absl::Status SetToken(const std::string& v, const std::string& name, std::string* out) {
+  if (v.empty()) return absl::InvalidArgumentError(name + ": expected a token, got an empty one");
+  for (char ch : v) {
+    if (ch <= ' ' || ch > '~') {
+      return absl::InvalidArgumentError(
+          name + ": expected printable ASCII without spaces (the token is not shown)");
+    }
+  }
+  *out = v;
   return absl::OkStatus();
 }
 
@@ -77,9 +117,41 @@ const std::map<std::string, Setter>& Setters() {
        [](Config& c, const std::string& v, const std::string& name) {
          return ParseInt(v, name, 1, 2047, &c.max_message_mb);
        }},
+      {"max-tensor-mb",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 1 << 20, &c.max_tensor_mb);
+       }},
+      {"max-inflight-mb",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 1 << 20, &c.max_inflight_mb);
+       }},
+      {"max-inflight-requests",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 1 << 20, &c.max_inflight_requests);
+       }},
       {"stream-inflight",
        [](Config& c, const std::string& v, const std::string& name) {
          return ParseInt(v, name, 1, 1024, &c.stream_inflight);
+       }},
+      {"stream-inflight-mb",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 1 << 20, &c.stream_inflight_mb);
+       }},
+      {"tls-cert", [](Config& c, const std::string& v,
+                      const std::string& name) { return SetPath(v, name, &c.tls_cert); }},
+      {"tls-key", [](Config& c, const std::string& v,
+                     const std::string& name) { return SetPath(v, name, &c.tls_key); }},
+      {"tls-client-ca", [](Config& c, const std::string& v,
+                           const std::string& name) { return SetPath(v, name, &c.tls_client_ca); }},
+      {"auth-token",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return SetToken(v, name, &c.auth_token);
+       }},
+      {"auth-token-file",
+       [](Config& c, const std::string& v, const std::string& name) {
+         auto text = ReadConfigFile(v, name);
+         if (!text.ok()) return text.status();
+         return SetToken(text->substr(0, text->find_first_of("\r\n")), name, &c.auth_token);
        }},
       {"grace-seconds",
        [](Config& c, const std::string& v, const std::string& name) {
@@ -102,6 +174,17 @@ std::string EnvName(const std::string& flag) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> ReadConfigFile(const std::string& path, const std::string& name) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(name, ": cannot read '", path, "'"));
+  std::stringstream buf;
+  buf << in.rdbuf();
+  if (buf.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": '", path, "' is empty"));
+  }
+  return buf.str();
+}
 
 absl::StatusOr<Config> ParseConfig(const std::vector<std::string>& args,
                                    const std::vector<std::string>& env) {
@@ -147,6 +230,22 @@ absl::StatusOr<Config> ParseConfig(const std::vector<std::string>& args,
     }
     absl::Status s = it->second(c, value, "--" + name);
     if (!s.ok()) return s;
+  }
+  if (c.help || c.version) return c;
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key: expected both (TLS) or neither, got only one");
+  }
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-ca: expected --tls-cert and --tls-key too (mutual TLS needs TLS)");
+  }
+  for (const auto& [path, name] : {std::pair{c.tls_cert, "--tls-cert"},
+                                   std::pair{c.tls_key, "--tls-key"},
+                                   std::pair{c.tls_client_ca, "--tls-client-ca"}}) {
+    if (path.empty()) continue;
+    auto text = ReadConfigFile(path, name);
+    if (!text.ok()) return text.status();
   }
   return c;
 }

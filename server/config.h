@@ -17,8 +17,22 @@ struct Config {
   std::string device = "auto";   // TENSORPREP_DEVICE: auto | cpu | cuda
   int threads = 0;               // TENSORPREP_THREADS; 0 = all cores
   int max_message_mb = 256;      // TENSORPREP_MAX_MESSAGE_MB (receive and send)
+  int max_tensor_mb = 1024;      // TENSORPREP_MAX_TENSOR_MB: largest decoded tensor
+  int max_inflight_mb = 2048;    // TENSORPREP_MAX_INFLIGHT_MB: request + response bytes held, server-wide
+  int max_inflight_requests = 1024;  // TENSORPREP_MAX_INFLIGHT_REQUESTS: server-wide
   int stream_inflight = 8;       // TENSORPREP_STREAM_INFLIGHT: requests in flight per stream
+  int stream_inflight_mb = 256;  // TENSORPREP_STREAM_INFLIGHT_MB: bytes in flight per stream
   double grace_seconds = 30;     // TENSORPREP_GRACE_SECONDS: drain time on SIGTERM
+
+  // TLS: PEM files. Both cert and key turn TLS on; a client CA also requires and verifies client
+  // certificates (mutual TLS).
+  std::string tls_cert;       // TENSORPREP_TLS_CERT
+  std::string tls_key;        // TENSORPREP_TLS_KEY
+  std::string tls_client_ca;  // TENSORPREP_TLS_CLIENT_CA
+  // Bearer token every Preprocessor call must carry ("authorization: Bearer <token>"); empty =
+  // no token. Health and /metrics never need it. Set from TENSORPREP_AUTH_TOKEN, --auth-token or
+  // --auth-token-file (the file's first line); never printed.
+  std::string auth_token;
   bool help = false;
   bool version = false;
 };
@@ -28,8 +42,13 @@ std::string Usage();
 
 // Parses `env` (NAME=VALUE strings, e.g. from environ) then `args` (argv without argv[0]).
 // INVALID_ARGUMENT naming the flag or variable for unknown flags and bad values.
+// Also checks combinations: TLS cert without key (or the reverse), a client CA without TLS, and
+// unreadable TLS or token files are INVALID_ARGUMENT naming the flag.
 absl::StatusOr<Config> ParseConfig(const std::vector<std::string>& args,
                                    const std::vector<std::string>& env);
+
+// Reads a whole file; INVALID_ARGUMENT naming `name` when it cannot be read or is empty.
+absl::StatusOr<std::string> ReadConfigFile(const std::string& path, const std::string& name);
 
 }  // namespace tensorprep::server
 

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,7 @@
 #include "prometheus/registry.h"
 #include "server/config.h"
 #include "server/metrics.h"
+#include "server/security.h"
 #include "server/service.h"
 #include "server/work_queue.h"
 
@@ -63,6 +65,7 @@ int Run(const Config& config) {
   }
 
   handlers::ProcessorOptions options;
+  options.limits.max_tensor_bytes = static_cast<uint64_t>(config.max_tensor_mb) << 20;
   options.allow_cuda = config.device != "cpu";
   if (config.device == "cuda") options.auto_cuda_min_bytes = 0;
   handlers::Processor processor(options, &cpu, cuda_usable ? cuda.get() : cuda.get());
@@ -92,6 +95,10 @@ int Run(const Config& config) {
   WorkQueue queue(pool.size());
   ServiceOptions service_options;
   service_options.stream_max_inflight = config.stream_inflight;
+  service_options.stream_max_bytes = static_cast<uint64_t>(config.stream_inflight_mb) << 20;
+  service_options.admission.max_bytes = static_cast<uint64_t>(config.max_inflight_mb) << 20;
+  service_options.admission.max_requests = config.max_inflight_requests;
+  service_options.auth_token = config.auth_token;
   PreprocessorService service(processor, queue, metrics, service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -99,7 +106,23 @@ int Run(const Config& config) {
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string address = HostPort(config.host, config.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  TlsPem pem;
+  if (!config.tls_cert.empty()) {
+    // ParseConfig already read each file once; a file that vanished since is still an error.
+    for (auto [path, name, out] : {std::tuple{config.tls_cert, "--tls-cert", &pem.cert_chain},
+                                   std::tuple{config.tls_key, "--tls-key", &pem.private_key},
+                                   std::tuple{config.tls_client_ca, "--tls-client-ca",
+                                              &pem.client_ca}}) {
+      if (path.empty()) continue;
+      auto text = ReadConfigFile(path, name);
+      if (!text.ok()) {
+        std::cerr << "tensorprep-server: " << text.status().message() << "\n";
+        return 2;
+      }
+      *out = std::move(*text);
+    }
+  }
+  builder.AddListeningPort(address, MakeServerCredentials(pem), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_mb * 1024 * 1024);
   builder.SetMaxSendMessageSize(config.max_message_mb * 1024 * 1024);
@@ -117,6 +140,10 @@ int Run(const Config& config) {
                                                        : "cpu",
               pool.size(), metrics_address.c_str());
   std::fflush(stdout);
+  std::cerr << "tensorprep-server: transport "
+            << (pem.cert_chain.empty() ? "plaintext"
+                                       : pem.client_ca.empty() ? "TLS" : "mutual TLS")
+            << ", bearer token " << (config.auth_token.empty() ? "off" : "required") << "\n";
 
   int sig = 0;
   sigwait(&signals, &sig);
@@ -127,7 +154,9 @@ int Run(const Config& config) {
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(config.grace_seconds * 1000)));
   server->Wait();
-  std::cerr << "tensorprep-server: stopped\n";
+  // Every call has finished by now: equal counts mean no accepted request went unanswered.
+  std::cerr << "tensorprep-server: stopped; requests accepted=" << service.accepted()
+            << " answered=" << service.answered() << "\n";
   return 0;
 }
 

@@ -1,5 +1,6 @@
 #include "server/service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -7,6 +8,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/common/tensor.h"
+#include "server/security.h"
 #include "server/status_util.h"
 
 namespace tensorprep::server {
@@ -23,6 +26,14 @@ MetricDevice ToMetricDevice(handlers::DeviceKind d) {
   return d == handlers::DeviceKind::kCuda ? MetricDevice::kCuda : MetricDevice::kCpu;
 }
 
+int CodeOf(const absl::Status& s) { return static_cast<int>(ToGrpcStatus(s).error_code()); }
+
+// Same prefix as the processor's errors, so a client can tell which request of many failed.
+absl::Status WithRequestId(const absl::Status& s, const std::string& id) {
+  if (s.ok() || id.empty()) return s;
+  return absl::Status(s.code(), absl::StrCat("request '", id, "': ", s.message()));
+}
+
 }  // namespace
 
 struct PreprocessorService::Job {
@@ -31,11 +42,26 @@ struct PreprocessorService::Job {
   Clock::time_point arrival;
   Clock::time_point enqueued;
   std::chrono::system_clock::time_point deadline;
+  AdmissionTicket ticket;  // the server-wide reservation, given back when the job goes
 };
 
 PreprocessorService::PreprocessorService(const handlers::Processor& processor, WorkQueue& queue,
                                          Metrics& metrics, ServiceOptions options)
-    : processor_(processor), queue_(queue), metrics_(metrics), options_(options) {}
+    : processor_(processor),
+      queue_(queue),
+      metrics_(metrics),
+      options_(std::move(options)),
+      admission_(options_.admission) {}
+
+uint64_t PreprocessorService::InFlightBytes(const pb::ProcessRequest& request,
+                                            const handlers::PreparedRequest& prepared) {
+  // Sizes were bounded by the decoder's limits, so none of this can overflow.
+  uint64_t bytes = request.ByteSizeLong();
+  bytes += static_cast<uint64_t>(prepared.main.view.shape.elements()) *
+           kernels::DTypeSize(prepared.plan.output_dtype);
+  for (const handlers::DecodedTensor& a : prepared.aux) bytes += a.view.bytes();
+  return bytes;
+}
 
 absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response,
                                          bool cancelled) {
@@ -74,27 +100,35 @@ grpc::ServerUnaryReactor* PreprocessorService::Process(grpc::CallbackServerConte
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const Clock::time_point arrival = Clock::now();
   metrics_.RequestStarted(Rpc::kProcess);
-  auto prepared = processor_.Prepare(*request);
-  if (!prepared.ok()) {
-    metrics_.RequestFinished(Rpc::kProcess, static_cast<int>(ToGrpcStatus(prepared.status()).error_code()),
-                             SecondsSince(arrival));
-    reactor->Finish(ToGrpcStatus(prepared.status()));
+  CountAccepted();
+  auto fail = [&](const absl::Status& s) {
+    metrics_.RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(arrival));
+    reactor->Finish(ToGrpcStatus(s));
+    CountAnswered();
     return reactor;
-  }
+  };
+  absl::Status auth = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
+  if (!auth.ok()) return fail(auth);
+  auto prepared = processor_.Prepare(*request);
+  if (!prepared.ok()) return fail(prepared.status());
+  auto ticket = admission_.Acquire(InFlightBytes(*request, **prepared));
+  if (!ticket.ok()) return fail(WithRequestId(ticket.status(), request->request_id()));
   auto job = std::make_unique<Job>();
   job->request = request;
   job->prepared = std::move(*prepared);
   job->arrival = arrival;
   job->enqueued = Clock::now();
   job->deadline = ctx->deadline();
+  job->ticket = std::move(*ticket);
   metrics_.AddQueued(1);
   // gRPC keeps ctx, request and response alive until Finish.
   queue_.Submit([this, ctx, reactor, response, job = std::move(job)]() mutable {
     metrics_.AddQueued(-1);
-    const grpc::Status status = ToGrpcStatus(RunJob(*job, response, ctx->IsCancelled()));
-    metrics_.RequestFinished(Rpc::kProcess, static_cast<int>(status.error_code()),
-                             SecondsSince(job->arrival));
-    reactor->Finish(status);
+    const absl::Status s = RunJob(*job, response, ctx->IsCancelled());
+    metrics_.RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(job->arrival));
+    job.reset();  // gives the reservation back before the response leaves
+    reactor->Finish(ToGrpcStatus(s));
+    CountAnswered();
   });
   return reactor;
 }
@@ -104,11 +138,14 @@ grpc::ServerUnaryReactor* PreprocessorService::ListOps(grpc::CallbackServerConte
                                                        pb::ListOpsResponse* response) {
   const Clock::time_point arrival = Clock::now();
   metrics_.RequestStarted(Rpc::kListOps);
-  handlers::DescribeOps(processor_.backends(), response);
-  response->set_server_version(TENSORPREP_VERSION);
-  metrics_.RequestFinished(Rpc::kListOps, 0, SecondsSince(arrival));
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  absl::Status auth = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
+  if (auth.ok()) {
+    handlers::DescribeOps(processor_.backends(), response);
+    response->set_server_version(TENSORPREP_VERSION);
+  }
+  metrics_.RequestFinished(Rpc::kListOps, CodeOf(auth), SecondsSince(arrival));
+  reactor->Finish(ToGrpcStatus(auth));
   return reactor;
 }
 
@@ -116,13 +153,26 @@ namespace {
 
 // One bidirectional stream. Reads one request at a time; each request is prepared on the
 // reaction thread (cheap checks) and run on the WorkQueue; finished responses are written one at
-// a time in completion order. Reading pauses while `stream_max_inflight` requests are unsettled
-// (running or waiting to be written), which is what gives the client backpressure.
+// a time in completion order. Reading pauses while `stream_max_inflight` requests or
+// `stream_max_bytes` bytes are unsettled (running or waiting to be written), which is what gives
+// the client backpressure: a slow reader slows its own stream and holds a bounded amount.
 class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, pb::ProcessResponse> {
  public:
   StreamReactor(PreprocessorService* service, grpc::CallbackServerContext* ctx)
-      : service_(service), ctx_(ctx), max_inflight_(std::max(1, service->options().stream_max_inflight)) {
+      : service_(service),
+        ctx_(ctx),
+        max_inflight_(std::max(1, service->options().stream_max_inflight)),
+        max_bytes_(std::max<uint64_t>(1, service->options().stream_max_bytes)) {
     service_->metrics().AddOpenStreams(1);
+    absl::Status auth = CheckBearerToken(ctx->client_metadata(), service->options().auth_token);
+    if (!auth.ok()) {
+      // Refused before anything is read; OnDone still comes and deletes this.
+      service_->metrics().RequestStarted(Rpc::kProcessStream);
+      service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(auth), 0);
+      finished_ = true;
+      Finish(ToGrpcStatus(auth));
+      return;
+    }
     next_ = std::make_unique<pb::ProcessRequest>();
     StartRead(next_.get());
   }
@@ -141,36 +191,95 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
     std::unique_ptr<pb::ProcessRequest> request = std::move(next_);
     const Clock::time_point arrival = Clock::now();
     service_->metrics().RequestStarted(Rpc::kProcessStream);
+    service_->CountAccepted();
+    auto prepared = service_->processor().Prepare(*request);
+    const uint64_t bytes = prepared.ok()
+                               ? PreprocessorService::InFlightBytes(*request, **prepared)
+                               : request->ByteSizeLong();
     bool read_more;
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++in_flight_;
-      read_more = in_flight_ < max_inflight_;
+      in_flight_bytes_ += bytes;
+      read_more = in_flight_ < max_inflight_ && in_flight_bytes_ < max_bytes_ && !cancelled_;
       if (!read_more) read_paused_ = true;
     }
     if (read_more) {
       next_ = std::make_unique<pb::ProcessRequest>();
       StartRead(next_.get());
     }
-    Dispatch(std::move(request), arrival);
+    if (!prepared.ok()) {
+      Fail(*request, prepared.status(), arrival, bytes);
+      return;
+    }
+    if (bytes > max_bytes_) {
+      Fail(*request,
+           WithRequestId(absl::ResourceExhaustedError(absl::StrCat(
+                             "the request needs ", bytes,
+                             " bytes in flight, over the per-stream limit of ", max_bytes_,
+                             " bytes (--stream-inflight-mb); send it unary or in smaller "
+                             "batches")),
+                         request->request_id()),
+           arrival, bytes);
+      return;
+    }
+    auto ticket = service_->admission().Acquire(bytes);
+    if (!ticket.ok()) {
+      Fail(*request, WithRequestId(ticket.status(), request->request_id()), arrival, bytes);
+      return;
+    }
+    auto job = std::make_unique<PreprocessorService::Job>();
+    job->request = request.get();
+    job->prepared = std::move(*prepared);
+    job->arrival = arrival;
+    job->enqueued = Clock::now();
+    job->deadline = ctx_->deadline();
+    job->ticket = std::move(*ticket);
+    service_->metrics().AddQueued(1);
+    service_->queue().Submit([this, arrival, bytes, request = std::move(request),
+                              job = std::move(job)]() mutable {
+      service_->metrics().AddQueued(-1);
+      bool cancelled;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        cancelled = cancelled_ || write_failed_;
+      }
+      auto response = std::make_unique<pb::ProcessResponse>();
+      const absl::Status s = service_->RunJob(*job, response.get(), cancelled);
+      if (!s.ok()) SetError(*request, s, response.get());
+      // The reservation now covers the response until it is written.
+      AdmissionTicket ticket = std::move(job->ticket);
+      job.reset();  // drops the views into `request` before it goes
+      request.reset();
+      Complete(std::move(response), s, arrival, bytes, std::move(ticket));
+    });
   }
 
   void OnWriteDone(bool ok) override {
     const pb::ProcessResponse* next_write = nullptr;
     bool resume = false;
     bool finish = false;
+    std::deque<Pending> dropped;  // freed outside the lock
     {
       std::lock_guard<std::mutex> lock(mu_);
+      dropped.push_back(std::move(writes_.front()));
       writes_.pop_front();
       --in_flight_;
-      if (!ok) {
+      in_flight_bytes_ -= dropped.back().bytes;
+      if (ok) {
+        service_->CountAnswered();
+      } else {
         // The client is gone: what is queued for writing can never be delivered.
         write_failed_ = true;
-        in_flight_ -= static_cast<int>(writes_.size());
+        for (Pending& p : writes_) {
+          --in_flight_;
+          in_flight_bytes_ -= p.bytes;
+          dropped.push_back(std::move(p));
+        }
         writes_.clear();
       }
       if (!writes_.empty()) {
-        next_write = writes_.front().get();
+        next_write = writes_.front().response.get();
       } else {
         writing_ = false;
       }
@@ -186,8 +295,13 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
   }
 
   void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    cancelled_ = true;
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      finish = ShouldFinishLocked();
+    }
+    if (finish) DoFinish();
   }
 
   void OnDone() override {
@@ -196,35 +310,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
   }
 
  private:
-  void Dispatch(std::unique_ptr<pb::ProcessRequest> request, Clock::time_point arrival) {
-    auto response = std::make_unique<pb::ProcessResponse>();
-    auto prepared = service_->processor().Prepare(*request);
-    if (!prepared.ok()) {
-      SetError(*request, prepared.status(), response.get());
-      Complete(std::move(response), prepared.status(), arrival);
-      return;
-    }
-    auto job = std::make_unique<PreprocessorService::Job>();
-    job->request = request.get();
-    job->prepared = std::move(*prepared);
-    job->arrival = arrival;
-    job->enqueued = Clock::now();
-    job->deadline = ctx_->deadline();
-    service_->metrics().AddQueued(1);
-    service_->queue().Submit([this, arrival, request = std::move(request), job = std::move(job),
-                              response = std::move(response)]() mutable {
-      service_->metrics().AddQueued(-1);
-      bool cancelled;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        cancelled = cancelled_ || write_failed_;
-      }
-      const absl::Status s = service_->RunJob(*job, response.get(), cancelled);
-      if (!s.ok()) SetError(*request, s, response.get());
-      job.reset();  // drops the views into `request` before it goes
-      Complete(std::move(response), s, arrival);
-    });
-  }
+  struct Pending {
+    std::unique_ptr<pb::ProcessResponse> response;
+    uint64_t bytes = 0;  // this request's share of in_flight_bytes_
+    AdmissionTicket ticket;  // its server-wide reservation (empty for refused requests)
+  };
 
   static void SetError(const pb::ProcessRequest& request, const absl::Status& s,
                        pb::ProcessResponse* response) {
@@ -235,12 +325,18 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
     response->mutable_error()->set_message(g.error_message());
   }
 
+  // A request that is answered without running.
+  void Fail(const pb::ProcessRequest& request, const absl::Status& s, Clock::time_point arrival,
+            uint64_t bytes) {
+    auto response = std::make_unique<pb::ProcessResponse>();
+    SetError(request, s, response.get());
+    Complete(std::move(response), s, arrival, bytes, AdmissionTicket());
+  }
+
   // Hands a settled request's response to the writer (or drops it if the client is gone).
   void Complete(std::unique_ptr<pb::ProcessResponse> response, const absl::Status& s,
-                Clock::time_point arrival) {
-    service_->metrics().RequestFinished(Rpc::kProcessStream,
-                                        static_cast<int>(ToGrpcStatus(s).error_code()),
-                                        SecondsSince(arrival));
+                Clock::time_point arrival, uint64_t bytes, AdmissionTicket ticket) {
+    service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(s), SecondsSince(arrival));
     const pb::ProcessResponse* to_write = nullptr;
     bool resume = false;
     bool finish = false;
@@ -248,13 +344,14 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
       std::lock_guard<std::mutex> lock(mu_);
       if (write_failed_ || cancelled_) {
         --in_flight_;
+        in_flight_bytes_ -= bytes;
         resume = MaybeResumeLocked();
         finish = ShouldFinishLocked();
       } else {
-        writes_.push_back(std::move(response));
+        writes_.push_back(Pending{std::move(response), bytes, std::move(ticket)});
         if (!writing_) {
           writing_ = true;
-          to_write = writes_.front().get();
+          to_write = writes_.front().response.get();
         }
       }
     }
@@ -268,7 +365,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
 
   bool MaybeResumeLocked() {
     if (read_paused_ && !reads_done_ && !write_failed_ && !cancelled_ &&
-        in_flight_ < max_inflight_) {
+        in_flight_ < max_inflight_ && in_flight_bytes_ < max_bytes_) {
       read_paused_ = false;
       return true;
     }
@@ -296,17 +393,19 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
   PreprocessorService* service_;
   grpc::CallbackServerContext* ctx_;
   const int max_inflight_;
+  const uint64_t max_bytes_;
   std::unique_ptr<pb::ProcessRequest> next_;  // the buffer of the one outstanding read
 
   std::mutex mu_;
-  int in_flight_ = 0;  // GUARDED_BY(mu_): read and not yet written or dropped
-  std::deque<std::unique_ptr<pb::ProcessResponse>> writes_;  // GUARDED_BY(mu_)
-  bool writing_ = false;       // GUARDED_BY(mu_): a StartWrite is outstanding
-  bool read_paused_ = false;   // GUARDED_BY(mu_)
-  bool reads_done_ = false;    // GUARDED_BY(mu_)
-  bool write_failed_ = false;  // GUARDED_BY(mu_)
-  bool cancelled_ = false;     // GUARDED_BY(mu_)
-  bool finished_ = false;      // GUARDED_BY(mu_)
+  int in_flight_ = 0;             // GUARDED_BY(mu_): read and not yet written or dropped
+  uint64_t in_flight_bytes_ = 0;  // GUARDED_BY(mu_): their InFlightBytes
+  std::deque<Pending> writes_;    // GUARDED_BY(mu_)
+  bool writing_ = false;          // GUARDED_BY(mu_): a StartWrite is outstanding
+  bool read_paused_ = false;      // GUARDED_BY(mu_)
+  bool reads_done_ = false;       // GUARDED_BY(mu_)
+  bool write_failed_ = false;     // GUARDED_BY(mu_)
+  bool cancelled_ = false;        // GUARDED_BY(mu_)
+  bool finished_ = false;         // GUARDED_BY(mu_)
 };
 
 }  // namespace

@@ -1,11 +1,16 @@
 // The tensorprep.v1.Preprocessor gRPC service on the callback API. It only translates: protobuf
-// in, handlers::Processor does the work on the WorkQueue, protobuf and grpc::Status out.
+// in, handlers::Processor does the work on the WorkQueue, protobuf and grpc::Status out. It also
+// guards the door: the bearer token, the server-wide in-flight budget (Admission) and the
+// per-stream window.
 #ifndef TENSORPREP_SERVER_SERVICE_H_
 #define TENSORPREP_SERVER_SERVICE_H_
 
+#include <atomic>
 #include <cstdint>
+#include <string>
 
 #include "handlers/processor.h"
+#include "server/admission.h"
 #include "server/metrics.h"
 #include "server/work_queue.h"
 #include "tensorprep/v1/tensorprep.grpc.pb.h"
@@ -15,9 +20,16 @@ namespace tensorprep::server {
 namespace pb = ::tensorprep::v1;
 
 struct ServiceOptions {
-  // Requests of one stream being processed or waiting to be written; at the limit the stream
-  // stops reading, so gRPC flow control slows the client instead of memory growing.
+  // Requests of one stream being processed or waiting to be written, and the bytes they hold
+  // (request + response); at either limit the stream stops reading, so gRPC flow control slows
+  // the client instead of memory growing. One request bigger than `stream_max_bytes` can never
+  // fit and gets RESOURCE_EXHAUSTED.
   int stream_max_inflight = 8;
+  uint64_t stream_max_bytes = uint64_t{256} << 20;
+  // Server-wide budget shared by unary calls and streams.
+  AdmissionLimits admission;
+  // When non-empty, every call must carry "authorization: Bearer <auth_token>".
+  std::string auth_token;
 };
 
 // Thread-safe. `processor`, `queue` and `metrics` are not owned and must outlive the service
@@ -37,20 +49,40 @@ class PreprocessorService final : public pb::Preprocessor::CallbackService {
                                     pb::ListOpsResponse* response) override;
 
   // Shared by unary and stream calls: runs one prepared request on the calling (worker) thread,
-  // filling `response` and its queue/total timings. `arrival` is when the request was read.
+  // filling `response` and its queue/total timings. Returns CANCELLED / DEADLINE_EXCEEDED
+  // without running anything when the caller is gone or out of time.
   struct Job;
   absl::Status RunJob(Job& job, pb::ProcessResponse* response, bool cancelled);
+
+  // Bytes a prepared request holds while in flight: the request message plus every output
+  // tensor it will produce. What Admission and the stream window account.
+  static uint64_t InFlightBytes(const pb::ProcessRequest& request,
+                                const handlers::PreparedRequest& prepared);
+
+  // Request messages that reached a handler (unary calls, stream messages), and of those the
+  // ones whose response was handed over: a unary call finished, a stream response written. The
+  // two are equal once the server is idle; a difference after shutdown is a lost request.
+  uint64_t accepted() const { return accepted_.load(); }
+  uint64_t answered() const { return answered_.load(); }
 
   const handlers::Processor& processor() const { return processor_; }
   WorkQueue& queue() { return queue_; }
   Metrics& metrics() { return metrics_; }
+  Admission& admission() { return admission_; }
   const ServiceOptions& options() const { return options_; }
+
+  // Internal, for the stream reactor.
+  void CountAccepted() { accepted_.fetch_add(1); }
+  void CountAnswered() { answered_.fetch_add(1); }
 
  private:
   const handlers::Processor& processor_;
   WorkQueue& queue_;
   Metrics& metrics_;
   ServiceOptions options_;
+  Admission admission_;
+  std::atomic<uint64_t> accepted_{0};
+  std::atomic<uint64_t> answered_{0};
 };
 
 }  // namespace tensorprep::server
