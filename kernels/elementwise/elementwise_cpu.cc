@@ -234,8 +234,8 @@ void Convert(const void* in, DType from, void* out, DType to, int64_t n) {
 
 // Runs the chain on one tile. buf0/buf1 hold >= n elements of 4 bytes; wide >= n doubles.
 // Returns the buffer holding the result.
-void* RunTile(const std::vector<Prepared>& chain, DType start, void* buf0, void* buf1,
-              double* wide, int64_t n) {
+void* RunTile(const std::vector<Prepared>& chain, DType start, void* buf0, void* buf1, double* wide,
+              int64_t n) {
   void* cur = buf0;
   void* other = buf1;
   DType t = start;
@@ -329,8 +329,7 @@ absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const El
         absl::StrCat("input dtype ", static_cast<int>(in), "; expected a DType value"));
   }
   if (channels < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("channels is ", channels, "; expected >= 1"));
+    return absl::InvalidArgumentError(absl::StrCat("channels is ", channels, "; expected >= 1"));
   }
   DType t = in;
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -340,9 +339,8 @@ absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const El
     auto check_vector = [&](const std::vector<double>& v, const char* what,
                             bool nonzero) -> absl::Status {
       if (v.size() != 1 && static_cast<int64_t>(v.size()) != channels) {
-        return absl::InvalidArgumentError(absl::StrCat(where, what, " has ", v.size(),
-                                                       " values; expected 1 or ", channels,
-                                                       " (channels)"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, what, " has ", v.size(), " values; expected 1 or ", channels, " (channels)"));
       }
       for (size_t j = 0; j < v.size(); ++j) {
         if (!std::isfinite(v[j])) {
@@ -352,16 +350,16 @@ absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const El
         // Floating dtypes compute with the operand rounded to float32; it must survive that.
         const bool floating = IsFloating(t);
         if (floating && !std::isfinite(static_cast<float>(v[j]))) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, what, "[", j, "] is ", v[j], "; expected a value finite in float32"));
+          return absl::InvalidArgumentError(absl::StrCat(where, what, "[", j, "] is ", v[j],
+                                                         "; expected a value finite in float32"));
         }
         if (nonzero && v[j] == 0) {
           return absl::InvalidArgumentError(
               absl::StrCat(where, what, "[", j, "] is 0; expected non-zero"));
         }
         if (nonzero && floating && static_cast<float>(v[j]) == 0.0f) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, what, "[", j, "] is ", v[j], ", 0 in float32; expected non-zero"));
+          return absl::InvalidArgumentError(absl::StrCat(where, what, "[", j, "] is ", v[j],
+                                                         ", 0 in float32; expected non-zero"));
         }
       }
       return absl::OkStatus();
@@ -375,8 +373,8 @@ absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const El
         break;
       case ElementwiseKind::kNormalize:
         if (!IsFloating(t)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, "input dtype is ", DTypeName(t), "; expected float32 or float16"));
+          return absl::InvalidArgumentError(absl::StrCat(where, "input dtype is ", DTypeName(t),
+                                                         "; expected float32 or float16"));
         }
         TP_RETURN_IF_ERROR(check_vector(op.a, "mean", false));
         TP_RETURN_IF_ERROR(check_vector(op.b, "std", true));
@@ -414,13 +412,14 @@ absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
                             absl::Span<const ElementwiseOp> ops, ThreadPool* pool) {
   const BatchShape& s = src.shape;
   if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("elementwise: src shape ", ShapeString(s),
-                                                   "; expected every dimension >= 1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("elementwise: src shape ", ShapeString(s), "; expected every dimension >= 1"));
   }
   TP_RETURN_IF_ERROR(ValidateElementwise(src.dtype, s.c, ops));
   if (!(dst.shape == s)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "elementwise: dst shape ", ShapeString(dst.shape), "; expected src shape ", ShapeString(s)));
+    return absl::InvalidArgumentError(absl::StrCat("elementwise: dst shape ",
+                                                   ShapeString(dst.shape), "; expected src shape ",
+                                                   ShapeString(s)));
   }
   const DType out_dtype = ElementwiseOutputDType(src.dtype, ops);
   if (dst.dtype != out_dtype) {

@@ -70,8 +70,8 @@ absl::Status FlipCpu(const ConstTensorView& src, const TensorView& dst,
     return absl::InvalidArgumentError("flip: null data pointer; expected src and dst memory");
   }
   if (flags.size() != 1 && static_cast<int64_t>(flags.size()) != s.n) {
-    return absl::InvalidArgumentError(absl::StrCat("flip: ", flags.size(), " flag sets; expected 1 or ",
-                                                   s.n, " (one per sample)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "flip: ", flags.size(), " flag sets; expected 1 or ", s.n, " (one per sample)"));
   }
   const auto* in = static_cast<const unsigned char*>(src.data);
   auto* out = static_cast<unsigned char*>(dst.data);

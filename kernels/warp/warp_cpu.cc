@@ -360,17 +360,16 @@ absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
     return absl::InvalidArgumentError("warp: null data pointer; expected src and dst memory");
   }
   if (inverse.size() != 1 && static_cast<int64_t>(inverse.size()) != s.n) {
-    return absl::InvalidArgumentError(absl::StrCat("warp: ", inverse.size(),
-                                                   " affine maps; expected 1 or ", s.n,
-                                                   " (one per sample)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "warp: ", inverse.size(), " affine maps; expected 1 or ", s.n, " (one per sample)"));
   }
   if (params.interp != Interp::kNearest && params.interp != Interp::kBilinear) {
     return absl::InvalidArgumentError(absl::StrCat(
         "warp: interpolation ", static_cast<int>(params.interp), "; expected nearest or bilinear"));
   }
   if (static_cast<int>(params.border) > static_cast<int>(Border::kWrap)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "warp: border ", static_cast<int>(params.border), "; expected one of Border's values"));
+    return absl::InvalidArgumentError(absl::StrCat("warp: border ", static_cast<int>(params.border),
+                                                   "; expected one of Border's values"));
   }
   const auto* s0 = static_cast<const unsigned char*>(src.data);
   const auto* d0 = static_cast<const unsigned char*>(dst.data);

@@ -1,5 +1,7 @@
 // ElementwiseCpu against the reference (exact), hand-picked rounding and saturation cases, fusion
 // equal to op-by-op execution, in-place runs, and the validation messages.
+#include "kernels/elementwise/elementwise.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -9,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/common/thread_pool.h"
-#include "kernels/elementwise/elementwise.h"
 #include "kernels/reference/reference.h"
 #include "tests/kernels/test_util.h"
 
@@ -88,16 +89,17 @@ std::vector<std::vector<ElementwiseOp>> Chains(DType in, int64_t channels) {
       {Cast(DType::kInt32)},
       {Cast(DType::kFloat32)},
       {Cast(DType::kFloat16)},
-      {Arith(K::kMultiply, {1.7}), Arith(K::kAdd, PerChannel(channels, -3, 1)),
-       Cast(DType::kInt32), Arith(K::kAdd, {0.5}), Clamp(true, -100, true, 1000),
-       Cast(DType::kFloat16), Arith(K::kMultiply, {0.001}), Cast(DType::kFloat32),
-       Arith(K::kDivide, {3}), Cast(DType::kUInt8)},
+      {Arith(K::kMultiply, {1.7}), Arith(K::kAdd, PerChannel(channels, -3, 1)), Cast(DType::kInt32),
+       Arith(K::kAdd, {0.5}), Clamp(true, -100, true, 1000), Cast(DType::kFloat16),
+       Arith(K::kMultiply, {0.001}), Cast(DType::kFloat32), Arith(K::kDivide, {3}),
+       Cast(DType::kUInt8)},
       {Cast(DType::kFloat16), Normalize(PerChannel(channels, 0.2, 0.1), {0.7}),
        Cast(DType::kFloat32), Normalize({-0.1}, PerChannel(channels, 2.0, 0.5)),
        Arith(K::kMultiply, {255}), Cast(DType::kUInt8), Arith(K::kSubtract, {10})},
   };
   if (IsFloating(in)) {
-    chains.push_back({Normalize(PerChannel(channels, 0.485, 0.01), PerChannel(channels, 0.229, 0.004))});
+    chains.push_back(
+        {Normalize(PerChannel(channels, 0.485, 0.01), PerChannel(channels, 0.229, 0.004))});
     chains.push_back({Normalize({3}, {1e-3}), Clamp(true, -65504, true, 65504)});
   }
   return chains;
@@ -108,9 +110,9 @@ class ElementwiseVsReference : public ::testing::TestWithParam<DType> {};
 TEST_P(ElementwiseVsReference, ChainsOnAllShapes) {
   const DType dtype = GetParam();
   const std::vector<BatchShape> shapes = {
-      {1, 1, 1, 1},     {1, 2, 3, 1},  {1, 7, 5, 3},    {2, 17, 13, 4},
-      {1, 48, 64, 3},   {1, 33, 31, 5},  // a tile of 4095 elements
-      {2, 100, 100, 3},                  // several tiles and several tasks
+      {1, 1, 1, 1},     {1, 2, 3, 1},   {1, 7, 5, 3},
+      {2, 17, 13, 4},   {1, 48, 64, 3}, {1, 33, 31, 5},  // a tile of 4095 elements
+      {2, 100, 100, 3},                                  // several tiles and several tasks
   };
   // Ranges that reach saturation and rounding ties in every cast.
   double lo = 0, hi = 255;
@@ -155,7 +157,7 @@ INSTANTIATE_TEST_SUITE_P(All, ElementwiseVsReference,
 
 // Runs `ops` on values given as doubles and returns the output as doubles.
 std::vector<double> RunChain(DType dtype, const std::vector<double>& values,
-                        const std::vector<ElementwiseOp>& ops, int64_t channels = 1) {
+                             const std::vector<ElementwiseOp>& ops, int64_t channels = 1) {
   const BatchShape shape{1, 1, static_cast<int64_t>(values.size()) / channels, channels};
   const Buffer src = FromValues(dtype, shape, values);
   Buffer out(ElementwiseOutputDType(dtype, ops), shape);
@@ -183,13 +185,14 @@ TEST(ElementwiseCpu, PerChannelOperands) {
   using K = ElementwiseKind;
   EXPECT_EQ(RunChain(DType::kInt32, {1, 1, 1, 2, 2, 2}, {Arith(K::kMultiply, {10, 20, 30})}, 3),
             (std::vector<double>{10, 20, 30, 20, 40, 60}));
-  const std::vector<double> got = RunChain(DType::kFloat32, {1, 2, 3, 4}, {Normalize({1, 2}, {2, 4})}, 2);
+  const std::vector<double> got =
+      RunChain(DType::kFloat32, {1, 2, 3, 4}, {Normalize({1, 2}, {2, 4})}, 2);
   EXPECT_EQ(got, (std::vector<double>{0, 0, 1, 0.5}));
 }
 
 TEST(ElementwiseCpu, CastsRoundToEvenSaturateAndMapNaNToZero) {
   EXPECT_EQ(RunChain(DType::kFloat32, {-1, 0.5, 1.5, 254.5, 300, kNaN, -kInf, kInf},
-                {Cast(DType::kUInt8)}),
+                     {Cast(DType::kUInt8)}),
             (std::vector<double>{0, 0, 2, 254, 255, 0, 0, 255}));
   EXPECT_EQ(RunChain(DType::kFloat32, {3e9, -3e9, kNaN, -2.5, 2.5, -3.5}, {Cast(DType::kInt32)}),
             (std::vector<double>{2147483647.0, -2147483648.0, 0, -2, 2, -4}));
@@ -214,7 +217,8 @@ TEST(ElementwiseCpu, CastsRoundToEvenSaturateAndMapNaNToZero) {
 TEST(ElementwiseCpu, Float16ArithmeticRoundsLikeIeee) {
   using K = ElementwiseKind;
   // 65504 + 16 = 65520 is a tie between 65504 and 2^16: to even, which overflows (not a cast).
-  const std::vector<double> got = RunChain(DType::kFloat16, {65504, 1, 2048}, {Arith(K::kAdd, {16})});
+  const std::vector<double> got =
+      RunChain(DType::kFloat16, {65504, 1, 2048}, {Arith(K::kAdd, {16})});
   EXPECT_EQ(got[0], kInf);
   EXPECT_EQ(got[1], 17);
   EXPECT_EQ(got[2], 2064);
@@ -296,9 +300,9 @@ TEST(ElementwiseCpu, EmptyChainCopies) {
 TEST(ElementwiseOutputDType, FollowsCasts) {
   EXPECT_EQ(ElementwiseOutputDType(DType::kUInt8, {}), DType::kUInt8);
   EXPECT_EQ(ElementwiseOutputDType(DType::kUInt8, {Cast(DType::kFloat32)}), DType::kFloat32);
-  EXPECT_EQ(ElementwiseOutputDType(DType::kUInt8, {Cast(DType::kFloat32),
-                                                   Arith(ElementwiseKind::kAdd, {1}),
-                                                   Cast(DType::kFloat16)}),
+  EXPECT_EQ(ElementwiseOutputDType(
+                DType::kUInt8,
+                {Cast(DType::kFloat32), Arith(ElementwiseKind::kAdd, {1}), Cast(DType::kFloat16)}),
             DType::kFloat16);
 }
 
@@ -333,8 +337,8 @@ TEST(ValidateElementwise, NamesTheOpAndWhatWasExpected) {
   ExpectInvalid(DType::kUInt8, 1, {Clamp(true, kInf, false, 0)},
                 "ops[0] (clamp): lo is inf; expected a finite number");
   // The cast changes the dtype that later ops are checked against.
-  EXPECT_TRUE(ValidateElementwise(DType::kInt32, 1, {Cast(DType::kFloat16), Normalize({0}, {2})})
-                  .ok());
+  EXPECT_TRUE(
+      ValidateElementwise(DType::kInt32, 1, {Cast(DType::kFloat16), Normalize({0}, {2})}).ok());
   EXPECT_TRUE(ValidateElementwise(DType::kUInt8, 3, {Arith(K::kAdd, {1, 2, 3})}).ok());
 }
 

@@ -1,4 +1,6 @@
 // FlipCpu against the reference (exact: a flip only moves values) and a hand-written example.
+#include "kernels/flip/flip.h"
+
 #include <string>
 #include <tuple>
 #include <vector>
@@ -6,7 +8,6 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/common/thread_pool.h"
-#include "kernels/flip/flip.h"
 #include "kernels/reference/reference.h"
 #include "tests/kernels/test_util.h"
 
@@ -21,9 +22,9 @@ class FlipVsReference : public ::testing::TestWithParam<DType> {};
 TEST_P(FlipVsReference, AllShapesAndFlags) {
   const DType dtype = GetParam();
   const std::vector<BatchShape> shapes = {
-      {1, 1, 1, 1}, {1, 2, 3, 1}, {1, 7, 5, 3}, {2, 17, 13, 4}, {1, 48, 64, 3},
-      {3, 5, 4, 5},      // 5 channels: the generic pixel-size path
-      {2, 300, 257, 1},  // several row bands per sample
+      {1, 1, 1, 1},     {1, 2, 3, 1},   {1, 7, 5, 3},
+      {2, 17, 13, 4},   {1, 48, 64, 3}, {3, 5, 4, 5},  // 5 channels: the generic pixel-size path
+      {2, 300, 257, 1},                                // several row bands per sample
   };
   double lo, hi;
   testing::DefaultRange(dtype, &lo, &hi);
@@ -67,10 +68,9 @@ TEST(FlipCpu, HandWrittenTwoByThree) {
     FlipFlags flags;
     std::vector<double> want;
   };
-  for (const Case& c : {Case{{true, false}, {3, 2, 1, 6, 5, 4}},
-                        Case{{false, true}, {4, 5, 6, 1, 2, 3}},
-                        Case{{true, true}, {6, 5, 4, 3, 2, 1}},
-                        Case{{false, false}, {1, 2, 3, 4, 5, 6}}}) {
+  for (const Case& c :
+       {Case{{true, false}, {3, 2, 1, 6, 5, 4}}, Case{{false, true}, {4, 5, 6, 1, 2, 3}},
+        Case{{true, true}, {6, 5, 4, 3, 2, 1}}, Case{{false, false}, {1, 2, 3, 4, 5, 6}}}) {
     Buffer out(DType::kInt32, shape);
     ASSERT_TRUE(FlipCpu(src.view(), out.mutable_view(), {c.flags}, nullptr).ok());
     EXPECT_EQ(reference::ToDoubles(out.view()), c.want);

@@ -1,5 +1,7 @@
 // binary16 conversions in kernels/common/half.h against the reference's own encoder/decoder,
 // for every bit pattern and at every rounding boundary.
+#include "kernels/common/half.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -8,7 +10,6 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/common/half.h"
 #include "kernels/reference/reference.h"
 #include "tests/kernels/test_util.h"
 
@@ -62,8 +63,8 @@ TEST(Half, NarrowsAtEveryRoundingBoundaryLikeTheReference) {
     const double lo = HalfToFloat(Half{static_cast<uint16_t>(bits)});
     const double hi = HalfToFloat(Half{static_cast<uint16_t>(bits + 1)});
     const float mid = static_cast<float>((lo + hi) / 2);  // exact: 12 significant bits
-    for (float v : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f),
-                    static_cast<float>(lo)}) {
+    for (float v :
+         {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f), static_cast<float>(lo)}) {
       values.push_back(v);
       values.push_back(-v);
     }
@@ -108,8 +109,8 @@ TEST(Half, NarrowsRandomFloatsLikeTheReference) {
 TEST(Half, SpecialValues) {
   const float inf = std::numeric_limits<float>::infinity();
   EXPECT_EQ(FloatToHalf(65504.0f).bits, 0x7bffu);
-  EXPECT_EQ(FloatToHalf(65519.996f).bits, 0x7bffu);      // below the tie: rounds down
-  EXPECT_EQ(FloatToHalf(65520.0f).bits, 0x7c00u);        // the tie rounds to even: overflow
+  EXPECT_EQ(FloatToHalf(65519.996f).bits, 0x7bffu);  // below the tie: rounds down
+  EXPECT_EQ(FloatToHalf(65520.0f).bits, 0x7c00u);    // the tie rounds to even: overflow
   EXPECT_EQ(FloatToHalf(-1e10f).bits, 0xfc00u);
   EXPECT_EQ(FloatToHalf(inf).bits, 0x7c00u);
   EXPECT_EQ(FloatToHalf(-inf).bits, 0xfc00u);

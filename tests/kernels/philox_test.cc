@@ -1,10 +1,11 @@
 // Philox4x32-10 against the known-answer vectors published with Random123 (tests/kat_vectors,
 // the "philox4x32 10" lines: counter words, key words, expected output words).
+#include "kernels/common/philox.h"
+
 #include <cstdint>
 #include <set>
 
 #include "gtest/gtest.h"
-#include "kernels/common/philox.h"
 
 namespace tensorprep::kernels {
 namespace {

@@ -49,6 +49,8 @@ double HalfSpacing(double v) {
   return std::ldexp(1.0, e - 11);
 }
 
-std::string ShapeName(const BatchShape& s) { return absl::StrCat(s.n, "x", s.h, "x", s.w, "x", s.c); }
+std::string ShapeName(const BatchShape& s) {
+  return absl::StrCat(s.n, "x", s.h, "x", s.w, "x", s.c);
+}
 
 }  // namespace tensorprep::kernels::testing

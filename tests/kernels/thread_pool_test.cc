@@ -1,5 +1,7 @@
 // ThreadPool under concurrent callers: every index of every loop runs exactly once, loops return
 // only when their work is done, and nested loops on the same pool finish.
+#include "kernels/common/thread_pool.h"
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -7,7 +9,6 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/common/thread_pool.h"
 
 namespace tensorprep::kernels {
 namespace {
@@ -24,7 +25,8 @@ TEST(ThreadPool, EveryIndexOnceForManySizes) {
     for (int64_t n : {0, 1, 2, 3, 7, 64, 1000}) {
       std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
       pool.ParallelFor(n, [&](int64_t i) { hits[i].fetch_add(1); });
-      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << threads << " " << n << " " << i;
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(hits[i].load(), 1) << threads << " " << n << " " << i;
     }
   }
 }

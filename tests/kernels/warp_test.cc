@@ -1,21 +1,21 @@
 // WarpAffineCpu against the reference, plus checks that do not go through the reference: the
 // rotation direction on hand-computed grids, OpenCV's warpAffine, label sets, identity and flips.
+#include "kernels/warp/warp.h"
+
 #include <cmath>
 #include <cstring>
+#include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
 #include <set>
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <opencv2/core.hpp>
-#include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/common/thread_pool.h"
 #include "kernels/flip/flip.h"
 #include "kernels/reference/reference.h"
-#include "kernels/warp/warp.h"
 #include "tests/kernels/test_util.h"
 
 namespace tensorprep::kernels {
@@ -91,7 +91,8 @@ void ExpectMatchesReference(const Buffer& src, const Buffer& out, absl::Span<con
   int reported = 0;
   for (size_t i = 0; i < want.size(); ++i) {
     const double tol = Tolerance(src.dtype(), params.interp, want[i]);
-    const bool same = (std::isnan(want[i]) && std::isnan(got[i])) || std::fabs(got[i] - want[i]) <= tol;
+    const bool same =
+        (std::isnan(want[i]) && std::isnan(got[i])) || std::fabs(got[i] - want[i]) <= tol;
     if (!same && reported++ < 5) {
       ADD_FAILURE() << "element " << i << ": got " << got[i] << ", reference " << want[i]
                     << " (tolerance " << tol << ")";
@@ -106,8 +107,8 @@ class WarpVsReference : public ::testing::TestWithParam<WarpCase> {};
 TEST_P(WarpVsReference, ShapesAnglesAndMaps) {
   const auto [dtype, interp, border] = GetParam();
   const std::vector<BatchShape> shapes = {
-      {1, 1, 1, 1}, {1, 2, 3, 1}, {1, 7, 5, 3}, {2, 17, 13, 4},
-      {1, 9, 9, 1}, {1, 6, 5, 2},  // C = 2 takes the generic channel path
+      {1, 1, 1, 1},   {1, 2, 3, 1}, {1, 7, 5, 3},
+      {2, 17, 13, 4}, {1, 9, 9, 1}, {1, 6, 5, 2},  // C = 2 takes the generic channel path
       {1, 48, 64, 3},
   };
   const double angles[] = {0, 90, 180, 270, -30, 30, 359.5, 45};
@@ -153,14 +154,14 @@ std::string CaseName(const ::testing::TestParamInfo<WarpCase>& info) {
                       "_", BorderName(border));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, WarpVsReference,
-    ::testing::Combine(::testing::Values(DType::kUInt8, DType::kInt32, DType::kFloat32,
-                                         DType::kFloat16),
-                       ::testing::Values(Interp::kNearest, Interp::kBilinear),
-                       ::testing::Values(Border::kConstant, Border::kEdge, Border::kReflect,
-                                         Border::kReflect101, Border::kWrap)),
-    CaseName);
+INSTANTIATE_TEST_SUITE_P(All, WarpVsReference,
+                         ::testing::Combine(::testing::Values(DType::kUInt8, DType::kInt32,
+                                                              DType::kFloat32, DType::kFloat16),
+                                            ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                                            ::testing::Values(Border::kConstant, Border::kEdge,
+                                                              Border::kReflect, Border::kReflect101,
+                                                              Border::kWrap)),
+                         CaseName);
 
 // Several row bands per sample and several samples: the task split must not show in the result.
 TEST(WarpAffineCpu, BandsAndSamplesMatchReference) {
@@ -192,12 +193,9 @@ TEST(RotationConvention, QuarterTurnsOnHandComputedGrid) {
   };
   const Case cases[] = {
       // Counter-clockwise: the top-right pixel (2) moves to the top-left.
-      {90, {2, 5, 8, 1, 4, 7, 0, 3, 6}},
-      {-90, {6, 3, 0, 7, 4, 1, 8, 5, 2}},
-      {270, {6, 3, 0, 7, 4, 1, 8, 5, 2}},
-      {180, {8, 7, 6, 5, 4, 3, 2, 1, 0}},
-      {450, {2, 5, 8, 1, 4, 7, 0, 3, 6}},
-      {0, {0, 1, 2, 3, 4, 5, 6, 7, 8}},
+      {90, {2, 5, 8, 1, 4, 7, 0, 3, 6}},  {-90, {6, 3, 0, 7, 4, 1, 8, 5, 2}},
+      {270, {6, 3, 0, 7, 4, 1, 8, 5, 2}}, {180, {8, 7, 6, 5, 4, 3, 2, 1, 0}},
+      {450, {2, 5, 8, 1, 4, 7, 0, 3, 6}}, {0, {0, 1, 2, 3, 4, 5, 6, 7, 8}},
   };
   for (DType dtype : {DType::kUInt8, DType::kFloat32, DType::kInt32, DType::kFloat16}) {
     const Buffer src = FromValues(dtype, shape, grid);
@@ -228,9 +226,9 @@ TEST(RotationConvention, FortyFiveDegreesOnHandComputedGrid) {
   WarpParams params;
   params.interp = Interp::kNearest;
   Buffer out(DType::kFloat32, shape);
-  ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {RotationInverse(45, 3, 3)}, params,
-                            nullptr)
-                  .ok());
+  ASSERT_TRUE(
+      WarpAffineCpu(src.view(), out.mutable_view(), {RotationInverse(45, 3, 3)}, params, nullptr)
+          .ok());
   const float* o = out.view().as<float>();
   EXPECT_EQ(o[1 * 3 + 2], 8);
   EXPECT_EQ(o[0 * 3 + 1], 2);
@@ -309,8 +307,8 @@ TEST(WarpAffineCpu, AgreesWithOpenCvRotation) {
       const ConstTensorView cv_view{dtype, shape, cv_dst.data};
       EXPECT_LE(MaxAbsDiff(got, reference::ToDoubles(cv_view)), tol);
 
-      cv::Mat inverse_m = (cv::Mat_<double>(2, 3) << inv.m[0], inv.m[1], inv.m[2], inv.m[3],
-                           inv.m[4], inv.m[5]);
+      cv::Mat inverse_m =
+          (cv::Mat_<double>(2, 3) << inv.m[0], inv.m[1], inv.m[2], inv.m[3], inv.m[4], inv.m[5]);
       cv::Mat cv_dst2;
       cv::warpAffine(cv_src, cv_dst2, inverse_m, cv_src.size(),
                      cv::INTER_LINEAR | cv::WARP_INVERSE_MAP, cv::BORDER_REPLICATE);
@@ -355,8 +353,8 @@ TEST(WarpAffineCpu, NearestKeepsLabelSet) {
   for (size_t i = 0; i < v.size(); ++i) v[i] = labels[(i * 7 + i / 29) % labels.size()];
   const Buffer src = FromValues(DType::kInt32, shape, v);
   const std::set<int32_t> allowed = {-3, 0, 7, 42, 1000000, 255};
-  for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect, Border::kReflect101,
-                        Border::kWrap}) {
+  for (Border border :
+       {Border::kConstant, Border::kEdge, Border::kReflect, Border::kReflect101, Border::kWrap}) {
     for (double angle : {30.0, -17.5, 45.0, 200.0}) {
       WarpParams params;
       params.interp = Interp::kNearest;
@@ -369,8 +367,8 @@ TEST(WarpAffineCpu, NearestKeepsLabelSet) {
                       .ok());
       const int32_t* o = out.view().as<int32_t>();
       for (int64_t i = 0; i < shape.elements(); ++i) {
-        ASSERT_TRUE(allowed.count(o[i])) << BorderName(border) << " angle " << angle
-                                         << ": value " << o[i] << " at " << i;
+        ASSERT_TRUE(allowed.count(o[i]))
+            << BorderName(border) << " angle " << angle << ": value " << o[i] << " at " << i;
       }
     }
   }
@@ -389,17 +387,18 @@ TEST(WarpAffineCpu, IdentityAndFlipMapsAreExact) {
         params.interp = interp;
         params.border = border;
         Buffer out(dtype, shape);
-        ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {Affine{}}, params, nullptr).ok());
+        ASSERT_TRUE(
+            WarpAffineCpu(src.view(), out.mutable_view(), {Affine{}}, params, nullptr).ok());
         EXPECT_EQ(out.bytes(), src.bytes()) << DTypeName(dtype);
 
         for (int f = 1; f < 4; ++f) {
           const FlipFlags flags{(f & 1) != 0, (f & 2) != 0};
           Buffer warped(dtype, shape);
-          ASSERT_TRUE(WarpAffineCpu(src.view(), warped.mutable_view(),
-                                    {FlipInverse(flags.horizontal, flags.vertical, shape.h,
-                                                 shape.w)},
-                                    params, nullptr)
-                          .ok());
+          ASSERT_TRUE(
+              WarpAffineCpu(src.view(), warped.mutable_view(),
+                            {FlipInverse(flags.horizontal, flags.vertical, shape.h, shape.w)},
+                            params, nullptr)
+                  .ok());
           Buffer flipped(dtype, shape);
           ASSERT_TRUE(FlipCpu(src.view(), flipped.mutable_view(), {flags}, nullptr).ok());
           EXPECT_EQ(warped.bytes(), flipped.bytes()) << DTypeName(dtype) << " flip " << f;
@@ -445,11 +444,11 @@ TEST(WarpAffineCpu, FillIsCastToTheDtype) {
     double fill;
     double want;
   };
-  for (const Case& c : {Case{DType::kUInt8, 2.5, 2}, Case{DType::kUInt8, -7, 0},
-                        Case{DType::kUInt8, 300, 255}, Case{DType::kInt32, -3.5, -4},
-                        Case{DType::kInt32, 1e12, 2147483647.0},
-                        Case{DType::kFloat16, 1e6, 65504}, Case{DType::kFloat16, 0.1, 0.0999755859375},
-                        Case{DType::kFloat32, 0.1, static_cast<float>(0.1)}}) {
+  for (const Case& c :
+       {Case{DType::kUInt8, 2.5, 2}, Case{DType::kUInt8, -7, 0}, Case{DType::kUInt8, 300, 255},
+        Case{DType::kInt32, -3.5, -4}, Case{DType::kInt32, 1e12, 2147483647.0},
+        Case{DType::kFloat16, 1e6, 65504}, Case{DType::kFloat16, 0.1, 0.0999755859375},
+        Case{DType::kFloat32, 0.1, static_cast<float>(0.1)}}) {
     const Buffer src = RandomBuffer(c.dtype, shape, 1, 0, 1);
     Affine away;
     away.m[2] = 100;  // everything outside
@@ -491,8 +490,7 @@ TEST(WarpAffineCpu, RejectsMismatchedViews) {
   }
   {
     Buffer same(DType::kFloat32, shape);
-    const absl::Status st =
-        WarpAffineCpu(same.view(), same.mutable_view(), {id}, params, nullptr);
+    const absl::Status st = WarpAffineCpu(same.view(), same.mutable_view(), {id}, params, nullptr);
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(st.message().find("overlap"), std::string::npos) << st;
   }
