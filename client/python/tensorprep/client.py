@@ -40,11 +40,14 @@ LABELS = "labels"
 
 _SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
+    # Picks only replicas whose grpc.health.v1 Watch says SERVING: a draining one drops out.
+    "healthCheckConfig": {"serviceName": _SERVICE},
     "methodConfig": [{
         "name": [{"service": _SERVICE, "method": "Process"},
                  {"service": _SERVICE, "method": "ListOps"}],
         "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
     }],
 })
 
@@ -131,7 +134,9 @@ class Client:
         limit = int(max_message_mb * 1024 * 1024)
         opts = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
         # Replicas: round_robin over every address, and retries of the idempotent calls on
-        # UNAVAILABLE (the retry buffer must hold a whole request or large ones are never retried).
+        # UNAVAILABLE, and on CANCELLED, which a draining server answers to calls that reach it
+        # after it stopped accepting (a client's own cancellation is never retried). The retry
+        # buffer must hold a whole request or large ones are never retried.
         opts += [("grpc.lb_policy_name", "round_robin"), ("grpc.enable_retries", 1),
                  ("grpc.service_config", _SERVICE_CONFIG),
                  ("grpc.per_rpc_retry_buffer_size", limit)]
