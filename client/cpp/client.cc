@@ -26,6 +26,18 @@ std::string ChannelTarget(const std::string& target) {
   return target;
 }
 
+constexpr char kServiceConfig[] = R"json({
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "healthCheckConfig": {"serviceName": "tensorprep.v1.Preprocessor"},
+  "methodConfig": [{
+    "name": [{"service": "tensorprep.v1.Preprocessor", "method": "Process"},
+             {"service": "tensorprep.v1.Preprocessor", "method": "ListOps"},
+             {"service": "grpc.health.v1.Health", "method": "Check"}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}
+  }]
+})json";
+
 }  // namespace
 
 Client::Client(const ClientOptions& options) : options_(options) {
@@ -33,6 +45,13 @@ Client::Client(const ClientOptions& options) : options_(options) {
   args.SetMaxReceiveMessageSize(options.max_message_mb * 1024 * 1024);
   args.SetMaxSendMessageSize(options.max_message_mb * 1024 * 1024);
   args.SetLoadBalancingPolicyName("round_robin");
+  // Process and ListOps are idempotent (a request carries its own seed), so a replica that goes
+  // away (UNAVAILABLE), or cancels calls that reach it after it began draining (CANCELLED), costs
+  // a retry on another one, not a failed call; a cancellation by this client is never retried.
+  // Only replicas whose health Watch says SERVING are picked. The retry buffer must hold a whole
+  // request, else large requests are never retried.
+  args.SetServiceConfigJSON(kServiceConfig);
+  args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, options.max_message_mb * 1024 * 1024);
   channel_ = grpc::CreateCustomChannel(ChannelTarget(options.target),
                                        grpc::InsecureChannelCredentials(), args);
   stub_ = v1::Preprocessor::NewStub(channel_);
