@@ -1,7 +1,9 @@
 #include "client/cpp/client.h"
 
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -40,8 +42,27 @@ constexpr char kServiceConfig[] = R"json({
 
 }  // namespace
 
+absl::StatusOr<std::string> LoadPemFile(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot read '", path, "'"));
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
 Client::Client(const ClientOptions& options) : options_(options) {
   grpc::ChannelArguments args;
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs;
+    ssl.pem_cert_chain = options.tls_cert_chain;
+    ssl.pem_private_key = options.tls_private_key;
+    creds = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  }
   args.SetMaxReceiveMessageSize(options.max_message_mb * 1024 * 1024);
   args.SetMaxSendMessageSize(options.max_message_mb * 1024 * 1024);
   args.SetLoadBalancingPolicyName("round_robin");
@@ -52,14 +73,18 @@ Client::Client(const ClientOptions& options) : options_(options) {
   // request, else large requests are never retried.
   args.SetServiceConfigJSON(kServiceConfig);
   args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, options.max_message_mb * 1024 * 1024);
-  channel_ = grpc::CreateCustomChannel(ChannelTarget(options.target),
-                                       grpc::InsecureChannelCredentials(), args);
+  channel_ = grpc::CreateCustomChannel(ChannelTarget(options.target), creds, args);
   stub_ = v1::Preprocessor::NewStub(channel_);
 }
 
 void Client::Prepare(grpc::ClientContext* ctx) const {
   if (options_.timeout.count() > 0) {
     ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+  }
+  // Plain metadata rather than call credentials: gRPC refuses call credentials on a plaintext
+  // channel, and a token on loopback without TLS is a supported (if unwise elsewhere) set-up.
+  if (!options_.auth_token.empty()) {
+    ctx->AddMetadata("authorization", absl::StrCat("Bearer ", options_.auth_token));
   }
 }
 

@@ -23,7 +23,21 @@ struct ClientOptions {
   int max_message_mb = 256;
   // Per-call deadline; zero means none.
   std::chrono::milliseconds timeout{0};
+
+  // TLS when `tls` is set. PEM contents, not file names (see LoadPemFile).
+  bool tls = false;
+  std::string tls_root_certs;   // CA that signed the server's certificate; empty = system roots
+  std::string tls_cert_chain;   // client certificate, for mutual TLS (with tls_private_key)
+  std::string tls_private_key;
+  std::string tls_server_name;  // name to check the server's certificate against, if not the
+                                // target's host
+  // Sent on every call as "authorization: Bearer <auth_token>" when non-empty. Send it over TLS
+  // only: on a plaintext channel anyone on the path can read it.
+  std::string auth_token;
 };
+
+// Reads a PEM (or token) file; NOT_FOUND naming `what` when it cannot be read.
+absl::StatusOr<std::string> LoadPemFile(const std::string& path, const std::string& what);
 
 // One channel to the service. Thread-safe: calls may run concurrently from many threads.
 class Client {

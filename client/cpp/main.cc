@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -42,6 +43,10 @@ Commands:
 
 Global flags: --address (default 127.0.0.1:50051; several joined by commas are balanced
 round-robin), --timeout-ms (per call; default none), --max-message-mb (default 256).
+Security: --tls (TLS with the system's roots), --tls-ca FILE (TLS, trusting this CA),
+--tls-cert FILE --tls-key FILE (client certificate for mutual TLS), --tls-server-name NAME
+(check the server's certificate for NAME), --auth-token-file FILE (send the file's first line
+as "authorization: Bearer <token>"; TENSORPREP_AUTH_TOKEN gives it directly).
 )usage";
 
 struct Args {
@@ -59,7 +64,7 @@ Args ParseArgs(int argc, char** argv) {
       if (eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
-      } else if (name != "json" && name != "help" && i + 1 < argc) {
+      } else if (name != "json" && name != "help" && name != "tls" && i + 1 < argc) {
         value = argv[++i];
       }
       a.flags[name] = value;
@@ -372,6 +377,37 @@ int CmdBench(const Client& client, const Args& a) {
   return 0;
 }
 
+absl::Status ApplySecurityFlags(const Args& a, ClientOptions* options) {
+  options->tls = Flag(a, "tls") == "true";
+  for (auto [flag, out] : {std::pair{"tls-ca", &options->tls_root_certs},
+                           std::pair{"tls-cert", &options->tls_cert_chain},
+                           std::pair{"tls-key", &options->tls_private_key}}) {
+    const std::string path = Flag(a, flag);
+    if (path.empty()) continue;
+    auto pem = LoadPemFile(path, absl::StrCat("--", flag));
+    if (!pem.ok()) return pem.status();
+    *out = std::move(*pem);
+    options->tls = true;
+  }
+  if (options->tls_cert_chain.empty() != options->tls_private_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key: expected both or neither");
+  }
+  options->tls_server_name = Flag(a, "tls-server-name");
+  if (!options->tls_server_name.empty()) options->tls = true;
+  const char* env_token = std::getenv("TENSORPREP_AUTH_TOKEN");
+  if (env_token != nullptr) options->auth_token = env_token;
+  const std::string token_file = Flag(a, "auth-token-file");
+  if (!token_file.empty()) {
+    auto text = LoadPemFile(token_file, "--auth-token-file");
+    if (!text.ok()) return text.status();
+    options->auth_token = text->substr(0, text->find_first_of("\r\n"));
+    if (options->auth_token.empty()) {
+      return absl::InvalidArgumentError("--auth-token-file: the first line is empty");
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 }  // namespace tensorprep::client
 
@@ -386,6 +422,8 @@ int main(int argc, char** argv) {
   options.target = Flag(a, "address", "127.0.0.1:50051");
   options.timeout = std::chrono::milliseconds(IntFlag(a, "timeout-ms", 0));
   options.max_message_mb = static_cast<int>(IntFlag(a, "max-message-mb", 256));
+  absl::Status security = ApplySecurityFlags(a, &options);
+  if (!security.ok()) return Fail(security);
   Client client(options);
   const std::string& cmd = a.positional[0];
   if (cmd == "ops") return CmdOps(client);

@@ -13,7 +13,7 @@ std::vector<std::string> KernelLabels() {
   return out;
 }
 server::ServiceOptions MakeServiceOptions(const TestServerOptions& o) {
-  server::ServiceOptions s;
+  server::ServiceOptions s = o.service;
   s.stream_max_inflight = o.stream_inflight;
   return s;
 }
@@ -30,10 +30,10 @@ TestServer::TestServer(const TestServerOptions& options)
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort("127.0.0.1:0", server::MakeServerCredentials(options.tls), &port);
   builder.RegisterService(&service_);
-  builder.SetMaxReceiveMessageSize(256 << 20);
-  builder.SetMaxSendMessageSize(256 << 20);
+  builder.SetMaxReceiveMessageSize(options.max_message_mb << 20);
+  builder.SetMaxSendMessageSize(options.max_message_mb << 20);
   server_ = builder.BuildAndStart();
   server_->GetHealthCheckService()->SetServingStatus("tensorprep.v1.Preprocessor", true);
   address_ = absl::StrCat("127.0.0.1:", port);
@@ -43,9 +43,13 @@ TestServer::~TestServer() { server_->Shutdown(); }
 
 client::Client TestServer::MakeClient() const {
   client::ClientOptions o;
-  o.target = address_;
   o.timeout = std::chrono::milliseconds(60000);
-  return client::Client(o);
+  return MakeClient(o);
+}
+
+client::Client TestServer::MakeClient(client::ClientOptions options) const {
+  options.target = address_;
+  return client::Client(options);
 }
 
 }  // namespace tensorprep::testing

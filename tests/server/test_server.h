@@ -15,6 +15,7 @@
 #include "kernels/common/thread_pool.h"
 #include "prometheus/registry.h"
 #include "server/metrics.h"
+#include "server/security.h"
 #include "server/service.h"
 #include "server/work_queue.h"
 
@@ -24,6 +25,11 @@ struct TestServerOptions {
   int threads = 2;
   int stream_inflight = 8;
   handlers::ProcessorOptions processor;
+  // Limits, token and window beyond `stream_inflight` (which overrides
+  // service.stream_max_inflight).
+  server::ServiceOptions service;
+  server::TlsPem tls;  // empty: plaintext
+  int max_message_mb = 256;
 };
 
 class TestServer {
@@ -32,8 +38,14 @@ class TestServer {
   ~TestServer();  // shuts down, waiting for in-flight calls
 
   std::string address() const { return address_; }
+  // A plaintext client with a 60 s deadline; `options` variant keeps the caller's security
+  // fields and fills in the target.
   client::Client MakeClient() const;
+  client::Client MakeClient(client::ClientOptions options) const;
   prometheus::Registry& registry() { return *registry_; }
+  server::PreprocessorService& service() { return service_; }
+  server::WorkQueue& queue() { return queue_; }
+  grpc::Server& grpc_server() { return *server_; }
 
  private:
   kernels::ThreadPool pool_;
