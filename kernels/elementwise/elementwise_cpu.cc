@@ -15,6 +15,7 @@
 #include "kernels/common/half.h"
 #include "kernels/common/status.h"
 #include "kernels/elementwise/elementwise.h"
+#include "kernels/elementwise/elementwise_program.h"
 
 namespace tensorprep::kernels {
 namespace {
@@ -408,6 +409,93 @@ absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const El
   return absl::OkStatus();
 }
 
+struct ElementwiseProgram::Impl {
+  DType in = DType::kUInt8;
+  DType out = DType::kUInt8;
+  int64_t tile = 0;  // elements per tile, a multiple of the channel count
+  std::vector<Prepared> chain;
+};
+
+absl::StatusOr<ElementwiseProgram> ElementwiseProgram::Make(DType in, int64_t channels,
+                                                            absl::Span<const ElementwiseOp> ops) {
+  TP_RETURN_IF_ERROR(ValidateElementwise(in, channels, ops));
+  auto impl = std::make_shared<Impl>();
+  impl->in = in;
+  impl->out = ElementwiseOutputDType(in, ops);
+  impl->tile = channels * std::max<int64_t>(1, kTileTarget / channels);  // starts at channel 0
+  const int64_t tile = impl->tile;
+  impl->chain.reserve(ops.size());
+  const double inf = std::numeric_limits<double>::infinity();
+  DType t = in;
+  for (const ElementwiseOp& op : ops) {
+    Prepared p;
+    p.kind = op.kind;
+    p.in = t;
+    p.to = op.to;
+    switch (op.kind) {
+      case ElementwiseKind::kAdd:
+      case ElementwiseKind::kSubtract:
+      case ElementwiseKind::kMultiply:
+      case ElementwiseKind::kDivide:
+        if (IsFloating(t)) {
+          p.af = Pattern<float>(op.a, tile, channels);
+        } else {
+          p.ad = Pattern<double>(op.a, tile, channels);
+        }
+        break;
+      case ElementwiseKind::kNormalize:
+        p.af = Pattern<float>(op.a, tile, channels);
+        p.bf = Pattern<float>(op.b, tile, channels);
+        break;
+      case ElementwiseKind::kClamp: {
+        const double type_lo =
+            t == DType::kUInt8 ? 0.0 : (t == DType::kInt32 ? -2147483648.0 : -inf);
+        const double type_hi =
+            t == DType::kUInt8 ? 255.0 : (t == DType::kInt32 ? 2147483647.0 : inf);
+        p.lo = op.has_lo ? CastBound(op.lo, t) : type_lo;
+        p.hi = op.has_hi ? CastBound(op.hi, t) : type_hi;
+        break;
+      }
+      case ElementwiseKind::kCast:
+        t = op.to;
+        break;
+    }
+    impl->chain.push_back(std::move(p));
+  }
+  return ElementwiseProgram(std::move(impl));
+}
+
+DType ElementwiseProgram::input_dtype() const { return impl_->in; }
+DType ElementwiseProgram::output_dtype() const { return impl_->out; }
+
+void ElementwiseProgram::Run(const void* in, void* out, int64_t count) const {
+  const Impl& p = *impl_;
+  const size_t in_size = DTypeSize(p.in);
+  const size_t out_size = DTypeSize(p.out);
+  const auto* src = static_cast<const unsigned char*>(in);
+  auto* dst = static_cast<unsigned char*>(out);
+  if (p.chain.empty()) {
+    if (src != dst) std::memcpy(dst, src, static_cast<size_t>(count) * in_size);
+    return;
+  }
+  // Tile scratch, reused by every later call on this thread.
+  thread_local std::vector<uint32_t> buf0;
+  thread_local std::vector<uint32_t> buf1;
+  thread_local std::vector<double> wide;
+  const size_t tile = static_cast<size_t>(p.tile);
+  if (buf0.size() < tile) {
+    buf0.resize(tile);
+    buf1.resize(tile);
+    wide.resize(tile);
+  }
+  for (int64_t begin = 0; begin < count; begin += p.tile) {
+    const int64_t n = std::min(p.tile, count - begin);
+    std::memcpy(buf0.data(), src + begin * in_size, n * in_size);
+    const void* result = RunTile(p.chain, p.in, buf0.data(), buf1.data(), wide.data(), n);
+    std::memcpy(dst + begin * out_size, result, n * out_size);
+  }
+}
+
 absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
                             absl::Span<const ElementwiseOp> ops, ThreadPool* pool) {
   const BatchShape& s = src.shape;
@@ -415,13 +503,14 @@ absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
     return absl::InvalidArgumentError(
         absl::StrCat("elementwise: src shape ", ShapeString(s), "; expected every dimension >= 1"));
   }
-  TP_RETURN_IF_ERROR(ValidateElementwise(src.dtype, s.c, ops));
+  TP_ASSIGN_OR_RETURN(const ElementwiseProgram program,
+                      ElementwiseProgram::Make(src.dtype, s.c, ops));
   if (!(dst.shape == s)) {
     return absl::InvalidArgumentError(absl::StrCat("elementwise: dst shape ",
                                                    ShapeString(dst.shape), "; expected src shape ",
                                                    ShapeString(s)));
   }
-  const DType out_dtype = ElementwiseOutputDType(src.dtype, ops);
+  const DType out_dtype = program.output_dtype();
   if (dst.dtype != out_dtype) {
     return absl::InvalidArgumentError(absl::StrCat("elementwise: dst dtype ", DTypeName(dst.dtype),
                                                    "; expected ", DTypeName(out_dtype),
@@ -441,76 +530,19 @@ absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
         "elementwise: src and dst overlap; expected the same memory with equal element sizes, "
         "or distinct memory");
   }
+  if (ops.empty() && in_place) return absl::OkStatus();
 
+  // Tasks of whole tiles, each at least kMinTaskElements: a small batch is one task and runs on
+  // the calling thread.
   const int64_t total = s.elements();
-  const int64_t tile = s.c * std::max<int64_t>(1, kTileTarget / s.c);  // starts at channel 0
+  const int64_t tile = s.c * std::max<int64_t>(1, kTileTarget / s.c);
   const int64_t tiles = (total + tile - 1) / tile;
   const int64_t tiles_per_task = std::max<int64_t>(1, kMinTaskElements / tile);
   const int64_t tasks = (tiles + tiles_per_task - 1) / tiles_per_task;
-
-  if (ops.empty()) {
-    if (in_place) return absl::OkStatus();
-    ParallelFor(pool, tasks, [&](int64_t task) {
-      const int64_t begin = task * tiles_per_task * tile;
-      const int64_t end = std::min(total, begin + tiles_per_task * tile);
-      std::memcpy(out + begin * out_size, in + begin * in_size, (end - begin) * in_size);
-    });
-    return absl::OkStatus();
-  }
-
-  std::vector<Prepared> chain;
-  chain.reserve(ops.size());
-  const double inf = std::numeric_limits<double>::infinity();
-  DType t = src.dtype;
-  for (const ElementwiseOp& op : ops) {
-    Prepared p;
-    p.kind = op.kind;
-    p.in = t;
-    p.to = op.to;
-    switch (op.kind) {
-      case ElementwiseKind::kAdd:
-      case ElementwiseKind::kSubtract:
-      case ElementwiseKind::kMultiply:
-      case ElementwiseKind::kDivide:
-        if (IsFloating(t)) {
-          p.af = Pattern<float>(op.a, tile, s.c);
-        } else {
-          p.ad = Pattern<double>(op.a, tile, s.c);
-        }
-        break;
-      case ElementwiseKind::kNormalize:
-        p.af = Pattern<float>(op.a, tile, s.c);
-        p.bf = Pattern<float>(op.b, tile, s.c);
-        break;
-      case ElementwiseKind::kClamp: {
-        const double type_lo =
-            t == DType::kUInt8 ? 0.0 : (t == DType::kInt32 ? -2147483648.0 : -inf);
-        const double type_hi =
-            t == DType::kUInt8 ? 255.0 : (t == DType::kInt32 ? 2147483647.0 : inf);
-        p.lo = op.has_lo ? CastBound(op.lo, t) : type_lo;
-        p.hi = op.has_hi ? CastBound(op.hi, t) : type_hi;
-        break;
-      }
-      case ElementwiseKind::kCast:
-        t = op.to;
-        break;
-    }
-    chain.push_back(std::move(p));
-  }
-
   ParallelFor(pool, tasks, [&](int64_t task) {
-    std::vector<uint32_t> buf0(static_cast<size_t>(tile));
-    std::vector<uint32_t> buf1(static_cast<size_t>(tile));
-    std::vector<double> wide(static_cast<size_t>(tile));
-    const int64_t first = task * tiles_per_task;
-    const int64_t last = std::min(tiles, first + tiles_per_task);
-    for (int64_t k = first; k < last; ++k) {
-      const int64_t begin = k * tile;
-      const int64_t n = std::min(tile, total - begin);
-      std::memcpy(buf0.data(), in + begin * in_size, n * in_size);
-      const void* result = RunTile(chain, src.dtype, buf0.data(), buf1.data(), wide.data(), n);
-      std::memcpy(out + begin * out_size, result, n * out_size);
-    }
+    const int64_t begin = task * tiles_per_task * tile;
+    const int64_t end = std::min(total, begin + tiles_per_task * tile);
+    program.Run(in + begin * in_size, out + begin * out_size, end - begin);
   });
   return absl::OkStatus();
 }

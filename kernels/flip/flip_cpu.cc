@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/flip/flip.h"
+#include "kernels/flip/flip_rows.h"
 
 namespace tensorprep::kernels {
 namespace {
@@ -51,6 +52,44 @@ std::string ShapeString(const BatchShape& s) {
 
 }  // namespace
 
+absl::Status ValidateFlipSource(const ConstTensorView& src, absl::Span<const FlipFlags> flags) {
+  const BatchShape& s = src.shape;
+  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("flip: src shape ", ShapeString(s), "; expected every dimension >= 1"));
+  }
+  if (src.data == nullptr) {
+    return absl::InvalidArgumentError("flip: null data pointer; expected src and dst memory");
+  }
+  if (flags.size() != 1 && static_cast<int64_t>(flags.size()) != s.n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "flip: ", flags.size(), " flag sets; expected 1 or ", s.n, " (one per sample)"));
+  }
+  return absl::OkStatus();
+}
+
+void FlipRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
+                 const FlipFlags& f, void* rows) {
+  const BatchShape& s = src.shape;
+  const int64_t pixel = s.c * static_cast<int64_t>(DTypeSize(src.dtype));
+  const int64_t row = s.w * pixel;
+  const unsigned char* sample_in = static_cast<const unsigned char*>(src.data) + n * s.h * row;
+  auto* out = static_cast<unsigned char*>(rows);
+  if (!f.horizontal && !f.vertical) {  // rows are contiguous: one copy for the band
+    std::memcpy(out, sample_in + y_begin * row, (y_end - y_begin) * row);
+    return;
+  }
+  for (int64_t y = y_begin; y < y_end; ++y) {
+    const unsigned char* r = sample_in + (f.vertical ? s.h - 1 - y : y) * row;
+    unsigned char* o = out + (y - y_begin) * row;
+    if (f.horizontal) {
+      ReverseRow(r, o, s.w, pixel);
+    } else {
+      std::memcpy(o, r, row);
+    }
+  }
+}
+
 absl::Status FlipCpu(const ConstTensorView& src, const TensorView& dst,
                      absl::Span<const FlipFlags> flags, ThreadPool* pool) {
   const BatchShape& s = src.shape;
@@ -69,10 +108,8 @@ absl::Status FlipCpu(const ConstTensorView& src, const TensorView& dst,
   if (src.data == nullptr || dst.data == nullptr) {
     return absl::InvalidArgumentError("flip: null data pointer; expected src and dst memory");
   }
-  if (flags.size() != 1 && static_cast<int64_t>(flags.size()) != s.n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "flip: ", flags.size(), " flag sets; expected 1 or ", s.n, " (one per sample)"));
-  }
+  const absl::Status valid = ValidateFlipSource(src, flags);
+  if (!valid.ok()) return valid;
   const auto* in = static_cast<const unsigned char*>(src.data);
   auto* out = static_cast<unsigned char*>(dst.data);
   if (in < out + dst.bytes() && out < in + src.bytes()) {
@@ -87,22 +124,8 @@ absl::Status FlipCpu(const ConstTensorView& src, const TensorView& dst,
     const int64_t n = task / bands;
     const int64_t y_begin = (task % bands) * band_rows;
     const int64_t y_end = std::min(s.h, y_begin + band_rows);
-    const FlipFlags& f = flags.size() == 1 ? flags[0] : flags[n];
-    const unsigned char* sample_in = in + n * s.h * row;
-    unsigned char* sample_out = out + n * s.h * row;
-    if (!f.horizontal && !f.vertical) {  // rows are contiguous: one copy for the band
-      std::memcpy(sample_out + y_begin * row, sample_in + y_begin * row, (y_end - y_begin) * row);
-      return;
-    }
-    for (int64_t y = y_begin; y < y_end; ++y) {
-      const unsigned char* r = sample_in + (f.vertical ? s.h - 1 - y : y) * row;
-      unsigned char* o = sample_out + y * row;
-      if (f.horizontal) {
-        ReverseRow(r, o, s.w, pixel);
-      } else {
-        std::memcpy(o, r, row);
-      }
-    }
+    FlipRowsCpu(src, n, y_begin, y_end, flags.size() == 1 ? flags[0] : flags[n],
+                out + (n * s.h + y_begin) * row);
   });
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/common/half.h"
 #include "kernels/warp/warp.h"
+#include "kernels/warp/warp_rows.h"
 
 namespace tensorprep::kernels {
 
@@ -215,7 +216,7 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
   const int64_t row = g.w * cn;
   for (int64_t y = y_begin; y < y_end; ++y) {
     RowPositions(a, y, g.w, sxs, sys);
-    T* out = dst + y * row;
+    T* out = dst + (y - y_begin) * row;
     for (int64_t x = 0; x < g.w; ++x, out += cn) {
       const double sx = sxs[x];
       const double sy = sys[x];
@@ -268,7 +269,7 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
   const int64_t row = g.w * cn;
   for (int64_t y = y_begin; y < y_end; ++y) {
     RowPositions(a, y, g.w, sxs, sys);
-    T* out = dst + y * row;
+    T* out = dst + (y - y_begin) * row;
     for (int64_t x = 0; x < g.w; ++x, out += cn) {
       const double sx = sxs[x];
       const double sy = sys[x];
@@ -292,45 +293,38 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
   }
 }
 
+// Rows [y_begin, y_end) of sample n into `rows` (packed from row y_begin).
 template <typename T, int kC>
-void RunTyped(const ConstTensorView& src, const TensorView& dst, absl::Span<const Affine> inverse,
-              const WarpParams& params, ThreadPool* pool) {
+void RowsTyped(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
+               const Affine& a, const WarpParams& params, T* rows) {
   const BatchShape& s = src.shape;
   const Geometry g{s.h, s.w, s.c};
-  const int64_t band_rows = std::max<int64_t>(1, (kMinTaskPixels + s.w - 1) / s.w);
-  const int64_t bands = (s.h + band_rows - 1) / band_rows;
   const T fill = FillAs<T>(params.fill);
-  const T* in = src.as<T>();
-  T* out = dst.as<T>();
-  const int64_t sample = s.sample_elements();
-  ParallelFor(pool, s.n * bands, [&](int64_t task) {
-    const int64_t n = task / bands;
-    const int64_t y_begin = (task % bands) * band_rows;
-    const int64_t y_end = std::min(s.h, y_begin + band_rows);
-    const Affine& a = inverse.size() == 1 ? inverse[0] : inverse[n];
-    std::vector<double> positions(2 * static_cast<size_t>(s.w));
-    if (params.interp == Interp::kNearest) {
-      NearestRows<T, kC>(in + n * sample, out + n * sample, g, a, y_begin, y_end, params.border,
-                         fill, positions.data(), positions.data() + s.w);
-    } else {
-      BilinearRows<T, kC>(in + n * sample, out + n * sample, g, a, y_begin, y_end, params.border,
-                          fill, positions.data(), positions.data() + s.w);
-    }
-  });
+  const T* in = src.as<T>() + n * s.sample_elements();
+  // Source positions of one row; reused by this thread's later bands.
+  thread_local std::vector<double> positions;
+  if (positions.size() < 2 * static_cast<size_t>(s.w)) positions.resize(2 * s.w);
+  if (params.interp == Interp::kNearest) {
+    NearestRows<T, kC>(in, rows, g, a, y_begin, y_end, params.border, fill, positions.data(),
+                       positions.data() + s.w);
+  } else {
+    BilinearRows<T, kC>(in, rows, g, a, y_begin, y_end, params.border, fill, positions.data(),
+                        positions.data() + s.w);
+  }
 }
 
 template <typename T>
-void RunChannels(const ConstTensorView& src, const TensorView& dst,
-                 absl::Span<const Affine> inverse, const WarpParams& params, ThreadPool* pool) {
+void RowsChannels(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
+                  const Affine& a, const WarpParams& params, T* rows) {
   switch (src.shape.c) {
     case 1:
-      return RunTyped<T, 1>(src, dst, inverse, params, pool);
+      return RowsTyped<T, 1>(src, n, y_begin, y_end, a, params, rows);
     case 3:
-      return RunTyped<T, 3>(src, dst, inverse, params, pool);
+      return RowsTyped<T, 3>(src, n, y_begin, y_end, a, params, rows);
     case 4:
-      return RunTyped<T, 4>(src, dst, inverse, params, pool);
+      return RowsTyped<T, 4>(src, n, y_begin, y_end, a, params, rows);
     default:
-      return RunTyped<T, 0>(src, dst, inverse, params, pool);
+      return RowsTyped<T, 0>(src, n, y_begin, y_end, a, params, rows);
   }
 }
 
@@ -339,6 +333,45 @@ std::string ShapeString(const BatchShape& s) {
 }
 
 }  // namespace
+
+absl::Status ValidateWarpSource(const ConstTensorView& src, absl::Span<const Affine> inverse,
+                                const WarpParams& params) {
+  const BatchShape& s = src.shape;
+  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("warp: src shape ", ShapeString(s), "; expected every dimension >= 1"));
+  }
+  if (src.data == nullptr) {
+    return absl::InvalidArgumentError("warp: null data pointer; expected src and dst memory");
+  }
+  if (inverse.size() != 1 && static_cast<int64_t>(inverse.size()) != s.n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "warp: ", inverse.size(), " affine maps; expected 1 or ", s.n, " (one per sample)"));
+  }
+  if (params.interp != Interp::kNearest && params.interp != Interp::kBilinear) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "warp: interpolation ", static_cast<int>(params.interp), "; expected nearest or bilinear"));
+  }
+  if (static_cast<int>(params.border) > static_cast<int>(Border::kWrap)) {
+    return absl::InvalidArgumentError(absl::StrCat("warp: border ", static_cast<int>(params.border),
+                                                   "; expected one of Border's values"));
+  }
+  return absl::OkStatus();
+}
+
+void WarpAffineRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
+                       const Affine& inverse, const WarpParams& params, void* rows) {
+  switch (src.dtype) {
+    case DType::kUInt8:
+      return RowsChannels(src, n, y_begin, y_end, inverse, params, static_cast<uint8_t*>(rows));
+    case DType::kInt32:
+      return RowsChannels(src, n, y_begin, y_end, inverse, params, static_cast<int32_t*>(rows));
+    case DType::kFloat32:
+      return RowsChannels(src, n, y_begin, y_end, inverse, params, static_cast<float*>(rows));
+    case DType::kFloat16:
+      return RowsChannels(src, n, y_begin, y_end, inverse, params, static_cast<Half*>(rows));
+  }
+}
 
 absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
                            absl::Span<const Affine> inverse, const WarpParams& params,
@@ -359,37 +392,25 @@ absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
   if (src.data == nullptr || dst.data == nullptr) {
     return absl::InvalidArgumentError("warp: null data pointer; expected src and dst memory");
   }
-  if (inverse.size() != 1 && static_cast<int64_t>(inverse.size()) != s.n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "warp: ", inverse.size(), " affine maps; expected 1 or ", s.n, " (one per sample)"));
-  }
-  if (params.interp != Interp::kNearest && params.interp != Interp::kBilinear) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "warp: interpolation ", static_cast<int>(params.interp), "; expected nearest or bilinear"));
-  }
-  if (static_cast<int>(params.border) > static_cast<int>(Border::kWrap)) {
-    return absl::InvalidArgumentError(absl::StrCat("warp: border ", static_cast<int>(params.border),
-                                                   "; expected one of Border's values"));
-  }
+  const absl::Status valid = ValidateWarpSource(src, inverse, params);
+  if (!valid.ok()) return valid;
   const auto* s0 = static_cast<const unsigned char*>(src.data);
   const auto* d0 = static_cast<const unsigned char*>(dst.data);
   if (s0 < d0 + dst.bytes() && d0 < s0 + src.bytes()) {
     return absl::InvalidArgumentError("warp: src and dst overlap; expected distinct memory");
   }
-  switch (src.dtype) {
-    case DType::kUInt8:
-      RunChannels<uint8_t>(src, dst, inverse, params, pool);
-      break;
-    case DType::kInt32:
-      RunChannels<int32_t>(src, dst, inverse, params, pool);
-      break;
-    case DType::kFloat32:
-      RunChannels<float>(src, dst, inverse, params, pool);
-      break;
-    case DType::kFloat16:
-      RunChannels<Half>(src, dst, inverse, params, pool);
-      break;
-  }
+  // (sample, row band) tasks; a small image is one task and runs on the calling thread.
+  const int64_t band_rows = std::max<int64_t>(1, (kMinTaskPixels + s.w - 1) / s.w);
+  const int64_t bands = (s.h + band_rows - 1) / band_rows;
+  const size_t row_bytes = static_cast<size_t>(s.w * s.c) * DTypeSize(src.dtype);
+  auto* out = static_cast<unsigned char*>(dst.data);
+  ParallelFor(pool, s.n * bands, [&](int64_t task) {
+    const int64_t n = task / bands;
+    const int64_t y_begin = (task % bands) * band_rows;
+    const int64_t y_end = std::min(s.h, y_begin + band_rows);
+    WarpAffineRowsCpu(src, n, y_begin, y_end, inverse.size() == 1 ? inverse[0] : inverse[n],
+                      params, out + (n * s.h + y_begin) * row_bytes);
+  });
   return absl::OkStatus();
 }
 

@@ -1,0 +1,42 @@
+// A prepared element-wise chain that runs on any packed run of whole pixels: what ElementwiseCpu
+// (elementwise.h) runs over a batch, exposed for callers that fuse the chain behind another
+// kernel (the CPU backend applies it to each band of a warp's output while the band is in cache).
+#ifndef TENSORPREP_KERNELS_ELEMENTWISE_ELEMENTWISE_PROGRAM_H_
+#define TENSORPREP_KERNELS_ELEMENTWISE_ELEMENTWISE_PROGRAM_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/common/tensor.h"
+#include "kernels/elementwise/elementwise.h"
+
+namespace tensorprep::kernels {
+
+// Immutable once made; thread-safe (Run may be called from many threads at once). Cheap to copy.
+class ElementwiseProgram {
+ public:
+  // Validates `ops` for input dtype `in` with `channels` channels (as ValidateElementwise) and
+  // expands their operands. INVALID_ARGUMENT as ValidateElementwise.
+  static absl::StatusOr<ElementwiseProgram> Make(DType in, int64_t channels,
+                                                 absl::Span<const ElementwiseOp> ops);
+
+  DType input_dtype() const;
+  DType output_dtype() const;
+
+  // out[i] = chain(in[i]) for i in [0, count), with exactly ElementwiseCpu's results. `count` is
+  // a multiple of the channel count and in[0] is channel 0. `in` and `out` are the same memory
+  // when the dtypes have the same size, else distinct. Runs on the calling thread (tile-sized
+  // scratch is per thread and reused).
+  void Run(const void* in, void* out, int64_t count) const;
+
+ private:
+  struct Impl;
+  explicit ElementwiseProgram(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<const Impl> impl_;
+};
+
+}  // namespace tensorprep::kernels
+
+#endif  // TENSORPREP_KERNELS_ELEMENTWISE_ELEMENTWISE_PROGRAM_H_
