@@ -21,13 +21,13 @@ namespace tc = tensorprep::kernels::cuda;
 
 namespace {
 
-#define BENCH_CHECK(expr)                                                               \
-  do {                                                                                  \
-    const cudaError_t bench_error_ = (expr);                                            \
-    if (bench_error_ != cudaSuccess) {                                                  \
-      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(bench_error_));        \
-      std::exit(1);                                                                     \
-    }                                                                                   \
+#define BENCH_CHECK(expr)                                                        \
+  do {                                                                           \
+    const cudaError_t bench_error_ = (expr);                                     \
+    if (bench_error_ != cudaSuccess) {                                           \
+      std::fprintf(stderr, "%s: %s\n", #expr, cudaGetErrorString(bench_error_)); \
+      std::exit(1);                                                              \
+    }                                                                            \
   } while (0)
 
 void Require(const absl::Status& status, const char* what) {
@@ -121,15 +121,15 @@ int main(int argc, char** argv) {
     }
     const tp::WarpParams bilinear_edge{tp::Interp::kBilinear, tp::Border::kEdge, 0};
     const std::vector<tp::ElementwiseOp> normalize = {Normalize()};
-    const std::vector<tp::ElementwiseOp> to_uint8 = {
-        Op(tp::ElementwiseKind::kMultiply, 255), CastTo(tp::DType::kUInt8)};
+    const std::vector<tp::ElementwiseOp> to_uint8 = {Op(tp::ElementwiseKind::kMultiply, 255),
+                                                     CastTo(tp::DType::kUInt8)};
     std::vector<tp::FlipFlags> flips(static_cast<size_t>(batch));
     for (int64_t n = 0; n < batch; ++n) flips[n].horizontal = n % 2 == 0;
 
     auto s = static_cast<cudaStream_t>(stream.native_handle());
     const double memcpy_ms = TimeMs(stream, iterations, [&] {
-      const cudaError_t e = cudaMemcpyAsync(dst.data(), src.data(), bytes,
-                                            cudaMemcpyDeviceToDevice, s);
+      const cudaError_t e =
+          cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDeviceToDevice, s);
       return e == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(e));
     });
     const double memcpy_gbs = 2.0 * bytes / (memcpy_ms * 1e-3) / 1e9;  // read + write
@@ -159,8 +159,8 @@ int main(int argc, char** argv) {
     for (const Case& c : cases) {
       const double ms = c.run ? TimeMs(stream, iterations, c.run) : memcpy_ms;
       const double gbs = c.bytes_moved / (ms * 1e-3) / 1e9;
-      std::printf("%-28s %6lld %11.1f %9.1f %13.1f %8.2fx\n", c.name,
-                  static_cast<long long>(batch), ms * 1e3, gbs, memcpy_gbs, gbs / memcpy_gbs);
+      std::printf("%-28s %6lld %11.1f %9.1f %13.1f %8.2fx\n", c.name, static_cast<long long>(batch),
+                  ms * 1e3, gbs, memcpy_gbs, gbs / memcpy_gbs);
     }
   }
 

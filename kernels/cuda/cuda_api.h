@@ -6,9 +6,10 @@
 //
 // Errors: no function here throws, aborts or exits. A failed CUDA call becomes
 // INTERNAL "cuda: <call>: <cudaGetErrorString>"; a call made where no usable device exists becomes
-// FAILED_PRECONDITION carrying Probe().detail; malformed views or arguments become INVALID_ARGUMENT.
-// After a kernel fault (an illegal address, say) the CUDA context is unusable and every later call
-// fails with INTERNAL: the caller fails that request (or falls back to the CPU backend).
+// FAILED_PRECONDITION carrying Probe().detail; malformed views or arguments become
+// INVALID_ARGUMENT. After a kernel fault (an illegal address, say) the CUDA context is unusable and
+// every later call fails with INTERNAL: the caller fails that request (or falls back to the CPU
+// backend).
 //
 // Asynchrony: launchers and copies are queued on a Stream and may return before the work is done.
 // Memory they read or write must stay valid until Synchronize() on that stream has returned OK.

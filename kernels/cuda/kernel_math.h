@@ -146,7 +146,7 @@ TP_HD float RoundToHalf(float f) { return HalfToFloat(FloatToHalf(f)); }
 TP_HD double RoundDoubleToHalfGrid(double x) {
   const double mag = fabs(x);
   int e = 0;
-  frexp(mag, &e);  // mag = f * 2^e, f in [0.5, 1)
+  frexp(mag, &e);                             // mag = f * 2^e, f in [0.5, 1)
   const int q = e - 11 > -24 ? e - 11 : -24;  // exponent of the binary16 spacing at mag
   return copysign(ldexp(rint(ldexp(mag, -q)), q), x);
 }
@@ -162,7 +162,8 @@ TP_HD double CastDouble(double x, DType to) {
     case DType::kFloat32:
       return static_cast<double>(static_cast<float>(x));
     case DType::kFloat16: {
-      if (!(x - x == 0.0)) return static_cast<double>(HalfToFloat(FloatToHalf(static_cast<float>(x))));
+      if (!(x - x == 0.0))
+        return static_cast<double>(HalfToFloat(FloatToHalf(static_cast<float>(x))));
       const double clamped = x < -65504.0 ? -65504.0 : (x > 65504.0 ? 65504.0 : x);
       return RoundDoubleToHalfGrid(clamped);
     }
@@ -382,14 +383,16 @@ TP_HD void WarpPixel(const WarpArgs& a, int64_t n, int64_t y, int64_t x) {
   const double sy = AddRn(AddRn(MulRn(m[3], xd), MulRn(m[4], yd)), m[5]);
 
   if (IsFar(sx, sy)) {
-    for (int32_t ch = 0; ch < a.c; ++ch) dst[ch] = FromDouble<TOut>(ApplyChain(a.chain, a.fill, ch));
+    for (int32_t ch = 0; ch < a.c; ++ch)
+      dst[ch] = FromDouble<TOut>(ApplyChain(a.chain, a.fill, ch));
     return;
   }
   if (a.interp == Interp::kNearest) {
     const auto ix = ResolveIndex(static_cast<int64_t>(floor(AddRn(sx, 0.5))), w, a.border);
     const auto iy = ResolveIndex(static_cast<int64_t>(floor(AddRn(sy, 0.5))), h, a.border);
     if (ix < 0 || iy < 0) {
-      for (int32_t ch = 0; ch < a.c; ++ch) dst[ch] = FromDouble<TOut>(ApplyChain(a.chain, a.fill, ch));
+      for (int32_t ch = 0; ch < a.c; ++ch)
+        dst[ch] = FromDouble<TOut>(ApplyChain(a.chain, a.fill, ch));
       return;
     }
     const TIn* p = src + (iy * w + ix) * channels;

@@ -56,8 +56,7 @@ absl::Status FlipCuda(const ConstTensorView& src, const TensorView& dst,
 
 absl::Status ElementwiseCuda(const ConstTensorView& src, const TensorView& dst,
                              absl::Span<const ElementwiseOp> ops, Stream& stream) {
-  TP_ASSIGN_OR_RETURN(detail::ElementwiseLaunch launch,
-                      detail::PrepareElementwise(src, dst, ops));
+  TP_ASSIGN_OR_RETURN(detail::ElementwiseLaunch launch, detail::PrepareElementwise(src, dst, ops));
   TP_RETURN_IF_ERROR(CheckDeviceSide(src.data, dst.data, stream, "ElementwiseCuda"));
   TP_ASSIGN_OR_RETURN(void* base,
                       detail::UploadParams(stream, launch.blob.data(), launch.blob.size()));

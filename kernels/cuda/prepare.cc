@@ -17,9 +17,8 @@ absl::Status CheckView(const char* function, const char* what, const BatchShape&
                        const void* data) {
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   if (shape.n < 1 || shape.h < 1 || shape.w < 1 || shape.c < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(function, ": ", what, " shape ",
-                                                   ShapeText(shape),
-                                                   "; expected every dimension >= 1"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        function, ": ", what, " shape ", ShapeText(shape), "; expected every dimension >= 1"));
   }
   if (shape.h > kMax || shape.w > kMax || shape.c > kMax) {
     return absl::InvalidArgumentError(
@@ -41,8 +40,7 @@ absl::Status CheckPair(const char* function, const ConstTensorView& src, const T
   TP_RETURN_IF_ERROR(CheckView(function, "dst", dst.shape, dst.data));
   if (!(src.shape == dst.shape)) {
     return absl::InvalidArgumentError(absl::StrCat(function, ": dst shape ", ShapeText(dst.shape),
-                                                   "; expected src shape ",
-                                                   ShapeText(src.shape)));
+                                                   "; expected src shape ", ShapeText(src.shape)));
   }
   const auto s = reinterpret_cast<uintptr_t>(src.data);
   const auto d = reinterpret_cast<uintptr_t>(dst.data);
@@ -59,14 +57,14 @@ absl::Status CheckPair(const char* function, const ConstTensorView& src, const T
 
 absl::Status CheckPerSample(const char* function, const char* what, size_t entries, int64_t n) {
   if (entries == 1 || static_cast<int64_t>(entries) == n) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(function, ": ", entries, " ", what,
-                                                 "; expected 1 or ", n, " (one per sample)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(function, ": ", entries, " ", what, "; expected 1 or ", n, " (one per sample)"));
 }
 
 absl::Status CheckDType(const char* function, DType got, DType expected) {
   if (got == expected) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(function, ": dst dtype ", DTypeName(got),
-                                                 "; expected ", DTypeName(expected)));
+  return absl::InvalidArgumentError(
+      absl::StrCat(function, ": dst dtype ", DTypeName(got), "; expected ", DTypeName(expected)));
 }
 
 template <typename T>

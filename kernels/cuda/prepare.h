@@ -23,7 +23,7 @@ namespace tensorprep::kernels::cuda::detail {
 
 struct ChainTable {
   std::vector<DeviceOp> ops;
-  std::vector<double> values;  // the per-channel vectors, back to back
+  std::vector<double> values;   // the per-channel vectors, back to back
   DType out = DType::kFloat32;  // ElementwiseOutputDType(in, ops)
 };
 

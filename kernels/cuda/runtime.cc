@@ -62,11 +62,10 @@ absl::StatusOr<void*> UploadParams(Stream& stream, const void* host, size_t byte
     s.device_capacity = capacity;
   }
   std::memcpy(s.host_params, host, bytes);
-  TP_RETURN_IF_ERROR(CudaStatus("cudaMemcpyAsync", cudaMemcpyAsync(s.device_params, s.host_params,
-                                                                   bytes, cudaMemcpyHostToDevice,
-                                                                   s.stream)));
-  TP_RETURN_IF_ERROR(
-      CudaStatus("cudaEventRecord", cudaEventRecord(s.params_copied, s.stream)));
+  TP_RETURN_IF_ERROR(CudaStatus(
+      "cudaMemcpyAsync",
+      cudaMemcpyAsync(s.device_params, s.host_params, bytes, cudaMemcpyHostToDevice, s.stream)));
+  TP_RETURN_IF_ERROR(CudaStatus("cudaEventRecord", cudaEventRecord(s.params_copied, s.stream)));
   s.params_pending = true;
   return s.device_params;
 }
@@ -162,12 +161,12 @@ Stream& Stream::operator=(Stream&&) noexcept = default;
 absl::StatusOr<Stream> Stream::Create() {
   TP_RETURN_IF_ERROR(detail::RequireDevice());
   auto impl = std::make_unique<Impl>();
-  TP_RETURN_IF_ERROR(detail::CudaStatus(
-      "cudaStreamCreateWithFlags",
-      cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking)));
-  TP_RETURN_IF_ERROR(detail::CudaStatus(
-      "cudaEventCreateWithFlags",
-      cudaEventCreateWithFlags(&impl->params_copied, cudaEventDisableTiming)));
+  TP_RETURN_IF_ERROR(
+      detail::CudaStatus("cudaStreamCreateWithFlags",
+                         cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking)));
+  TP_RETURN_IF_ERROR(
+      detail::CudaStatus("cudaEventCreateWithFlags",
+                         cudaEventCreateWithFlags(&impl->params_copied, cudaEventDisableTiming)));
   Stream stream;
   stream.impl_ = std::move(impl);
   return stream;
@@ -257,9 +256,8 @@ absl::Status CheckCopy(const void* host, const DeviceBuffer& device, size_t byte
                        const Stream& stream, const char* function) {
   TP_RETURN_IF_ERROR(detail::RequireStream(stream, function));
   if (bytes > device.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(function, ": ", bytes,
-                                                   " bytes do not fit the device buffer of ",
-                                                   device.size(), " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        function, ": ", bytes, " bytes do not fit the device buffer of ", device.size(), " bytes"));
   }
   if (bytes > 0 && host == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(function, ": null host pointer"));
@@ -272,17 +270,17 @@ absl::Status CheckCopy(const void* host, const DeviceBuffer& device, size_t byte
 absl::Status CopyToDevice(const void* host, DeviceBuffer& device, size_t bytes, Stream& stream) {
   TP_RETURN_IF_ERROR(CheckCopy(host, device, bytes, stream, "CopyToDevice"));
   if (bytes == 0) return absl::OkStatus();
-  return detail::CudaStatus("cudaMemcpyAsync",
-                            cudaMemcpyAsync(device.data(), host, bytes, cudaMemcpyHostToDevice,
-                                            stream.impl()->stream));
+  return detail::CudaStatus(
+      "cudaMemcpyAsync",
+      cudaMemcpyAsync(device.data(), host, bytes, cudaMemcpyHostToDevice, stream.impl()->stream));
 }
 
 absl::Status CopyToHost(const DeviceBuffer& device, void* host, size_t bytes, Stream& stream) {
   TP_RETURN_IF_ERROR(CheckCopy(host, device, bytes, stream, "CopyToHost"));
   if (bytes == 0) return absl::OkStatus();
-  return detail::CudaStatus("cudaMemcpyAsync",
-                            cudaMemcpyAsync(host, device.data(), bytes, cudaMemcpyDeviceToHost,
-                                            stream.impl()->stream));
+  return detail::CudaStatus(
+      "cudaMemcpyAsync",
+      cudaMemcpyAsync(host, device.data(), bytes, cudaMemcpyDeviceToHost, stream.impl()->stream));
 }
 
 absl::Status Synchronize(Stream& stream) {

@@ -38,11 +38,11 @@ enum class Backend { kHost, kDevice };
 
 const char* BackendName(Backend b) { return b == Backend::kHost ? "host" : "device"; }
 
-#define TP_SKIP_WITHOUT_DEVICE(backend)                                              \
-  do {                                                                               \
-    if ((backend) == Backend::kDevice && !Probe().usable) {                          \
-      GTEST_SKIP() << "no usable CUDA device (" << Probe().detail << ")";            \
-    }                                                                                \
+#define TP_SKIP_WITHOUT_DEVICE(backend)                                   \
+  do {                                                                    \
+    if ((backend) == Backend::kDevice && !Probe().usable) {               \
+      GTEST_SKIP() << "no usable CUDA device (" << Probe().detail << ")"; \
+    }                                                                     \
   } while (0)
 
 constexpr DType kAllDTypes[] = {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16};
@@ -132,17 +132,15 @@ absl::StatusOr<std::vector<double>> RunOnDevice(const Buffer& src, DType out, bo
 }
 
 absl::StatusOr<std::vector<double>> RunWarp(Backend backend, const Buffer& src,
-                                            absl::Span<const Affine> maps,
-                                            const WarpParams& params,
+                                            absl::Span<const Affine> maps, const WarpParams& params,
                                             absl::Span<const ElementwiseOp> post_ops) {
   const DType out = ElementwiseOutputDType(src.dtype(), post_ops);
   if (backend == Backend::kDevice) {
-    return RunOnDevice(src, out, false,
-                       [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
-                         return post_ops.empty()
-                                    ? WarpAffineCuda(s, d, maps, params, stream)
-                                    : WarpElementwiseCuda(s, d, maps, params, post_ops, stream);
-                       });
+    return RunOnDevice(
+        src, out, false, [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
+          return post_ops.empty() ? WarpAffineCuda(s, d, maps, params, stream)
+                                  : WarpElementwiseCuda(s, d, maps, params, post_ops, stream);
+        });
   }
   Buffer dst(out, src.shape());
   TP_ASSIGN_OR_RETURN(
@@ -199,8 +197,8 @@ absl::StatusOr<std::vector<double>> RunElementwise(Backend backend, const Buffer
   }
   Buffer copy = src;  // in place: the host run overwrites its input
   Buffer separate(out, src.shape());
-  const TensorView dst = in_place ? TensorView{out, src.shape(), copy.mutable_view().data}
-                                  : separate.mutable_view();
+  const TensorView dst =
+      in_place ? TensorView{out, src.shape(), copy.mutable_view().data} : separate.mutable_view();
   TP_ASSIGN_OR_RETURN(detail::ElementwiseLaunch launch,
                       detail::PrepareElementwise(copy.view(), dst, ops));
   launch.Bind(launch.blob.data());
@@ -271,8 +269,7 @@ using WarpCase = std::tuple<Backend, DType, BatchShape, Interp, Border>;
 std::string WarpCaseName(const ::testing::TestParamInfo<WarpCase>& info) {
   const auto& [backend, dtype, shape, interp, border] = info.param;
   return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_", ShapeName(shape), "_",
-                      interp == Interp::kNearest ? "nearest" : "bilinear", "_",
-                      BorderName(border));
+                      interp == Interp::kNearest ? "nearest" : "bilinear", "_", BorderName(border));
 }
 
 class WarpTest : public ::testing::TestWithParam<WarpCase> {};
@@ -304,13 +301,13 @@ TEST_P(WarpTest, MatchesReferenceAndCpu) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, WarpTest,
-    ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
-                       ::testing::ValuesIn(kAllDTypes), ::testing::ValuesIn(kShapes),
-                       ::testing::Values(Interp::kNearest, Interp::kBilinear),
-                       ::testing::ValuesIn(kAllBorders)),
-    WarpCaseName);
+INSTANTIATE_TEST_SUITE_P(All, WarpTest,
+                         ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                                            ::testing::ValuesIn(kAllDTypes),
+                                            ::testing::ValuesIn(kShapes),
+                                            ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                                            ::testing::ValuesIn(kAllBorders)),
+                         WarpCaseName);
 
 // Degenerate maps: far or non-finite positions sample the fill whatever the border.
 TEST(WarpEdgeCases, FarAndNonFinitePositionsGiveFill) {
@@ -321,8 +318,7 @@ TEST(WarpEdgeCases, FarAndNonFinitePositionsGiveFill) {
     const Buffer src = RandomBuffer(DType::kFloat32, shape, 5, -1, 1);
     const std::vector<Affine> maps = {Affine{{1, 0, 1e300, 0, 1, 0}},
                                       Affine{{1, 0, 0, 0, 1, -9007199254740992.0}},
-                                      Affine{{1, 0, NAN, 0, 1, 0}},
-                                      Affine{{1e16, 0, 0, 0, 1, 0}}};
+                                      Affine{{1, 0, NAN, 0, 1, 0}}, Affine{{1e16, 0, 0, 0, 1, 0}}};
     for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
       for (Border border : kAllBorders) {
         WarpParams params{interp, border, 2.5};
@@ -379,8 +375,8 @@ std::vector<std::vector<ElementwiseOp>> FusedChains(DType dtype, int64_t c) {
   if (IsFloating(dtype)) {
     chains.push_back({Normalize(PerChannel(c, 0.1, 0.05), PerChannel(c, 0.2, 0.03))});
     chains.push_back({One(ElementwiseKind::kMultiply, {255}),
-                      One(ElementwiseKind::kAdd, PerChannel(c, 100, 1)),
-                      Clamp(true, 0, true, 255), Cast(DType::kUInt8)});
+                      One(ElementwiseKind::kAdd, PerChannel(c, 100, 1)), Clamp(true, 0, true, 255),
+                      Cast(DType::kUInt8)});
   } else {
     chains.push_back({Cast(DType::kFloat32), One(ElementwiseKind::kDivide, {255}),
                       Normalize(PerChannel(c, 0.45, 0.01), PerChannel(c, 0.22, 0.01))});
@@ -394,8 +390,7 @@ using FusedCase = std::tuple<Backend, DType, Interp, Border>;
 std::string FusedCaseName(const ::testing::TestParamInfo<FusedCase>& info) {
   const auto& [backend, dtype, interp, border] = info.param;
   return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
-                      interp == Interp::kNearest ? "nearest" : "bilinear", "_",
-                      BorderName(border));
+                      interp == Interp::kNearest ? "nearest" : "bilinear", "_", BorderName(border));
 }
 
 class FusedWarpTest : public ::testing::TestWithParam<FusedCase> {};
@@ -426,13 +421,13 @@ TEST_P(FusedWarpTest, EqualsWarpThenChain) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, FusedWarpTest,
-    ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
-                       ::testing::ValuesIn(kAllDTypes),
-                       ::testing::Values(Interp::kNearest, Interp::kBilinear),
-                       ::testing::Values(Border::kConstant, Border::kReflect101)),
-    FusedCaseName);
+INSTANTIATE_TEST_SUITE_P(All, FusedWarpTest,
+                         ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                                            ::testing::ValuesIn(kAllDTypes),
+                                            ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                                            ::testing::Values(Border::kConstant,
+                                                              Border::kReflect101)),
+                         FusedCaseName);
 
 // ---- Flip -------------------------------------------------------------------------------------
 
@@ -504,8 +499,8 @@ std::vector<NamedChain> Chains(DType dtype, int64_t c) {
   if (IsFloating(dtype)) {
     chains.push_back({"normalize", {Normalize(PerChannel(c, 0.1, 0.05), PerChannel(c, 0.2, 0.1))}});
   } else {
-    chains.push_back({"cast_normalize",
-                      {Cast(DType::kFloat32), Normalize(PerChannel(c, 0.1, 0.05), {0.3})}});
+    chains.push_back(
+        {"cast_normalize", {Cast(DType::kFloat32), Normalize(PerChannel(c, 0.1, 0.05), {0.3})}});
   }
   return chains;
 }
@@ -544,11 +539,31 @@ INSTANTIATE_TEST_SUITE_P(All, ElementwiseTest,
 
 // Rounding and saturation edges: ties, NaN, infinities, signed zero, the float16 limit.
 TEST(ElementwiseEdgeCases, SpecialValuesMatchReference) {
-  const std::vector<double> values = {
-      0.5,        1.5,          2.5,         -0.5,         -1.5,       254.5,      255.5,
-      -0.0,       NAN,          INFINITY,    -INFINITY,    65504,      65519,      65520,
-      -65536,     2147483520.0, 3e9,         -3e9,         6.103515625e-05, 1e-8, 3.14159,
-      1e38,       -7.25,        0.999999,    1234.5678};
+  const std::vector<double> values = {0.5,
+                                      1.5,
+                                      2.5,
+                                      -0.5,
+                                      -1.5,
+                                      254.5,
+                                      255.5,
+                                      -0.0,
+                                      NAN,
+                                      INFINITY,
+                                      -INFINITY,
+                                      65504,
+                                      65519,
+                                      65520,
+                                      -65536,
+                                      2147483520.0,
+                                      3e9,
+                                      -3e9,
+                                      6.103515625e-05,
+                                      1e-8,
+                                      3.14159,
+                                      1e38,
+                                      -7.25,
+                                      0.999999,
+                                      1234.5678};
   const BatchShape shape{1, 1, static_cast<int64_t>(values.size()), 1};
   for (Backend backend : {Backend::kHost, Backend::kDevice}) {
     if (backend == Backend::kDevice && !Probe().usable) continue;
@@ -574,18 +589,38 @@ TEST(ElementwiseEdgeCases, SpecialValuesMatchReference) {
 
 // The shared conversion helper against the reference's, on values that need care.
 TEST(KernelMath, CastDoubleMatchesReference) {
-  const double values[] = {0.0,    -0.0,     0.5,         1.5,        -2.5,      255.49,
-                           255.5,  -1e300,   1e300,       NAN,        INFINITY,  -INFINITY,
-                           65504,  65519.99, 65520,       -65520.01,  1.0009765625,
-                           1.00048828125,    1.000732421875,          5.9604644775390625e-8,
-                           2.98023223876953125e-8,        2.9802322387695313e-8,
-                           2147483647.4,     2147483647.5,            -2147483648.6,
-                           1.0000000596046448, 3.4028235677973366e38};
+  const double values[] = {0.0,
+                           -0.0,
+                           0.5,
+                           1.5,
+                           -2.5,
+                           255.49,
+                           255.5,
+                           -1e300,
+                           1e300,
+                           NAN,
+                           INFINITY,
+                           -INFINITY,
+                           65504,
+                           65519.99,
+                           65520,
+                           -65520.01,
+                           1.0009765625,
+                           1.00048828125,
+                           1.000732421875,
+                           5.9604644775390625e-8,
+                           2.98023223876953125e-8,
+                           2.9802322387695313e-8,
+                           2147483647.4,
+                           2147483647.5,
+                           -2147483648.6,
+                           1.0000000596046448,
+                           3.4028235677973366e38};
   for (DType to : kAllDTypes) {
     for (double v : values) {
       EXPECT_TRUE(SameValue(detail::CastDouble(v, to), reference::CastValue(v, to)))
-          << DTypeName(to) << " of " << v << ": got " << detail::CastDouble(v, to)
-          << ", expected " << reference::CastValue(v, to);
+          << DTypeName(to) << " of " << v << ": got " << detail::CastDouble(v, to) << ", expected "
+          << reference::CastValue(v, to);
     }
   }
 }
@@ -737,8 +772,7 @@ TEST(DeviceOnly, PinnedRoundTripAndReuse) {
   ASSERT_TRUE(CopyToHost(*device, back.data(), 4096, *stream).ok());
   ASSERT_TRUE(Synchronize(*stream).ok());
   for (int i = 0; i < 4096; ++i) ASSERT_EQ(back[i], static_cast<unsigned char>(i * 7)) << i;
-  EXPECT_EQ(CopyToDevice(bytes, *device, 4097, *stream).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CopyToDevice(bytes, *device, 4097, *stream).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
