@@ -239,6 +239,20 @@ pb::Pipeline RotateFlipNormalizeCast(pb::DType to) {
   return p;
 }
 
+pb::Pipeline RotateFlip() {
+  pb::Pipeline p = RotatePipeline();
+  p.add_ops()->mutable_flip()->set_axis(pb::FLIP_AXIS_HORIZONTAL);
+  return p;
+}
+
+pb::Pipeline RotateNormalize() {
+  pb::Pipeline p = RotatePipeline();
+  auto* n = p.add_ops()->mutable_normalize();
+  for (double m : {0.485, 0.456, 0.406}) n->add_mean(m);
+  for (double s : {0.229, 0.224, 0.225}) n->add_std(s);
+  return p;
+}
+
 pb::Pipeline RandomFlipPipeline() {
   pb::Pipeline p;
   auto* f = p.add_ops()->mutable_random_flip();
@@ -383,6 +397,10 @@ void RegisterAll() {
       });
       Add("pipe_rotate/" + data + th,
           [t, n](benchmark::State& s) { Pipeline(s, RotatePipeline(), n, false, t); });
+      Add("pipe_rotate_flip/" + data + th,
+          [t, n](benchmark::State& s) { Pipeline(s, RotateFlip(), n, false, t); });
+      Add("pipe_rotate_norm/" + data + th,
+          [t, n](benchmark::State& s) { Pipeline(s, RotateNormalize(), n, false, t); });
       Add("pipe_rotate_flip_norm_cast_f16/" + data + th, [t, n](benchmark::State& s) {
         Pipeline(s, RotateFlipNormalizeCast(pb::DTYPE_FLOAT16), n, false, t);
       });

@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "absl/strings/str_cat.h"
 #include "kernels/common/half.h"
 #include "kernels/common/status.h"
@@ -154,9 +158,54 @@ void WidenHalf(const uint16_t* x, float* wide, int64_t n) {
   const float* table = HalfTable();
   for (int64_t i = 0; i < n; ++i) wide[i] = table[x[i]];
 }
-void NarrowHalf(const float* wide, uint16_t* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = FloatToHalf(wide[i]).bits;
+// float -> binary16 for n elements, as FloatToHalf (saturate: as SaturateHalf).
+void FloatsToHalfScalar(const float* x, uint16_t* y, int64_t n, bool saturate) {
+  if (saturate) {
+    for (int64_t i = 0; i < n; ++i) y[i] = SaturateHalf(x[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = FloatToHalf(x[i]).bits;
+  }
 }
+
+#if defined(__x86_64__)
+// The same with the F16C conversion instruction, which rounds to nearest even and overflows to
+// infinity exactly as FloatToHalf does for every non-NaN input (subnormal results included, in
+// the default MXCSR). NaNs differ (the instruction keeps payload bits, FloatToHalf gives the
+// canonical quiet NaN), so a group of 8 holding a NaN goes the scalar way.
+__attribute__((target("avx2,f16c"))) void FloatsToHalfF16c(const float* x, uint16_t* y,
+                                                             int64_t n, bool saturate) {
+  const __m256 lim = _mm256_set1_ps(kHalfMaxF);
+  const __m256 neg_lim = _mm256_set1_ps(-kHalfMaxF);
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0) {
+      FloatsToHalfScalar(x + i, y + i, 8, saturate);
+      continue;
+    }
+    if (saturate) {  // finite values beyond +-65504 become +-65504; infinities stay
+      const __m256 is_inf = _mm256_cmp_ps(_mm256_andnot_ps(sign, v), inf, _CMP_EQ_OQ);
+      v = _mm256_blendv_ps(_mm256_min_ps(_mm256_max_ps(v, neg_lim), lim), v, is_inf);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
+                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  FloatsToHalfScalar(x + i, y + i, n - i, saturate);
+}
+
+const bool kHaveF16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#endif
+
+void FloatsToHalf(const float* x, uint16_t* y, int64_t n, bool saturate) {
+#if defined(__x86_64__)
+  if (kHaveF16c) return FloatsToHalfF16c(x, y, n, saturate);
+#endif
+  FloatsToHalfScalar(x, y, n, saturate);
+}
+
+void NarrowHalf(const float* wide, uint16_t* x, int64_t n) { FloatsToHalf(wide, x, n, false); }
 
 void Normalize(float* x, const float* mean, const float* stddev, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = (x[i] - mean[i]) / stddev[i];
@@ -225,8 +274,7 @@ void Convert(const void* in, DType from, void* out, DType to, int64_t n) {
       } else if (to == DType::kFloat32) {
         std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
       } else {
-        auto* y = static_cast<uint16_t*>(out);
-        for (int64_t i = 0; i < n; ++i) y[i] = SaturateHalf(x[i]);
+        FloatsToHalf(x, static_cast<uint16_t*>(out), n, true);
       }
       return;
     }

@@ -64,6 +64,8 @@ namespace {
 constexpr double kFar = 4503599627370496.0;  // 2^52, see warp.h
 // Smallest task worth a hand-off to another thread.
 constexpr int64_t kMinTaskPixels = 16384;
+// Output columns per block (see BilinearRows).
+constexpr int64_t kBlockCols = 64;
 
 // binary16 -> float for every bit pattern: one load instead of a branchy decode per tap.
 const float* HalfTable() {
@@ -191,17 +193,18 @@ struct Geometry {
   int64_t c;
 };
 
-// Fills row-sized buffers with the source position of every output pixel of row y, evaluated as
-// warp.h says: (m0 * x + m1 * y) + m2. Hoisting m1 * y keeps that exact association.
-inline void RowPositions(const Affine& a, int64_t y, int64_t w, double* sx, double* sy) {
+// Fills the buffers with the source position of output pixels [x_begin, x_end) of row y, evaluated
+// as warp.h says: (m0 * x + m1 * y) + m2. Hoisting m1 * y keeps that exact association.
+inline void RowPositions(const Affine& a, int64_t y, int64_t x_begin, int64_t x_end, double* sx,
+                         double* sy) {
   const double yd = static_cast<double>(y);
   const double ry = a.m[1] * yd;
   const double ry2 = a.m[4] * yd;
   const double m0 = a.m[0], m2 = a.m[2], m3 = a.m[3], m5 = a.m[5];
-  for (int64_t x = 0; x < w; ++x) {
+  for (int64_t x = x_begin; x < x_end; ++x) {
     const double xd = static_cast<double>(x);
-    sx[x] = m0 * xd + ry + m2;
-    sy[x] = m3 * xd + ry2 + m5;
+    sx[x - x_begin] = m0 * xd + ry + m2;
+    sy[x - x_begin] = m3 * xd + ry2 + m5;
   }
 }
 
@@ -214,49 +217,54 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
   const float* table = HalfTable();
   const int64_t cn = kC > 0 ? kC : g.c;
   const int64_t row = g.w * cn;
-  for (int64_t y = y_begin; y < y_end; ++y) {
-    RowPositions(a, y, g.w, sxs, sys);
-    T* out = dst + (y - y_begin) * row;
-    for (int64_t x = 0; x < g.w; ++x, out += cn) {
-      const double sx = sxs[x];
-      const double sy = sys[x];
-      if (!(std::fabs(sx) < kFar && std::fabs(sy) < kFar)) {
-        for (int64_t c = 0; c < cn; ++c) out[c] = fill;
-        continue;
-      }
-      const int64_t ix = FloorToInt(sx);
-      const int64_t iy = FloorToInt(sy);
-      const double fx = sx - static_cast<double>(ix);
-      const double fy = sy - static_cast<double>(iy);
-      const Acc w00 = static_cast<Acc>((1 - fx) * (1 - fy));
-      const Acc w01 = static_cast<Acc>(fx * (1 - fy));
-      const Acc w10 = static_cast<Acc>((1 - fx) * fy);
-      const Acc w11 = static_cast<Acc>(fx * fy);
-      if (static_cast<uint64_t>(ix) < static_cast<uint64_t>(g.w - 1) &&
-          static_cast<uint64_t>(iy) < static_cast<uint64_t>(g.h - 1)) {
-        const T* p0 = src + (iy * g.w + ix) * cn;
-        const T* p1 = p0 + row;
-        for (int64_t c = 0; c < cn; ++c) {
-          out[c] = P::Store(P::Load(p0[c], table) * w00 + P::Load(p0[c + cn], table) * w01 +
-                            P::Load(p1[c], table) * w10 + P::Load(p1[c + cn], table) * w11);
+  // Column blocks: the source footprint of a block of rows stays in L1 from one row to the
+  // next, whatever the angle or mirror (a full row of a rotated image spans many source rows).
+  for (int64_t x0 = 0; x0 < g.w; x0 += kBlockCols) {
+    const int64_t x1 = std::min(g.w, x0 + kBlockCols);
+    for (int64_t y = y_begin; y < y_end; ++y) {
+      RowPositions(a, y, x0, x1, sxs, sys);
+      T* out = dst + (y - y_begin) * row + x0 * cn;
+      for (int64_t x = x0; x < x1; ++x, out += cn) {
+        const double sx = sxs[x - x0];
+        const double sy = sys[x - x0];
+        if (!(std::fabs(sx) < kFar && std::fabs(sy) < kFar)) {
+          for (int64_t c = 0; c < cn; ++c) out[c] = fill;
+          continue;
         }
-        continue;
-      }
-      const int64_t x0 = Resolve(ix, g.w, border);
-      const int64_t x1 = Resolve(ix + 1, g.w, border);
-      const int64_t y0 = Resolve(iy, g.h, border);
-      const int64_t y1 = Resolve(iy + 1, g.h, border);
-      const T* t00 = (x0 < 0 || y0 < 0) ? nullptr : src + (y0 * g.w + x0) * cn;
-      const T* t01 = (x1 < 0 || y0 < 0) ? nullptr : src + (y0 * g.w + x1) * cn;
-      const T* t10 = (x0 < 0 || y1 < 0) ? nullptr : src + (y1 * g.w + x0) * cn;
-      const T* t11 = (x1 < 0 || y1 < 0) ? nullptr : src + (y1 * g.w + x1) * cn;
-      const Acc f = P::Load(fill, table);
-      for (int64_t c = 0; c < cn; ++c) {
-        const Acc v00 = t00 ? P::Load(t00[c], table) : f;
-        const Acc v01 = t01 ? P::Load(t01[c], table) : f;
-        const Acc v10 = t10 ? P::Load(t10[c], table) : f;
-        const Acc v11 = t11 ? P::Load(t11[c], table) : f;
-        out[c] = P::Store(v00 * w00 + v01 * w01 + v10 * w10 + v11 * w11);
+        const int64_t ix = FloorToInt(sx);
+        const int64_t iy = FloorToInt(sy);
+        const double fx = sx - static_cast<double>(ix);
+        const double fy = sy - static_cast<double>(iy);
+        const Acc w00 = static_cast<Acc>((1 - fx) * (1 - fy));
+        const Acc w01 = static_cast<Acc>(fx * (1 - fy));
+        const Acc w10 = static_cast<Acc>((1 - fx) * fy);
+        const Acc w11 = static_cast<Acc>(fx * fy);
+        if (static_cast<uint64_t>(ix) < static_cast<uint64_t>(g.w - 1) &&
+            static_cast<uint64_t>(iy) < static_cast<uint64_t>(g.h - 1)) {
+          const T* p0 = src + (iy * g.w + ix) * cn;
+          const T* p1 = p0 + row;
+          for (int64_t c = 0; c < cn; ++c) {
+            out[c] = P::Store(P::Load(p0[c], table) * w00 + P::Load(p0[c + cn], table) * w01 +
+                              P::Load(p1[c], table) * w10 + P::Load(p1[c + cn], table) * w11);
+          }
+          continue;
+        }
+        const int64_t x0 = Resolve(ix, g.w, border);
+        const int64_t x1 = Resolve(ix + 1, g.w, border);
+        const int64_t y0 = Resolve(iy, g.h, border);
+        const int64_t y1 = Resolve(iy + 1, g.h, border);
+        const T* t00 = (x0 < 0 || y0 < 0) ? nullptr : src + (y0 * g.w + x0) * cn;
+        const T* t01 = (x1 < 0 || y0 < 0) ? nullptr : src + (y0 * g.w + x1) * cn;
+        const T* t10 = (x0 < 0 || y1 < 0) ? nullptr : src + (y1 * g.w + x0) * cn;
+        const T* t11 = (x1 < 0 || y1 < 0) ? nullptr : src + (y1 * g.w + x1) * cn;
+        const Acc f = P::Load(fill, table);
+        for (int64_t c = 0; c < cn; ++c) {
+          const Acc v00 = t00 ? P::Load(t00[c], table) : f;
+          const Acc v01 = t01 ? P::Load(t01[c], table) : f;
+          const Acc v10 = t10 ? P::Load(t10[c], table) : f;
+          const Acc v11 = t11 ? P::Load(t11[c], table) : f;
+          out[c] = P::Store(v00 * w00 + v01 * w01 + v10 * w10 + v11 * w11);
+        }
       }
     }
   }
@@ -267,27 +275,32 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
                  int64_t y_end, Border border, T fill, double* sxs, double* sys) {
   const int64_t cn = kC > 0 ? kC : g.c;
   const int64_t row = g.w * cn;
-  for (int64_t y = y_begin; y < y_end; ++y) {
-    RowPositions(a, y, g.w, sxs, sys);
-    T* out = dst + (y - y_begin) * row;
-    for (int64_t x = 0; x < g.w; ++x, out += cn) {
-      const double sx = sxs[x];
-      const double sy = sys[x];
-      const T* p = nullptr;
-      if (std::fabs(sx) < kFar && std::fabs(sy) < kFar) {
-        int64_t ix = FloorToInt(sx + 0.5);
-        int64_t iy = FloorToInt(sy + 0.5);
-        if (static_cast<uint64_t>(ix) >= static_cast<uint64_t>(g.w) ||
-            static_cast<uint64_t>(iy) >= static_cast<uint64_t>(g.h)) {
-          ix = Resolve(ix, g.w, border);
-          iy = Resolve(iy, g.h, border);
+  // Column blocks: the source footprint of a block of rows stays in L1 from one row to the
+  // next, whatever the angle or mirror (a full row of a rotated image spans many source rows).
+  for (int64_t x0 = 0; x0 < g.w; x0 += kBlockCols) {
+    const int64_t x1 = std::min(g.w, x0 + kBlockCols);
+    for (int64_t y = y_begin; y < y_end; ++y) {
+      RowPositions(a, y, x0, x1, sxs, sys);
+      T* out = dst + (y - y_begin) * row + x0 * cn;
+      for (int64_t x = x0; x < x1; ++x, out += cn) {
+        const double sx = sxs[x - x0];
+        const double sy = sys[x - x0];
+        const T* p = nullptr;
+        if (std::fabs(sx) < kFar && std::fabs(sy) < kFar) {
+          int64_t ix = FloorToInt(sx + 0.5);
+          int64_t iy = FloorToInt(sy + 0.5);
+          if (static_cast<uint64_t>(ix) >= static_cast<uint64_t>(g.w) ||
+              static_cast<uint64_t>(iy) >= static_cast<uint64_t>(g.h)) {
+            ix = Resolve(ix, g.w, border);
+            iy = Resolve(iy, g.h, border);
+          }
+          if (ix >= 0 && iy >= 0) p = src + (iy * g.w + ix) * cn;
         }
-        if (ix >= 0 && iy >= 0) p = src + (iy * g.w + ix) * cn;
-      }
-      if (p != nullptr) {
-        for (int64_t c = 0; c < cn; ++c) out[c] = p[c];
-      } else {
-        for (int64_t c = 0; c < cn; ++c) out[c] = fill;
+        if (p != nullptr) {
+          for (int64_t c = 0; c < cn; ++c) out[c] = p[c];
+        } else {
+          for (int64_t c = 0; c < cn; ++c) out[c] = fill;
+        }
       }
     }
   }
@@ -408,8 +421,8 @@ absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
     const int64_t n = task / bands;
     const int64_t y_begin = (task % bands) * band_rows;
     const int64_t y_end = std::min(s.h, y_begin + band_rows);
-    WarpAffineRowsCpu(src, n, y_begin, y_end, inverse.size() == 1 ? inverse[0] : inverse[n],
-                      params, out + (n * s.h + y_begin) * row_bytes);
+    WarpAffineRowsCpu(src, n, y_begin, y_end, inverse.size() == 1 ? inverse[0] : inverse[n], params,
+                      out + (n * s.h + y_begin) * row_bytes);
   });
   return absl::OkStatus();
 }
