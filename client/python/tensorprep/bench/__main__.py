@@ -200,10 +200,11 @@ def run(args):
             chk = wl.service_batches(w, images[:n], None if labels is None else labels[:n], n)[0]
             outs["unary"] = client.process(chk[0] if labels is not None else chk, pipeline,
                                            labels=chk[1] if labels is not None else None,
-                                           seed=1)
+                                           seed=1, workload=w.name)
             halves = ([(chk[0][:n // 2], chk[1][:n // 2]), (chk[0][n // 2:], chk[1][n // 2:])]
                       if labels is not None else [chk[:n // 2], chk[n // 2:]])
-            streamed = list(client.stream(halves, pipeline, seed=1, inflight=2))
+            streamed = list(client.stream(halves, pipeline, seed=1, inflight=2,
+                                          workload=w.name))
             if labels is not None:
                 outs["stream"] = (np.concatenate([s[0] for s in streamed]),
                                   np.concatenate([s[1] for s in streamed]))

@@ -138,6 +138,8 @@ def chart(results, path):
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{w}\nbatch {b}" for w, b in groups])
     ax.set_yscale("log")
+    top = max((r["images_per_s"] for r in rows), default=1)
+    ax.set_ylim(top=top * 4)  # room for the value labels above the tallest bar
     ax.set_ylabel("images/s (log)")
     ax.set_title("tensorprep vs in-process Python callbacks and TensorFlow native ops")
     ax.legend(fontsize=8)
