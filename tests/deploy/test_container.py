@@ -12,10 +12,24 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# Where buildah keeps state besides its --root/--runroot; the script's own temporary root.
+STATE = [pathlib.Path(p) for p in ("/var/lib/containers", "/run/containers",
+                                   "/var/tmp/containers")]
+
+
+def leftovers():
+    """Everything that the script could leave behind, as a set of paths."""
+    out = set()
+    for d in STATE:
+        if d.exists():
+            out |= {str(p) for p in d.rglob("*")} | {str(d)}
+    out |= {str(p) for p in pathlib.Path(tempfile.gettempdir()).glob("tensorprep-container.*")}
+    return out
 
 
 @pytest.mark.timeout(1800)
@@ -28,12 +42,14 @@ def test_image_builds_runs_and_serves():
     # The build tree the server under test comes from; the script takes its CLI from there too.
     env["TENSORPREP_BUILD_DIR"] = str(server.parent.parent)
     env["TENSORPREP_PYTHON"] = sys.executable
+    before = leftovers()
     run = subprocess.run([str(REPO / "scripts" / "container-test.sh")], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=1700)
     report = run.stdout + run.stderr
     print(report)
     assert run.returncode == 0, report[-6000:]
     assert run.stdout.strip().splitlines()[-1] == "container test: OK", report[-6000:]
+    assert leftovers() == before, f"left behind: {sorted(leftovers() - before)[:20]}"
     for step in ("image config: entrypoint", "runs as uid 10001", "pipeline result matches NumPy",
                  "HEALTHCHECK inside the container: SERVING", "SIGTERM: drained and exited 0"):
         assert step in report, f"missing step {step!r}\n{report[-6000:]}"
