@@ -27,7 +27,7 @@ import numpy as np
 
 from . import metrics as _metrics
 from ._stubs import pb, pb_grpc
-from .errors import TensorprepError, error_for, from_rpc_error
+from .errors import error_for, from_rpc_error
 from .ops import as_pipeline, has_random, interpolation_enum
 from .wire import AuxInput, as_wire_array, decode_response, encode_request
 

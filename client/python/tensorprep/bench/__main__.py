@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 
