@@ -10,13 +10,16 @@
 # every case runs --rounds times; the table gives medians and tensorprep's ratios to the raw echo.
 #
 # Usage: bench/e2e.sh [--build DIR] [--rounds N] [--scale F] [--threads N] [--markdown FILE]
-#                     [--json FILE]
+#                     [--json FILE] [--only REGEX] [--server-env NAME=VALUE]...
 #   --build     build directory holding server/, client/cpp/ and bench/ binaries (default: build)
 #   --rounds    repetitions of every case (default 3)
 #   --scale     multiplies the request counts (default 1; 0.2 for a quick look)
 #   --threads   tensorprep-server --threads (default: all cores)
 #   --markdown  also write the table as Markdown to FILE
 #   --json      also write every raw measurement (one JSON object per line) to FILE
+#   --only      run only the cases whose "workload batch" matches REGEX (e.g. '^W[23] 64$')
+#   --server-env  set an environment variable for tensorprep-server only (repeatable), e.g.
+#               GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456 to try malloc settings
 set -euo pipefail
 
 build=build
@@ -25,6 +28,8 @@ scale=1
 threads=0
 markdown=""
 json_out=""
+only=""
+server_env=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build="$2"; shift 2 ;;
@@ -33,7 +38,9 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift 2 ;;
     --markdown) markdown="$2"; shift 2 ;;
     --json) json_out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --only) only="$2"; shift 2 ;;
+    --server-env) server_env+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -75,11 +82,11 @@ start() {
   echo "$port"
 }
 
-tp_port=$(start tensorprep "$server_bin" --host 127.0.0.1 --port 0 --metrics-port 0 --device cpu \
+tp_port=$(start tensorprep env "${server_env[@]}" "$server_bin" --host 127.0.0.1 --port 0 --metrics-port 0 --device cpu \
   --threads "$threads" --max-message-mb 256 --stream-inflight-mb 1024)
 raw_port=$(start echo_raw "$echo_bin" --host 127.0.0.1 --port 0 --mode raw)
 typed_port=$(start echo_typed "$echo_bin" --host 127.0.0.1 --port 0 --mode typed)
-echo "tensorprep on :$tp_port (threads=$threads), raw echo on :$raw_port, typed echo on :$typed_port" >&2
+echo "tensorprep on :$tp_port (threads=$threads${server_env:+, env ${server_env[*]}}), raw echo on :$raw_port, typed echo on :$typed_port" >&2
 
 # Cases: workload batch requests(unary) requests(stream). Counts keep each case near a second.
 cases=(
@@ -98,6 +105,7 @@ scaled() { awk -v n="$1" -v s="$scale" 'BEGIN { v = int(n * s); print (v < 3 ? 3
 for round in $(seq 1 "$rounds"); do
   for c in "${cases[@]}"; do
     read -r wl batch n_unary n_stream <<<"$c"
+    if [[ -n "$only" ]] && ! [[ "$wl $batch" =~ $only ]]; then continue; fi
     for mode in unary stream; do
       if [[ $mode == unary ]]; then n=$(scaled "$n_unary"); else n=$(scaled "$n_stream"); fi
       for target in echo_raw tensorprep echo_typed; do
