@@ -9,6 +9,7 @@ packages=(
   libopencv-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus openssl curl
+  buildah debootstrap
   python3 python3-venv python3-pip
 )
 
