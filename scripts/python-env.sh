@@ -3,8 +3,8 @@
 # benchmark: <repo>/.venv with the pinned packages of client/python/requirements-dev.txt, Debian's
 # CPU-only PyTorch (seen through --system-site-packages) and the tensorprep package itself.
 #
-# Idempotent: a stamp file keyed on the requirements, this script and the package's build files makes
-# a second run take a second. Prints the venv's path on its last line.
+# Idempotent: a stamp file keyed on the requirements, this script and the package's build files
+# makes a second run take a second. Prints the venv's path on its last line.
 #
 # Usage: scripts/python-env.sh [--no-torch]
 #   --no-torch   do not apt-get install python3-torch (the PyTorch adapter tests then skip).
@@ -44,7 +44,8 @@ apt_install() {
 
 apt_install python3-venv python3-pip
 if ((want_torch)); then
-  apt_install python3-torch || echo "python-env.sh: python3-torch not installed; PyTorch tests will skip" >&2
+  apt_install python3-torch ||
+    echo "python-env.sh: python3-torch not installed; PyTorch tests will skip" >&2
 fi
 
 stamp_key="$(cat "${req}" "${BASH_SOURCE[0]}" "${repo}/client/python/pyproject.toml" \
@@ -69,8 +70,9 @@ py="${venv}/bin/python"
   --force-reinstall -e "${repo}/client/python"
 "${py}" - <<'PY'
 import numpy, grpc, google.protobuf, tensorflow, skimage, tensorprep
-print("numpy", numpy.__version__, "grpcio", grpc.__version__, "protobuf", google.protobuf.__version__,
-      "tensorflow", tensorflow.__version__, "skimage", skimage.__version__)
+print("numpy", numpy.__version__, "grpcio", grpc.__version__,
+      "protobuf", google.protobuf.__version__, "tensorflow", tensorflow.__version__,
+      "skimage", skimage.__version__)
 try:
     import torch
     print("torch", torch.__version__)

@@ -55,7 +55,8 @@ def test_aux_fill_and_interpolation(client):
                                   np.stack([refs.warp_nearest(m, inv, "constant", 255)
                                             for m in mask]))
     np.testing.assert_allclose(aux["soft"],
-                               np.stack([refs.skimage_rotate(s, 25, "constant", 0.5) for s in soft]),
+                               np.stack([refs.skimage_rotate(s, 25, "constant", 0.5)
+                                         for s in soft]),
                                atol=1e-4, rtol=0)
 
 

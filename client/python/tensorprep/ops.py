@@ -172,7 +172,8 @@ def as_pipeline(value):
     ops = list(value)
     for i, op in enumerate(ops):
         if not isinstance(op, pb.Op):
-            raise TypeError(f"pipeline[{i}] is {type(op).__name__}, expected an op from tensorprep.ops")
+            raise TypeError(
+                f"pipeline[{i}] is {type(op).__name__}, expected an op from tensorprep.ops")
     return pb.Pipeline(ops=ops)
 
 

@@ -236,4 +236,5 @@ def decode_response(buf):
             rest.append(buf[field_start:pos])
     if pos != end:
         raise ValueError("truncated response")
-    return DecodedResponse(meta=pb.ProcessResponse.FromString(b"".join(rest)), images=images, aux=aux)
+    meta = pb.ProcessResponse.FromString(b"".join(rest))
+    return DecodedResponse(meta=meta, images=images, aux=aux)

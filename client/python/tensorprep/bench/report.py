@@ -68,13 +68,14 @@ def markdown(results):
     if results.get("server"):
         lines.append(f"Server: `{results['server']}`.")
     lines.append(f"Repeats: {cfg['repeats']} × ≥ {cfg['min_time']} s per cell after "
-                 f"{cfg['warmup']} s warm-up; stream: {cfg['inflight']} requests in flight, batches "
+                 f"{cfg['warmup']} s warm-up; stream: {cfg['inflight']} requests in flight, "
+                 f"batches "
                  f"split into requests of ≤ {cfg.get('chunk_mb') or '∞'} MB; "
                  f"pool of {cfg['pool']} distinct samples per workload; glibc malloc tuned in the "
                  f"training process: {'yes' if cfg.get('malloc_tuned') else 'no'}.")
     lines.append("")
-    lines.append("| workload | batch | way | images/s | p50 ms | p99 ms | train-process CPU µs/img "
-                 "| server CPU µs/img | vs (a) | vs (b) |")
+    lines.append("| workload | batch | way | images/s | p50 ms | p99 ms "
+                 "| train-process CPU µs/img | server CPU µs/img | vs (a) | vs (b) |")
     lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["rows"]:
         lines.append(
