@@ -62,12 +62,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a server in the background and echoes the port from its "ready on HOST:PORT" line.
+# Starts a server in the background (recorded for cleanup) and sets $port from its
+# "ready on HOST:PORT" line. Not run in a subshell, so that the pid reaches `pids`.
 start() {
   local name="$1"; shift
   "$@" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
-  local port=""
+  port=""
   for _ in $(seq 1 200); do
     port=$(sed -nE 's/.*ready on [^ ]+:([0-9]+).*/\1/p' "$work/$name.out" | head -n1)
     [[ -n "$port" ]] && break
@@ -79,13 +80,15 @@ start() {
     cat "$work/$name.err" >&2
     exit 1
   fi
-  echo "$port"
 }
 
-tp_port=$(start tensorprep env "${server_env[@]}" "$server_bin" --host 127.0.0.1 --port 0 --metrics-port 0 --device cpu \
-  --threads "$threads" --max-message-mb 256 --stream-inflight-mb 1024)
-raw_port=$(start echo_raw "$echo_bin" --host 127.0.0.1 --port 0 --mode raw)
-typed_port=$(start echo_typed "$echo_bin" --host 127.0.0.1 --port 0 --mode typed)
+start tensorprep env "${server_env[@]}" "$server_bin" --host 127.0.0.1 --port 0 --metrics-port 0 \
+  --device cpu --threads "$threads" --max-message-mb 256 --stream-inflight-mb 1024
+tp_port=$port
+start echo_raw "$echo_bin" --host 127.0.0.1 --port 0 --mode raw
+raw_port=$port
+start echo_typed "$echo_bin" --host 127.0.0.1 --port 0 --mode typed
+typed_port=$port
 echo "tensorprep on :$tp_port (threads=$threads${server_env:+, env ${server_env[*]}}), raw echo on :$raw_port, typed echo on :$typed_port" >&2
 
 # Cases: workload batch requests(unary) requests(stream). Counts keep each case near a second.
