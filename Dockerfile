@@ -72,7 +72,8 @@ COPY --from=binaries /out/bin/ /usr/local/bin/
 USER 10001:10001
 ENV TENSORPREP_HOST=0.0.0.0 \
     TENSORPREP_PORT=50051 \
-    TENSORPREP_METRICS_PORT=9464
+    TENSORPREP_METRICS_PORT=9464 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 EXPOSE 50051/tcp 9464/tcp
 # The CLI's grpc.health.v1 check, on the port the server was told to use.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

@@ -6,4 +6,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${TENSORPREP_BUILD_DIR:-${repo}/build}"
 "${repo}/scripts/build.sh"
+# Transparent huge pages for malloc'd buffers: megabyte-sized tensors then cost far fewer page
+# faults (docs/performance.md has the measurement). A tunable, so it must be set before start.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
 exec "${build}/server/tensorprep-server" "$@"
