@@ -201,10 +201,21 @@ absl::Status CheckChannelVector(const google::protobuf::RepeatedField<double>& v
     return Invalid(path, absl::StrCat("expected 1 value or ", c, " (one per channel), got ",
                                       v.size()));
   }
+  // Floating batches compute with each value rounded to float32 (kernels/elementwise): it must
+  // stay finite, and non-zero where asked, after that rounding too.
+  const bool floating = kernels::IsFloating(state.dtype);
   for (int i = 0; i < v.size(); ++i) {
     const std::string item = absl::StrCat(path, "[", i, "]");
     TP_RETURN_IF_ERROR(CheckFinite(v[i], item));
     if (nonzero && v[i] == 0) return Invalid(item, "expected a non-zero value, got 0");
+    if (floating && !std::isfinite(static_cast<float>(v[i]))) {
+      return Invalid(item, absl::StrCat("expected a value finite in float32 (the batch is ",
+                                        kernels::DTypeName(state.dtype), "), got ", v[i]));
+    }
+    if (floating && nonzero && static_cast<float>(v[i]) == 0.0f) {
+      return Invalid(item, absl::StrCat("expected a value non-zero in float32 (the batch is ",
+                                        kernels::DTypeName(state.dtype), "), got ", v[i]));
+    }
   }
   return absl::OkStatus();
 }

@@ -283,6 +283,21 @@ std::vector<BadCase> Table() {
        "pipeline.ops[1].subtract.value: expected 1 value or 3 (one per channel), got 2"},
       {"multiply by NaN", [&](auto& r) { AddOp(r)->mutable_multiply()->add_value(kNaN); },
        Code::kInvalidArgument, "pipeline.ops[1].multiply.value[0]: expected a finite number, got nan"},
+      {"add past float32 range", [](auto& r) { AddOp(r)->mutable_add()->add_value(1e39); },
+       Code::kInvalidArgument,
+       "pipeline.ops[1].add.value[0]: expected a value finite in float32 (the batch is float32), "
+       "got 1e+39"},
+      {"normalize mean past float32 range",
+       [](auto& r) {
+         auto* n = AddOp(r)->mutable_normalize();
+         n->add_mean(-2.35e77);
+         n->add_std(1);
+       },
+       Code::kInvalidArgument, "pipeline.ops[1].normalize.mean[0]: expected a value finite in float32"},
+      {"divide by a value that is 0 in float32",
+       [](auto& r) { AddOp(r)->mutable_divide()->add_value(1e-50); }, Code::kInvalidArgument,
+       "pipeline.ops[1].divide.value[0]: expected a value non-zero in float32 (the batch is "
+       "float32), got 1e-50"},
       {"divide by zero", [](auto& r) { AddOp(r)->mutable_divide()->add_value(0); },
        Code::kInvalidArgument, "pipeline.ops[1].divide.value[0]: expected a non-zero value, got 0"},
       {"flip without axis", [](auto& r) { AddOp(r)->mutable_flip(); }, Code::kInvalidArgument,
