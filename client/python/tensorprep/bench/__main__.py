@@ -75,10 +75,14 @@ class LocalServer:
         binary = pathlib.Path(binary)
         if not binary.is_file():
             sys.exit(f"bench: server binary {binary} not found (build it, or pass --address)")
+        # As deployed (scripts/run-server.sh, the image): malloc on transparent huge pages.
+        env = dict(os.environ)
+        env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+        self.tunables = env["GLIBC_TUNABLES"]
         self.proc = subprocess.Popen(
             [str(binary), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
              "--threads", str(threads), "--device", device],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         self.ready_line = None
         ready = threading.Event()
 
@@ -175,7 +179,7 @@ def run(args):
     results["config"]["address"] = address
     results["config"]["malloc_tuned"] = tuned
     if server:
-        results["server"] = server.ready_line
+        results["server"] = f"{server.ready_line} GLIBC_TUNABLES={server.tunables}"
     with contextlib.suppress(ImportError):
         import skimage
         results["versions"]["skimage"] = skimage.__version__
