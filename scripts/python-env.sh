@@ -13,6 +13,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${TENSORPREP_VENV:-${repo}/.venv}"
 req="${repo}/client/python/requirements-dev.txt"
+deploy_req="${repo}/tests/deploy/requirements.txt"  # manifest validators for tests/deploy
 want_torch=1
 for arg in "$@"; do
   case "${arg}" in
@@ -48,7 +49,7 @@ if ((want_torch)); then
     echo "python-env.sh: python3-torch not installed; PyTorch tests will skip" >&2
 fi
 
-stamp_key="$(cat "${req}" "${BASH_SOURCE[0]}" "${repo}/client/python/pyproject.toml" \
+stamp_key="$(cat "${req}" "${deploy_req}" "${BASH_SOURCE[0]}" "${repo}/client/python/pyproject.toml" \
   "${repo}/client/python/setup.py" "${repo}/client/python/tensorprep/_protogen.py" \
   "${repo}/proto/tensorprep/v1/tensorprep.proto" 2>/dev/null |
   sha256sum | cut -d' ' -f1)"
@@ -63,7 +64,7 @@ if [[ ! -x "${venv}/bin/python" ]]; then
   "${base_python}" -m venv --system-site-packages "${venv}"
 fi
 py="${venv}/bin/python"
-"${py}" -m pip install -q --disable-pip-version-check -r "${req}"
+"${py}" -m pip install -q --disable-pip-version-check -r "${req}" -r "${deploy_req}"
 # Editable install, so the tests exercise the checked-out sources; its build step (setup.py)
 # generates the protobuf/gRPC modules from proto/ into client/python/tensorprep/_proto/.
 "${py}" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
