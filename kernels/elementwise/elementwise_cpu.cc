@@ -1,8 +1,9 @@
-// CPU element-wise chain, fused tile by tile. A tile (a few thousand elements, a multiple of C so
-// that it starts at channel 0) is copied into a small buffer, every op of the chain is applied to
-// the buffer in the tile's current dtype, and the tile is written out once. Per-channel operands
-// are expanded once per call into tile-length patterns, so the inner loops are plain
-// `x[i] op a[i]` loops that the compiler vectorises.
+// CPU element-wise chain, fused tile by tile. A tile is a few thousand elements, a multiple of C so
+// that it starts at channel 0. The chain's first op reads the tile straight from the source and
+// its last op writes straight to the destination; ops in between work in a small buffer, in the
+// tile's current dtype. A one-op chain thus touches each element once on the way in and once on
+// the way out, as a copy does. Per-channel operands are expanded once per call into tile-length
+// patterns, so the inner loops are plain `y[i] = x[i] op a[i]` loops that the compiler vectorises.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -121,20 +122,32 @@ std::vector<V> Pattern(const std::vector<double>& v, int64_t tile, int64_t chann
   return p;
 }
 
+// y[i] = f(x[i], i) for i in [0, n). x and y are the same memory or do not overlap. The in-place
+// case gets its own loop so that the compiler, seeing one pointer, vectorises it without a
+// run-time overlap check (which would send x == y down the scalar path).
+template <typename T, typename F>
+inline void Map(const T* x, T* y, int64_t n, F f) {
+  if (x == y) {
+    for (int64_t i = 0; i < n; ++i) y[i] = f(y[i], i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = f(x[i], i);
+  }
+}
+
 template <typename V>
-void ArithmeticLoop(ElementwiseKind k, V* x, const V* a, int64_t n) {
+void ArithmeticLoop(ElementwiseKind k, const V* x, const V* a, V* y, int64_t n) {
   switch (k) {
     case ElementwiseKind::kAdd:
-      for (int64_t i = 0; i < n; ++i) x[i] = x[i] + a[i];
+      Map(x, y, n, [a](V v, int64_t i) { return v + a[i]; });
       break;
     case ElementwiseKind::kSubtract:
-      for (int64_t i = 0; i < n; ++i) x[i] = x[i] - a[i];
+      Map(x, y, n, [a](V v, int64_t i) { return v - a[i]; });
       break;
     case ElementwiseKind::kMultiply:
-      for (int64_t i = 0; i < n; ++i) x[i] = x[i] * a[i];
+      Map(x, y, n, [a](V v, int64_t i) { return v * a[i]; });
       break;
     case ElementwiseKind::kDivide:
-      for (int64_t i = 0; i < n; ++i) x[i] = x[i] / a[i];
+      Map(x, y, n, [a](V v, int64_t i) { return v / a[i]; });
       break;
     default:
       break;
@@ -143,13 +156,14 @@ void ArithmeticLoop(ElementwiseKind k, V* x, const V* a, int64_t n) {
 
 // Integer arithmetic: in double, then rounded and saturated. `wide` is scratch of n doubles.
 template <typename T>
-void IntegerArithmetic(ElementwiseKind k, T* x, const double* a, int64_t n, double* wide) {
+void IntegerArithmetic(ElementwiseKind k, const T* x, const double* a, T* y, int64_t n,
+                       double* wide) {
   for (int64_t i = 0; i < n; ++i) wide[i] = static_cast<double>(x[i]);
-  ArithmeticLoop(k, wide, a, n);
+  ArithmeticLoop(k, wide, a, wide, n);
   if constexpr (std::is_same_v<T, uint8_t>) {
-    for (int64_t i = 0; i < n; ++i) x[i] = SaturateU8(wide[i]);
+    for (int64_t i = 0; i < n; ++i) y[i] = SaturateU8(wide[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) x[i] = SaturateI32(wide[i]);
+    for (int64_t i = 0; i < n; ++i) y[i] = SaturateI32(wide[i]);
   }
 }
 
@@ -245,20 +259,20 @@ void FloatsToU8(const float* x, uint8_t* y, int64_t n) {
   FloatsToU8Scalar(x, y, n);
 }
 
-void Normalize(float* x, const float* mean, const float* stddev, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = (x[i] - mean[i]) / stddev[i];
+void Normalize(const float* x, const float* mean, const float* stddev, float* y, int64_t n) {
+  Map(x, y, n, [mean, stddev](float v, int64_t i) { return (v - mean[i]) / stddev[i]; });
 }
 
 template <typename T>
-void ClampLoop(T* x, T lo, T hi, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
+void ClampLoop(const T* x, T lo, T hi, T* y, int64_t n) {
+  Map(x, y, n, [lo, hi](T v, int64_t) { return v < lo ? lo : (v > hi ? hi : v); });
 }
 
-// Converts n elements from dtype `from` in `in` to dtype `to` in `out` (distinct buffers). A
-// float16 source must arrive widened to float32 (pass kFloat32).
+// Converts n elements from dtype `from` in `in` to dtype `to` in `out`: distinct buffers, or the
+// same memory when from == to. A float16 source must arrive widened to float32 (pass kFloat32).
 void Convert(const void* in, DType from, void* out, DType to, int64_t n) {
   if (from == to) {
-    std::memcpy(out, in, static_cast<size_t>(n) * DTypeSize(to));
+    if (in != out) std::memcpy(out, in, static_cast<size_t>(n) * DTypeSize(to));
     return;
   }
   switch (from) {
@@ -305,7 +319,7 @@ void Convert(const void* in, DType from, void* out, DType to, int64_t n) {
           y[i] = SaturateI32(v);
         }
       } else if (to == DType::kFloat32) {
-        std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
+        if (out != x) std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
       } else {
         FloatsToHalf(x, static_cast<uint16_t*>(out), n, true);
       }
@@ -314,15 +328,28 @@ void Convert(const void* in, DType from, void* out, DType to, int64_t n) {
   }
 }
 
-// Runs the chain on one tile. buf0/buf1 hold >= n elements of 4 bytes; wide >= n doubles.
-// Returns the buffer holding the result.
-void* RunTile(const std::vector<Prepared>& chain, DType start, void* buf0, void* buf1, double* wide,
-              int64_t n) {
-  void* cur = buf0;
-  void* other = buf1;
+// Runs the chain on one tile of n elements: from `x` (dtype `start`) to `y` (the chain's output
+// dtype), which are the same memory or distinct as Run allows. The first op reads `x` and the last
+// op writes `y`; every op in between reads and writes buf0 or buf1 (>= n elements of 4 bytes
+// each). `wide` holds >= n doubles.
+void RunTile(const std::vector<Prepared>& chain, DType start, const void* x, void* y, void* buf0,
+             void* buf1, double* wide, int64_t n) {
+  const void* cur = x;  // where the tile's current values are
   DType t = start;
   auto* wide_f = reinterpret_cast<float*>(wide);
-  for (const Prepared& op : chain) {
+  for (size_t k = 0; k < chain.size(); ++k) {
+    const Prepared& op = chain[k];
+    const bool last = k + 1 == chain.size();
+    // An op that keeps the dtype works in place once the values are in a buffer; a cast (which
+    // may change the element size) goes to the other buffer.
+    void* out;
+    if (last) {
+      out = y;
+    } else if (op.kind == ElementwiseKind::kCast) {
+      out = cur == buf0 ? buf1 : buf0;
+    } else {
+      out = cur == x ? buf0 : const_cast<void*>(cur);
+    }
     switch (op.kind) {
       case ElementwiseKind::kAdd:
       case ElementwiseKind::kSubtract:
@@ -330,66 +357,75 @@ void* RunTile(const std::vector<Prepared>& chain, DType start, void* buf0, void*
       case ElementwiseKind::kDivide:
         switch (t) {
           case DType::kUInt8:
-            IntegerArithmetic(op.kind, static_cast<uint8_t*>(cur), op.ad.data(), n, wide);
+            IntegerArithmetic(op.kind, static_cast<const uint8_t*>(cur), op.ad.data(),
+                              static_cast<uint8_t*>(out), n, wide);
             break;
           case DType::kInt32:
-            IntegerArithmetic(op.kind, static_cast<int32_t*>(cur), op.ad.data(), n, wide);
+            IntegerArithmetic(op.kind, static_cast<const int32_t*>(cur), op.ad.data(),
+                              static_cast<int32_t*>(out), n, wide);
             break;
           case DType::kFloat32:
-            ArithmeticLoop(op.kind, static_cast<float*>(cur), op.af.data(), n);
+            ArithmeticLoop(op.kind, static_cast<const float*>(cur), op.af.data(),
+                           static_cast<float*>(out), n);
             break;
           case DType::kFloat16:
-            WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
-            ArithmeticLoop(op.kind, wide_f, op.af.data(), n);
-            NarrowHalf(wide_f, static_cast<uint16_t*>(cur), n);
+            WidenHalf(static_cast<const uint16_t*>(cur), wide_f, n);
+            ArithmeticLoop(op.kind, wide_f, op.af.data(), wide_f, n);
+            NarrowHalf(wide_f, static_cast<uint16_t*>(out), n);
             break;
         }
         break;
       case ElementwiseKind::kNormalize:
         if (t == DType::kFloat32) {
-          Normalize(static_cast<float*>(cur), op.af.data(), op.bf.data(), n);
+          Normalize(static_cast<const float*>(cur), op.af.data(), op.bf.data(),
+                    static_cast<float*>(out), n);
         } else {  // float16 (validated)
-          WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
-          Normalize(wide_f, op.af.data(), op.bf.data(), n);
-          NarrowHalf(wide_f, static_cast<uint16_t*>(cur), n);
+          WidenHalf(static_cast<const uint16_t*>(cur), wide_f, n);
+          Normalize(wide_f, op.af.data(), op.bf.data(), wide_f, n);
+          NarrowHalf(wide_f, static_cast<uint16_t*>(out), n);
         }
         break;
       case ElementwiseKind::kClamp:
         switch (t) {
           case DType::kUInt8:
-            ClampLoop(static_cast<uint8_t*>(cur), static_cast<uint8_t>(op.lo),
-                      static_cast<uint8_t>(op.hi), n);
+            ClampLoop(static_cast<const uint8_t*>(cur), static_cast<uint8_t>(op.lo),
+                      static_cast<uint8_t>(op.hi), static_cast<uint8_t*>(out), n);
             break;
           case DType::kInt32:
-            ClampLoop(static_cast<int32_t*>(cur), static_cast<int32_t>(op.lo),
-                      static_cast<int32_t>(op.hi), n);
+            ClampLoop(static_cast<const int32_t*>(cur), static_cast<int32_t>(op.lo),
+                      static_cast<int32_t>(op.hi), static_cast<int32_t*>(out), n);
             break;
           case DType::kFloat32:
-            ClampLoop(static_cast<float*>(cur), static_cast<float>(op.lo),
-                      static_cast<float>(op.hi), n);
+            ClampLoop(static_cast<const float*>(cur), static_cast<float>(op.lo),
+                      static_cast<float>(op.hi), static_cast<float*>(out), n);
             break;
           case DType::kFloat16: {
             // Bounds are binary16 values, so clamping in float and narrowing back is exact.
-            WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
-            ClampLoop(wide_f, static_cast<float>(op.lo), static_cast<float>(op.hi), n);
-            NarrowHalf(wide_f, static_cast<uint16_t*>(cur), n);
+            WidenHalf(static_cast<const uint16_t*>(cur), wide_f, n);
+            ClampLoop(static_cast<const float*>(wide_f), static_cast<float>(op.lo),
+                      static_cast<float>(op.hi), wide_f, n);
+            NarrowHalf(wide_f, static_cast<uint16_t*>(out), n);
             break;
           }
         }
         break;
       case ElementwiseKind::kCast:
         if (t == DType::kFloat16 && op.to != DType::kFloat16) {
-          WidenHalf(static_cast<uint16_t*>(cur), wide_f, n);
-          Convert(wide_f, DType::kFloat32, other, op.to, n);
+          WidenHalf(static_cast<const uint16_t*>(cur), wide_f, n);
+          Convert(wide_f, DType::kFloat32, out, op.to, n);
+        } else if (cur == out && t != op.to) {
+          // In place between two 4-byte types (float32 <-> int32): convert through a buffer
+          // rather than read and write one location under two types.
+          Convert(cur, t, buf0, op.to, n);
+          std::memcpy(out, buf0, static_cast<size_t>(n) * DTypeSize(op.to));
         } else {
-          Convert(cur, t, other, op.to, n);
+          Convert(cur, t, out, op.to, n);
         }
-        std::swap(cur, other);
         t = op.to;
         break;
     }
+    cur = out;
   }
-  return cur;
 }
 
 std::string ShapeString(const BatchShape& s) {
@@ -571,9 +607,8 @@ void ElementwiseProgram::Run(const void* in, void* out, int64_t count) const {
   }
   for (int64_t begin = 0; begin < count; begin += p.tile) {
     const int64_t n = std::min(p.tile, count - begin);
-    std::memcpy(buf0.data(), src + begin * in_size, n * in_size);
-    const void* result = RunTile(p.chain, p.in, buf0.data(), buf1.data(), wide.data(), n);
-    std::memcpy(dst + begin * out_size, result, n * out_size);
+    RunTile(p.chain, p.in, src + begin * in_size, dst + begin * out_size, buf0.data(), buf1.data(),
+            wide.data(), n);
   }
 }
 
