@@ -25,7 +25,7 @@
 namespace tensorprep::kernels {
 namespace {
 
-constexpr int64_t kTileTarget = 4096;        // elements per tile (16 KiB at 4 bytes)
+constexpr int64_t kTileTarget = 1024;        // elements per tile (4 KiB at 4 bytes)
 constexpr int64_t kMinTaskElements = 32768;  // smallest task worth a hand-off to another thread
 constexpr float kHalfMaxF = 65504.0f;
 
