@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus openssl curl
   buildah debootstrap
+  clang libclang-rt-14-dev bc
   python3 python3-venv python3-pip
 )
 

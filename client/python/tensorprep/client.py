@@ -120,14 +120,18 @@ class Client:
       metrics: True (default registry, when prometheus_client is installed), False, or a
         prometheus_client CollectorRegistry.
       workload: default ``workload`` label of the client's latency histogram.
-      credentials: grpc.ChannelCredentials for TLS; None for a plaintext channel.
-      options: extra gRPC channel options.
+      credentials: grpc.ChannelCredentials for TLS, e.g.
+        grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain) for
+        mutual TLS; None for a plaintext channel.
+      token: bearer token sent on every call as ``authorization: Bearer <token>`` metadata, for
+        a server started with --auth-token-file; None sends none.
+      options: extra gRPC channel options (e.g. ("grpc.ssl_target_name_override", name)).
 
     Nothing connects until the first call (or ``wait_ready``).
     """
 
     def __init__(self, address, *, timeout=None, device="auto", max_message_mb=256, metrics=True,
-                 workload="default", credentials=None, options=()):
+                 workload="default", credentials=None, token=None, options=()):
         self.address = address
         self.timeout = timeout
         self.device = _device_enum(device)
@@ -154,6 +158,7 @@ class Client:
         self._metrics = _metrics.Recorder(registry, workload, enabled=bool(metrics))
         self._ids = itertools.count()
         self._closed = False
+        self._call_metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     # --- lifecycle ---------------------------------------------------------------------------
     def close(self):
@@ -184,7 +189,8 @@ class Client:
     def list_ops(self, timeout=None):
         """The server's ops and devices (a ListOpsResponse message)."""
         try:
-            return self._stub.ListOps(pb.ListOpsRequest(), timeout=self._deadline(timeout))
+            return self._stub.ListOps(pb.ListOpsRequest(), timeout=self._deadline(timeout),
+                                      metadata=self._call_metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -210,7 +216,8 @@ class Client:
                                  seed=int(seed), sample_offset=int(sample_offset))
         start = time.perf_counter()
         try:
-            raw = self._unary(payload, timeout=self._deadline(timeout))
+            raw = self._unary(payload, timeout=self._deadline(timeout),
+                              metadata=self._call_metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         elapsed = time.perf_counter() - start
@@ -313,7 +320,8 @@ class Client:
             state["done"] = True
 
         try:
-            call = self._bidi(requests(), timeout=self._deadline(timeout))
+            call = self._bidi(requests(), timeout=self._deadline(timeout),
+                              metadata=self._call_metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         pending = {}  # batch index -> {part: (decoded, rtt)}
