@@ -68,7 +68,7 @@ int Run(const Config& config) {
   options.limits.max_tensor_bytes = static_cast<uint64_t>(config.max_tensor_mb) << 20;
   options.allow_cuda = config.device != "cpu";
   if (config.device == "cuda") options.auto_cuda_min_bytes = 0;
-  handlers::Processor processor(options, &cpu, cuda_usable ? cuda.get() : cuda.get());
+  handlers::Processor processor(options, &cpu, cuda.get());
 
   auto registry = std::make_shared<prometheus::Registry>();
   std::vector<std::string> kernel_labels;
