@@ -18,6 +18,9 @@ namespace tensorprep::kernels {
 namespace {
 
 using testing::Buffer;
+using testing::Normalize;
+using testing::Clamp;
+using testing::Cast;
 using testing::FromValues;
 using testing::RandomBuffer;
 
@@ -28,28 +31,6 @@ ElementwiseOp Arith(ElementwiseKind kind, std::vector<double> a) {
   ElementwiseOp op;
   op.kind = kind;
   op.a = std::move(a);
-  return op;
-}
-ElementwiseOp Normalize(std::vector<double> mean, std::vector<double> stddev) {
-  ElementwiseOp op;
-  op.kind = ElementwiseKind::kNormalize;
-  op.a = std::move(mean);
-  op.b = std::move(stddev);
-  return op;
-}
-ElementwiseOp Clamp(bool has_lo, double lo, bool has_hi, double hi) {
-  ElementwiseOp op;
-  op.kind = ElementwiseKind::kClamp;
-  op.has_lo = has_lo;
-  op.lo = lo;
-  op.has_hi = has_hi;
-  op.hi = hi;
-  return op;
-}
-ElementwiseOp Cast(DType to) {
-  ElementwiseOp op;
-  op.kind = ElementwiseKind::kCast;
-  op.to = to;
   return op;
 }
 

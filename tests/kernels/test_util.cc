@@ -53,4 +53,45 @@ std::string ShapeName(const BatchShape& s) {
   return absl::StrCat(s.n, "x", s.h, "x", s.w, "x", s.c);
 }
 
+const char* BorderName(Border b) {
+  switch (b) {
+    case Border::kConstant:
+      return "constant";
+    case Border::kEdge:
+      return "edge";
+    case Border::kReflect:
+      return "reflect";
+    case Border::kReflect101:
+      return "reflect101";
+    case Border::kWrap:
+      return "wrap";
+  }
+  return "unknown";
+}
+
+ElementwiseOp Normalize(std::vector<double> mean, std::vector<double> stddev) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kNormalize;
+  op.a = std::move(mean);
+  op.b = std::move(stddev);
+  return op;
+}
+
+ElementwiseOp Clamp(bool has_lo, double lo, bool has_hi, double hi) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kClamp;
+  op.has_lo = has_lo;
+  op.lo = lo;
+  op.has_hi = has_hi;
+  op.hi = hi;
+  return op;
+}
+
+ElementwiseOp Cast(DType to) {
+  ElementwiseOp op;
+  op.kind = ElementwiseKind::kCast;
+  op.to = to;
+  return op;
+}
+
 }  // namespace tensorprep::kernels::testing

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "kernels/common/tensor.h"
+#include "kernels/elementwise/elementwise.h"
+#include "kernels/warp/warp.h"
 
 namespace tensorprep::kernels::testing {
 
@@ -42,6 +44,14 @@ void DefaultRange(DType dtype, double* lo, double* hi);
 double HalfSpacing(double v);
 
 std::string ShapeName(const BatchShape& s);  // "2x17x13x4"
+
+// "constant", "edge", "reflect", "reflect101", "wrap": names for parameterised cases.
+const char* BorderName(Border b);
+
+// Element-wise ops for test chains.
+ElementwiseOp Normalize(std::vector<double> mean, std::vector<double> stddev);
+ElementwiseOp Clamp(bool has_lo, double lo, bool has_hi, double hi);
+ElementwiseOp Cast(DType to);
 
 }  // namespace tensorprep::kernels::testing
 

@@ -22,24 +22,10 @@ namespace tensorprep::kernels {
 namespace {
 
 using testing::Buffer;
+using testing::BorderName;
 using testing::FromValues;
 using testing::RandomBuffer;
 
-const char* BorderName(Border b) {
-  switch (b) {
-    case Border::kConstant:
-      return "constant";
-    case Border::kEdge:
-      return "edge";
-    case Border::kReflect:
-      return "reflect";
-    case Border::kReflect101:
-      return "reflect101";
-    case Border::kWrap:
-      return "wrap";
-  }
-  return "?";
-}
 
 // Allowed |fast - reference| for one element.
 //  - nearest: 0, it only copies values.

@@ -28,6 +28,10 @@ namespace tensorprep::kernels::cuda {
 namespace {
 
 using ::tensorprep::kernels::testing::Buffer;
+using ::tensorprep::kernels::testing::BorderName;
+using ::tensorprep::kernels::testing::Cast;
+using ::tensorprep::kernels::testing::Clamp;
+using ::tensorprep::kernels::testing::Normalize;
 using ::tensorprep::kernels::testing::DefaultRange;
 using ::tensorprep::kernels::testing::FromValues;
 using ::tensorprep::kernels::testing::HalfSpacing;
@@ -51,21 +55,6 @@ constexpr Border kAllBorders[] = {Border::kConstant, Border::kEdge, Border::kRef
 const BatchShape kShapes[] = {{1, 1, 1, 1}, {1, 2, 3, 1}, {2, 17, 13, 3},
                               {3, 8, 8, 4}, {1, 1, 7, 2}, {2, 5, 31, 5}};
 
-const char* BorderName(Border b) {
-  switch (b) {
-    case Border::kConstant:
-      return "constant";
-    case Border::kEdge:
-      return "edge";
-    case Border::kReflect:
-      return "reflect";
-    case Border::kReflect101:
-      return "reflect101";
-    case Border::kWrap:
-      return "wrap";
-  }
-  return "unknown";
-}
 
 // Calls f(T{}) for the element type of `t`.
 template <typename F>
@@ -337,28 +326,6 @@ std::vector<ElementwiseOp> Arith(ElementwiseKind kind, std::vector<double> a) {
   op.kind = kind;
   op.a = std::move(a);
   return {op};
-}
-ElementwiseOp Cast(DType to) {
-  ElementwiseOp op;
-  op.kind = ElementwiseKind::kCast;
-  op.to = to;
-  return op;
-}
-ElementwiseOp Clamp(bool has_lo, double lo, bool has_hi, double hi) {
-  ElementwiseOp op;
-  op.kind = ElementwiseKind::kClamp;
-  op.has_lo = has_lo;
-  op.lo = lo;
-  op.has_hi = has_hi;
-  op.hi = hi;
-  return op;
-}
-ElementwiseOp Normalize(std::vector<double> mean, std::vector<double> stddev) {
-  ElementwiseOp op;
-  op.kind = ElementwiseKind::kNormalize;
-  op.a = std::move(mean);
-  op.b = std::move(stddev);
-  return op;
 }
 ElementwiseOp One(ElementwiseKind kind, std::vector<double> a) { return Arith(kind, a)[0]; }
 
