@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the Python virtual environment used by the Python tests and the comparison
 # benchmark: <repo>/.venv with the pinned packages of client/python/requirements-dev.txt, Debian's
-# CPU-only PyTorch (seen through --system-site-packages) and the tensorprep package itself.
+# CPU-only PyTorch and torchvision (seen through --system-site-packages) and the tensorprep package itself.
 #
 # Idempotent: a stamp file keyed on the requirements, this script and the package's build files
 # makes a second run take a second. Prints the venv's path on its last line.
 #
 # Usage: scripts/python-env.sh [--no-torch]
-#   --no-torch   do not apt-get install python3-torch (the PyTorch adapter tests then skip).
+#   --no-torch   do not apt-get install python3-torch/-torchvision (the PyTorch tests then skip).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,8 +45,9 @@ apt_install() {
 
 apt_install python3-venv python3-pip
 if ((want_torch)); then
-  apt_install python3-torch ||
-    echo "python-env.sh: python3-torch not installed; PyTorch tests will skip" >&2
+  # torchvision is the reference for the geometry parity tests and the GPU comparison benchmark.
+  apt_install python3-torch python3-torchvision ||
+    echo "python-env.sh: python3-torch/python3-torchvision not installed; PyTorch tests will skip" >&2
 fi
 
 stamp_key="$(cat "${req}" "${deploy_req}" "${BASH_SOURCE[0]}" "${repo}/client/python/pyproject.toml" \
@@ -75,8 +76,8 @@ print("numpy", numpy.__version__, "grpcio", grpc.__version__,
       "protobuf", google.protobuf.__version__, "tensorflow", tensorflow.__version__,
       "skimage", skimage.__version__)
 try:
-    import torch
-    print("torch", torch.__version__)
+    import torch, torchvision
+    print("torch", torch.__version__, "torchvision", torchvision.__version__)
 except ImportError as e:
     print("torch not importable:", e)
 PY
