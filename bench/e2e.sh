@@ -10,7 +10,7 @@
 # every case runs --rounds times; the table gives medians and tensorprep's ratios to the raw echo.
 #
 # Usage: bench/e2e.sh [--build DIR] [--rounds N] [--scale F] [--threads N] [--markdown FILE]
-#                     [--json FILE] [--only REGEX] [--server-env NAME=VALUE]...
+#                     [--json FILE] [--only REGEX] [--server-env NAME=VALUE]... [--device D]
 #   --build     build directory holding server/, client/cpp/ and bench/ binaries (default: build)
 #   --rounds    repetitions of every case (default 3)
 #   --scale     multiplies the request counts (default 1; 0.2 for a quick look)
@@ -20,6 +20,9 @@
 #   --only      run only the cases whose "workload batch" matches REGEX (e.g. '^W[23] 64$')
 #   --server-env  set an environment variable for tensorprep-server only (repeatable), e.g.
 #               GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456 to try malloc settings
+#   --device    cpu (default), cuda or auto: tensorprep-server's --device and the device every
+#               request asks for. With cuda or auto, W2 also runs at batch 256 (the GPU target's
+#               size); the echo servers stay the transport ceiling either way.
 set -euo pipefail
 
 build=build
@@ -30,6 +33,7 @@ markdown=""
 json_out=""
 only=""
 server_env=()
+device=cpu
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build="$2"; shift 2 ;;
@@ -40,7 +44,8 @@ while [[ $# -gt 0 ]]; do
     --json) json_out="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
     --server-env) server_env+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --device) device="$2"; shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -83,13 +88,13 @@ start() {
 }
 
 start tensorprep env "${server_env[@]}" "$server_bin" --host 127.0.0.1 --port 0 --metrics-port 0 \
-  --device cpu --threads "$threads" --max-message-mb 256 --stream-inflight-mb 1024
+  --device "$device" --threads "$threads" --max-message-mb 256 --stream-inflight-mb 1024
 tp_port=$port
 start echo_raw "$echo_bin" --host 127.0.0.1 --port 0 --mode raw
 raw_port=$port
 start echo_typed "$echo_bin" --host 127.0.0.1 --port 0 --mode typed
 typed_port=$port
-echo "tensorprep on :$tp_port (threads=$threads${server_env:+, env ${server_env[*]}}), raw echo on :$raw_port, typed echo on :$typed_port" >&2
+echo "tensorprep on :$tp_port (device=$device, threads=$threads${server_env:+, env ${server_env[*]}}), raw echo on :$raw_port, typed echo on :$typed_port" >&2
 
 # Cases: workload batch requests(unary) requests(stream). Counts keep each case near a second.
 cases=(
@@ -101,6 +106,7 @@ cases=(
   "W3 1 150 300"
   "W3 64 6 12"
 )
+[[ $device == cpu ]] || cases+=("W2 256 3 6")
 results="$work/results.jsonl"
 : >"$results"
 scaled() { awk -v n="$1" -v s="$scale" 'BEGIN { v = int(n * s); print (v < 3 ? 3 : v) }'; }
@@ -118,7 +124,7 @@ for round in $(seq 1 "$rounds"); do
           echo_typed) port=$typed_port ;;
         esac
         line=$("$cli" --address "127.0.0.1:$port" bench --workload "$wl" --batch "$batch" \
-          --mode "$mode" --requests "$n" --warmup 3 --inflight 4 --device cpu --json)
+          --mode "$mode" --requests "$n" --warmup 3 --inflight 4 --device "$device" --json)
         echo "{\"target\":\"$target\",\"round\":$round,\"r\":$line}" >>"$results"
       done
     done

@@ -115,12 +115,14 @@ int main(int argc, char** argv) {
     const tp::ConstTensorView in{tp::DType::kFloat32, shape, src.data()};
     const tp::TensorView out_f32{tp::DType::kFloat32, shape, dst.data()};
     const tp::TensorView out_u8{tp::DType::kUInt8, shape, dst.data()};
+    const tp::TensorView out_f16{tp::DType::kFloat16, shape, dst.data()};
     std::vector<tp::Affine> maps;
     for (int64_t n = 0; n < batch; ++n) {
       maps.push_back(tp::RotationInverse(30.0 + static_cast<double>(n % 7), kH, kW));
     }
     const tp::WarpParams bilinear_edge{tp::Interp::kBilinear, tp::Border::kEdge, 0};
     const std::vector<tp::ElementwiseOp> normalize = {Normalize()};
+    const std::vector<tp::ElementwiseOp> normalize_f16 = {Normalize(), CastTo(tp::DType::kFloat16)};
     const std::vector<tp::ElementwiseOp> to_uint8 = {Op(tp::ElementwiseKind::kMultiply, 255),
                                                      CastTo(tp::DType::kUInt8)};
     std::vector<tp::FlipFlags> flips(static_cast<size_t>(batch));
@@ -150,6 +152,10 @@ int main(int argc, char** argv) {
         {"warp + x255 + cast uint8", bytes + bytes / 4,
          [&] {
            return tc::WarpElementwiseCuda(in, out_u8, maps, bilinear_edge, to_uint8, stream);
+         }},
+        {"warp + normalize + cast f16", bytes + bytes / 2,
+         [&] {
+           return tc::WarpElementwiseCuda(in, out_f16, maps, bilinear_edge, normalize_f16, stream);
          }},
         {"flip (alternate lr)", 2 * bytes,
          [&] { return tc::FlipCuda(in, out_f32, flips, stream); }},

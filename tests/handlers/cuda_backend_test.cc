@@ -1,0 +1,251 @@
+// The CUDA backend against the CPU backend, whole requests through the Processor: random
+// pipelines (random flips and rotations with the same per-sample draws, aux tensors), every input
+// dtype with casts, the W2 batch of 256, and many requests at once (lanes, reused pinned staging).
+// Fallback to the CPU is off, so a device failure fails the test instead of hiding behind a CPU
+// result, and every response must say CUDA ran it. The kernels round like the CPU (no FMA, the
+// _rn intrinsics; tests/kernels/cuda checks each kernel bit for bit), so results must be equal;
+// only float results of bilinear sampling get a float rounding tolerance, as in planner_test.
+// Every test skips without a usable CUDA device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "handlers/backend.h"
+#include "handlers/processor.h"
+#include "tests/handlers/request_util.h"
+#include "tests/kernels/test_util.h"
+
+namespace tensorprep::handlers {
+namespace {
+
+namespace v1 = ::tensorprep::v1;
+using kernels::BatchShape;
+using kernels::DType;
+using testing::AddRotate;
+using testing::Process;
+using testing::RandomPipeline;
+using testing::RunResult;
+using testing::Wire;
+
+// A CPU-only processor and a CUDA processor that never falls back, over one shared device.
+class CudaVsCpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    cuda_ = MakeCudaBackend();
+    if (cuda_ == nullptr) GTEST_SKIP() << "built without CUDA";
+    if (!cuda_->usable()) GTEST_SKIP() << "no usable CUDA device (" << cuda_->detail() << ")";
+    ProcessorOptions on_cpu;
+    on_cpu.allow_cuda = false;
+    ProcessorOptions on_cuda = on_cpu;
+    on_cuda.allow_cuda = true;
+    on_cuda.cuda_fallback_to_cpu = false;
+    on_cuda.auto_cuda_min_bytes = 0;
+    cpu_only_ = std::make_unique<Processor>(on_cpu, &cpu_, nullptr);
+    with_cuda_ = std::make_unique<Processor>(on_cuda, &cpu_, cuda_.get());
+  }
+
+  // Runs `request` on both; the CUDA run must report DEVICE_CUDA and equal the CPU run.
+  void ExpectSameOnBoth(v1::ProcessRequest request, bool float_bilinear) {
+    request.set_device(v1::DEVICE_CPU);
+    auto want = Process(*cpu_only_, request);
+    ASSERT_TRUE(want.ok()) << want.status();
+    request.set_device(v1::DEVICE_CUDA);
+    auto got = Process(*with_cuda_, request);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->device, v1::DEVICE_CUDA);
+    ExpectEqualResults(*got, *want, float_bilinear);
+  }
+
+  static void ExpectEqualResults(const RunResult& got, const RunResult& want,
+                                 bool float_bilinear) {
+    ASSERT_EQ(got.aux, want.aux) << "aux tensors (nearest, integer) must match exactly";
+    ASSERT_EQ(got.images.size(), want.images.size());
+    if (!float_bilinear) {
+      ASSERT_TRUE(got.images == want.images) << "results differ";
+      return;
+    }
+    std::vector<float> a(got.images.size() / 4), b(a.size());
+    std::memcpy(a.data(), got.images.data(), a.size() * 4);
+    std::memcpy(b.data(), want.images.data(), b.size() * 4);
+    for (size_t i = 0; i < a.size(); ++i) {
+      ASSERT_NEAR(a[i], b[i], 1e-5 * (1 + std::abs(b[i]))) << "element " << i;
+    }
+  }
+
+  kernels::ThreadPool pool_{2};
+  CpuBackend cpu_{&pool_};
+  std::unique_ptr<Backend> cuda_;
+  std::unique_ptr<Processor> cpu_only_, with_cuda_;
+};
+
+v1::ProcessRequest ImagesWithLabels(const BatchShape& shape, uint64_t seed) {
+  const auto images = kernels::testing::RandomBuffer(DType::kFloat32, shape, seed, 0, 1);
+  const auto labels = kernels::testing::RandomBuffer(DType::kInt32, {shape.n, shape.h, shape.w, 1},
+                                                     seed, 0, 9);
+  v1::ProcessRequest request;
+  *request.mutable_images() = Wire(images, v1::DTYPE_FLOAT32, false);
+  auto* aux = request.add_aux();
+  aux->set_name("label");
+  *aux->mutable_tensor() = Wire(labels, v1::DTYPE_INT32, true);
+  request.set_seed(seed);
+  return request;
+}
+
+TEST_F(CudaVsCpu, RandomPipelinesWithNearestSampling) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 60; ++trial) {
+    const int channels = 1 + static_cast<int>(rng() % 4);
+    const BatchShape shape{1 + static_cast<int64_t>(rng() % 9), 5 + static_cast<int64_t>(rng() % 40),
+                           5 + static_cast<int64_t>(rng() % 40), channels};
+    v1::ProcessRequest request = ImagesWithLabels(shape, trial);
+    *request.mutable_pipeline() = RandomPipeline(rng, true, channels);
+    SCOPED_TRACE(request.pipeline().DebugString());
+    ExpectSameOnBoth(request, false);
+  }
+}
+
+TEST_F(CudaVsCpu, RandomPipelinesWithBilinearSampling) {
+  std::mt19937 rng(12);
+  for (int trial = 0; trial < 60; ++trial) {
+    const int channels = 1 + static_cast<int>(rng() % 4);
+    const BatchShape shape{1 + static_cast<int64_t>(rng() % 9), 5 + static_cast<int64_t>(rng() % 40),
+                           5 + static_cast<int64_t>(rng() % 40), channels};
+    v1::ProcessRequest request = ImagesWithLabels(shape, 100 + trial);
+    *request.mutable_pipeline() = RandomPipeline(rng, false, channels);
+    SCOPED_TRACE(request.pipeline().DebugString());
+    ExpectSameOnBoth(request, true);
+  }
+}
+
+// Random rotations and flips draw per sample from (seed, sample_offset + i, op index): the device
+// must make the same decisions, also for a batch that starts at a non-zero sample offset.
+TEST_F(CudaVsCpu, RandomOpsDrawTheSameDecisions) {
+  for (const uint64_t offset : {uint64_t{0}, uint64_t{1000003}}) {
+    v1::ProcessRequest request = ImagesWithLabels({32, 24, 20, 3}, 77);
+    request.set_sample_offset(offset);
+    auto* rr = request.mutable_pipeline()->add_ops()->mutable_random_rotate();
+    rr->set_min_deg(-45);
+    rr->set_max_deg(45);
+    rr->set_interpolation(v1::INTERPOLATION_NEAREST);
+    rr->set_border(v1::BORDER_REFLECT_101);
+    auto* rf = request.mutable_pipeline()->add_ops()->mutable_random_flip();
+    rf->set_axis(v1::FLIP_AXIS_VERTICAL);
+    rf->set_p(0.5);
+    SCOPED_TRACE(offset);
+    ExpectSameOnBoth(request, false);
+  }
+}
+
+// Every input dtype through a warp with a cast behind it, and a flip, which copies bytes.
+TEST_F(CudaVsCpu, EveryInputDTypeWithCasts) {
+  const struct {
+    DType dtype;
+    v1::DType wire;
+    double lo, hi;
+  } inputs[] = {{DType::kUInt8, v1::DTYPE_UINT8, 0, 255},
+                {DType::kInt32, v1::DTYPE_INT32, -1000, 1000},
+                {DType::kFloat32, v1::DTYPE_FLOAT32, -2, 2},
+                {DType::kFloat16, v1::DTYPE_FLOAT16, -2, 2}};
+  for (const auto& in : inputs) {
+    const BatchShape shape{5, 37, 29, 3};
+    const auto images = kernels::testing::RandomBuffer(in.dtype, shape, 5, in.lo, in.hi);
+    for (const v1::DType to :
+         {v1::DTYPE_UINT8, v1::DTYPE_INT32, v1::DTYPE_FLOAT32, v1::DTYPE_FLOAT16}) {
+      for (const bool bilinear : {false, true}) {
+        v1::ProcessRequest request;
+        *request.mutable_images() = Wire(images, in.wire, false);
+        AddRotate(*request.mutable_pipeline(), 33,
+                  bilinear ? v1::INTERPOLATION_BILINEAR : v1::INTERPOLATION_NEAREST,
+                  v1::BORDER_CONSTANT);
+        request.mutable_pipeline()->mutable_ops(0)->mutable_rotate()->set_fill(7.25);
+        request.mutable_pipeline()->add_ops()->mutable_multiply()->add_value(0.75);
+        request.mutable_pipeline()->add_ops()->mutable_cast()->set_dtype(to);
+        SCOPED_TRACE(request.pipeline().DebugString());
+        SCOPED_TRACE(in.wire);
+        ExpectSameOnBoth(request, bilinear && to == v1::DTYPE_FLOAT32);
+      }
+    }
+    v1::ProcessRequest flip;
+    *flip.mutable_images() = Wire(images, in.wire, false);
+    flip.mutable_pipeline()->add_ops()->mutable_flip()->set_axis(v1::FLIP_AXIS_HORIZONTAL);
+    ExpectSameOnBoth(flip, false);
+  }
+}
+
+// W2 at the GPU target's size: 256 x 256x256x3 float32 (201 MB), rotate + normalize + cast.
+TEST_F(CudaVsCpu, W2BatchOf256) {
+  const BatchShape shape{256, 256, 256, 3};
+  const auto images = kernels::testing::RandomBuffer(DType::kFloat32, shape, 2, 0, 1);
+  v1::ProcessRequest request;
+  *request.mutable_images() = Wire(images, v1::DTYPE_FLOAT32, false);
+  AddRotate(*request.mutable_pipeline(), 30, v1::INTERPOLATION_BILINEAR, v1::BORDER_EDGE);
+  auto* n = request.mutable_pipeline()->add_ops()->mutable_normalize();
+  for (double m : {0.485, 0.456, 0.406}) n->add_mean(m);
+  for (double s : {0.229, 0.224, 0.225}) n->add_std(s);
+  request.mutable_pipeline()->add_ops()->mutable_cast()->set_dtype(v1::DTYPE_FLOAT16);
+  ExpectSameOnBoth(request, false);
+}
+
+// Many requests at once share the device's lanes and pinned staging buffers: each must still get
+// its own result, whatever ran beside it.
+TEST_F(CudaVsCpu, ConcurrentRequestsGetTheirOwnResults) {
+  constexpr int kThreads = 8, kPerThread = 6;
+  std::vector<v1::ProcessRequest> requests;
+  std::vector<RunResult> want;
+  std::mt19937 rng(99);
+  for (int i = 0; i < kThreads * kPerThread; ++i) {
+    const BatchShape shape{1 + i % 7, 16 + 8 * (i % 5), 24 + 4 * (i % 3), 3};
+    v1::ProcessRequest request = ImagesWithLabels(shape, 500 + i);
+    *request.mutable_pipeline() = RandomPipeline(rng, true, 3);
+    request.set_device(v1::DEVICE_CPU);
+    auto r = Process(*cpu_only_, request);
+    ASSERT_TRUE(r.ok()) << r.status();
+    want.push_back(*std::move(r));
+    request.set_device(v1::DEVICE_CUDA);
+    requests.push_back(std::move(request));
+  }
+  std::vector<absl::StatusOr<RunResult>> got(requests.size(), absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < kPerThread; ++k) {
+        const size_t i = static_cast<size_t>(t * kPerThread + k);
+        got[i] = Process(*with_cuda_, requests[i]);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE(i);
+    ASSERT_TRUE(got[i].ok()) << got[i].status();
+    EXPECT_EQ(got[i]->device, v1::DEVICE_CUDA);
+    ExpectEqualResults(*got[i], want[i], false);
+  }
+}
+
+// DEVICE_AUTO sends small batches to the CPU and large ones to the device.
+TEST_F(CudaVsCpu, AutoRoutesBySize) {
+  ProcessorOptions options;
+  options.auto_cuda_min_bytes = uint64_t{1} << 20;
+  options.cuda_fallback_to_cpu = false;
+  Processor processor(options, &cpu_, cuda_.get());
+  for (const auto& [shape, device] :
+       {std::pair{BatchShape{1, 64, 64, 3}, v1::DEVICE_CPU},        // 48 KiB
+        std::pair{BatchShape{8, 128, 128, 3}, v1::DEVICE_CUDA}}) {  // 1.5 MiB
+    v1::ProcessRequest request = ImagesWithLabels(shape, 3);
+    request.set_device(v1::DEVICE_AUTO);
+    request.mutable_pipeline()->add_ops()->mutable_flip()->set_axis(v1::FLIP_AXIS_VERTICAL);
+    auto r = Process(processor, request);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->device, device) << shape.n << "x" << shape.h << "x" << shape.w;
+  }
+}
+
+}  // namespace
+}  // namespace tensorprep::handlers
