@@ -7,6 +7,8 @@
 #include <mutex>
 #include <utility>
 
+#include <grpcpp/support/proto_buffer_reader.h>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/common/tensor.h"
 #include "server/security.h"
@@ -44,6 +46,38 @@ struct PreprocessorService::Job {
   std::chrono::system_clock::time_point deadline;
   AdmissionTicket ticket;  // the server-wide reservation, given back when the job goes
 };
+
+namespace {
+
+// What one unary call owns while it waits and runs. `job` is declared last because it holds
+// views into `request`: members are destroyed in reverse order, so it goes first.
+struct UnaryCall {
+  pb::ProcessRequest request;
+  pb::ProcessResponse response;
+  std::unique_ptr<PreprocessorService::Job> job;
+};
+
+}  // namespace
+
+absl::Status PreprocessorService::ParseRequest(grpc::ByteBuffer* bytes, const std::string& what,
+                                               pb::ProcessRequest* request) {
+  const size_t size = bytes->Length();
+  const grpc::Status s = grpc::SerializationTraits<pb::ProcessRequest>::Deserialize(bytes, request);
+  if (s.ok()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, " is not a valid tensorprep.v1.ProcessRequest message (", size,
+      " bytes that protobuf cannot parse); check that the client sends messages of this API"));
+}
+
+absl::Status PreprocessorService::SerializeResponse(const pb::ProcessResponse& response,
+                                                    grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  const grpc::Status s =
+      grpc::SerializationTraits<pb::ProcessResponse>::Serialize(response, out, &own_buffer);
+  if (s.ok()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("cannot serialise the response (",
+                                          response.ByteSizeLong(), " bytes): ", s.error_message()));
+}
 
 PreprocessorService::PreprocessorService(const handlers::Processor& processor, WorkQueue& queue,
                                          Metrics& metrics, ServiceOptions options)
@@ -95,8 +129,8 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
 }
 
 grpc::ServerUnaryReactor* PreprocessorService::Process(grpc::CallbackServerContext* ctx,
-                                                       const pb::ProcessRequest* request,
-                                                       pb::ProcessResponse* response) {
+                                                       const grpc::ByteBuffer* request_bytes,
+                                                       grpc::ByteBuffer* response_bytes) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const Clock::time_point arrival = Clock::now();
   metrics_.RequestStarted(Rpc::kProcess);
@@ -109,24 +143,33 @@ grpc::ServerUnaryReactor* PreprocessorService::Process(grpc::CallbackServerConte
   };
   absl::Status auth = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
   if (!auth.ok()) return fail(auth);
-  auto prepared = processor_.Prepare(*request);
+  auto call = std::make_unique<UnaryCall>();
+  // gRPC allocated the buffer non-const and destroys it only after Finish; parsing empties it,
+  // so that the wire bytes are freed now, as gRPC's own decoder would, not after the response.
+  absl::Status parsed =
+      ParseRequest(const_cast<grpc::ByteBuffer*>(request_bytes), "the request", &call->request);
+  if (!parsed.ok()) return fail(parsed);
+  const pb::ProcessRequest& request = call->request;
+  auto prepared = processor_.Prepare(request);
   if (!prepared.ok()) return fail(prepared.status());
-  auto ticket = admission_.Acquire(InFlightBytes(*request, **prepared));
-  if (!ticket.ok()) return fail(WithRequestId(ticket.status(), request->request_id()));
-  auto job = std::make_unique<Job>();
-  job->request = request;
-  job->prepared = std::move(*prepared);
-  job->arrival = arrival;
-  job->enqueued = Clock::now();
-  job->deadline = ctx->deadline();
-  job->ticket = std::move(*ticket);
+  auto ticket = admission_.Acquire(InFlightBytes(request, **prepared));
+  if (!ticket.ok()) return fail(WithRequestId(ticket.status(), request.request_id()));
+  call->job = std::make_unique<Job>();
+  Job& job = *call->job;
+  job.request = &request;
+  job.prepared = std::move(*prepared);
+  job.arrival = arrival;
+  job.enqueued = Clock::now();
+  job.deadline = ctx->deadline();
+  job.ticket = std::move(*ticket);
   metrics_.AddQueued(1);
-  // gRPC keeps ctx, request and response alive until Finish.
-  queue_.Submit([this, ctx, reactor, response, job = std::move(job)]() mutable {
+  // gRPC keeps ctx and response_bytes alive until Finish.
+  queue_.Submit([this, ctx, reactor, response_bytes, call = std::move(call)]() mutable {
     metrics_.AddQueued(-1);
-    const absl::Status s = RunJob(*job, response, ctx->IsCancelled());
-    metrics_.RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(job->arrival));
-    job.reset();  // gives the reservation back before the response leaves
+    absl::Status s = RunJob(*call->job, &call->response, ctx->IsCancelled());
+    if (s.ok()) s = SerializeResponse(call->response, response_bytes);
+    metrics_.RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(call->job->arrival));
+    call.reset();  // gives the reservation back before the response leaves
     reactor->Finish(ToGrpcStatus(s));
     CountAnswered();
   });
@@ -156,7 +199,9 @@ namespace {
 // a time in completion order. Reading pauses while `stream_max_inflight` requests or
 // `stream_max_bytes` bytes are unsettled (running or waiting to be written), which is what gives
 // the client backpressure: a slow reader slows its own stream and holds a bounded amount.
-class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, pb::ProcessResponse> {
+// A message that is not a ProcessRequest ends the stream: nothing more is read, the requests
+// before it are answered, and the stream finishes with INVALID_ARGUMENT naming the message.
+class StreamReactor final : public RawBidiReactor {
  public:
   StreamReactor(PreprocessorService* service, grpc::CallbackServerContext* ctx)
       : service_(service),
@@ -173,8 +218,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
       Finish(ToGrpcStatus(auth));
       return;
     }
-    next_ = std::make_unique<pb::ProcessRequest>();
-    StartRead(next_.get());
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
@@ -188,9 +232,26 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
       if (finish) DoFinish();
       return;
     }
-    std::unique_ptr<pb::ProcessRequest> request = std::move(next_);
     const Clock::time_point arrival = Clock::now();
     service_->metrics().RequestStarted(Rpc::kProcessStream);
+    auto request = std::make_unique<pb::ProcessRequest>();
+    ++messages_read_;
+    const absl::Status parsed = PreprocessorService::ParseRequest(
+        next_.get(), absl::StrCat("message ", messages_read_, " of this stream"), request.get());
+    next_.reset();
+    if (!parsed.ok()) {
+      service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(parsed),
+                                          SecondsSince(arrival));
+      bool finish;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stream_error_ = parsed;
+        reads_done_ = true;  // read nothing after it: its request id is unknown
+        finish = ShouldFinishLocked();
+      }
+      if (finish) DoFinish();
+      return;
+    }
     service_->CountAccepted();
     auto prepared = service_->processor().Prepare(*request);
     const uint64_t bytes = prepared.ok()
@@ -204,10 +265,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
       read_more = in_flight_ < max_inflight_ && in_flight_bytes_ < max_bytes_ && !cancelled_;
       if (!read_more) read_paused_ = true;
     }
-    if (read_more) {
-      next_ = std::make_unique<pb::ProcessRequest>();
-      StartRead(next_.get());
-    }
+    if (read_more) ReadNext();
     if (!prepared.ok()) {
       Fail(*request, prepared.status(), arrival, bytes);
       return;
@@ -256,7 +314,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
   }
 
   void OnWriteDone(bool ok) override {
-    const pb::ProcessResponse* next_write = nullptr;
+    const grpc::ByteBuffer* next_write = nullptr;
     bool resume = false;
     bool finish = false;
     std::deque<Pending> dropped;  // freed outside the lock
@@ -287,10 +345,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
       finish = ShouldFinishLocked();
     }
     if (next_write != nullptr) StartWrite(next_write);
-    if (resume) {
-      next_ = std::make_unique<pb::ProcessRequest>();
-      StartRead(next_.get());
-    }
+    if (resume) ReadNext();
     if (finish) DoFinish();
   }
 
@@ -311,16 +366,20 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
 
  private:
   struct Pending {
-    std::unique_ptr<pb::ProcessResponse> response;
+    std::unique_ptr<grpc::ByteBuffer> response;  // serialised
     uint64_t bytes = 0;  // this request's share of in_flight_bytes_
     AdmissionTicket ticket;  // its server-wide reservation (empty for refused requests)
   };
 
   static void SetError(const pb::ProcessRequest& request, const absl::Status& s,
                        pb::ProcessResponse* response) {
+    SetErrorFor(request.request_id(), s, response);
+  }
+  static void SetErrorFor(std::string request_id, const absl::Status& s,
+                          pb::ProcessResponse* response) {
     const grpc::Status g = ToGrpcStatus(s);
     response->Clear();
-    response->set_request_id(request.request_id());
+    response->set_request_id(std::move(request_id));
     response->mutable_error()->set_code(static_cast<int>(g.error_code()));
     response->mutable_error()->set_message(g.error_message());
   }
@@ -333,11 +392,24 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
     Complete(std::move(response), s, arrival, bytes, AdmissionTicket());
   }
 
+  void ReadNext() {
+    next_ = std::make_unique<grpc::ByteBuffer>();
+    StartRead(next_.get());
+  }
+
   // Hands a settled request's response to the writer (or drops it if the client is gone).
-  void Complete(std::unique_ptr<pb::ProcessResponse> response, const absl::Status& s,
+  void Complete(std::unique_ptr<pb::ProcessResponse> response, absl::Status s,
                 Clock::time_point arrival, uint64_t bytes, AdmissionTicket ticket) {
+    auto wire = std::make_unique<grpc::ByteBuffer>();
+    absl::Status serialized = PreprocessorService::SerializeResponse(*response, wire.get());
+    if (!serialized.ok()) {
+      s = WithRequestId(serialized, response->request_id());
+      SetErrorFor(response->request_id(), s, response.get());
+      serialized = PreprocessorService::SerializeResponse(*response, wire.get());
+    }
+    response.reset();
     service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(s), SecondsSince(arrival));
-    const pb::ProcessResponse* to_write = nullptr;
+    const grpc::ByteBuffer* to_write = nullptr;
     bool resume = false;
     bool finish = false;
     {
@@ -348,7 +420,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
         resume = MaybeResumeLocked();
         finish = ShouldFinishLocked();
       } else {
-        writes_.push_back(Pending{std::move(response), bytes, std::move(ticket)});
+        writes_.push_back(Pending{std::move(wire), bytes, std::move(ticket)});
         if (!writing_) {
           writing_ = true;
           to_write = writes_.front().response.get();
@@ -356,10 +428,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
       }
     }
     if (to_write != nullptr) StartWrite(to_write);
-    if (resume) {
-      next_ = std::make_unique<pb::ProcessRequest>();
-      StartRead(next_.get());
-    }
+    if (resume) ReadNext();
     if (finish) DoFinish();
   }
 
@@ -382,19 +451,24 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
   }
 
   void DoFinish() {
-    bool cancelled;
+    grpc::Status status = grpc::Status::OK;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      cancelled = cancelled_;
+      if (cancelled_) {
+        status = grpc::Status::CANCELLED;
+      } else if (!stream_error_.ok()) {
+        status = ToGrpcStatus(stream_error_);
+      }
     }
-    Finish(cancelled ? grpc::Status::CANCELLED : grpc::Status::OK);
+    Finish(status);
   }
 
   PreprocessorService* service_;
   grpc::CallbackServerContext* ctx_;
   const int max_inflight_;
   const uint64_t max_bytes_;
-  std::unique_ptr<pb::ProcessRequest> next_;  // the buffer of the one outstanding read
+  std::unique_ptr<grpc::ByteBuffer> next_;  // the buffer of the one outstanding read
+  uint64_t messages_read_ = 0;               // only touched by OnReadDone, one at a time
 
   std::mutex mu_;
   int in_flight_ = 0;             // GUARDED_BY(mu_): read and not yet written or dropped
@@ -406,12 +480,12 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::ProcessRequest, p
   bool write_failed_ = false;     // GUARDED_BY(mu_)
   bool cancelled_ = false;        // GUARDED_BY(mu_)
   bool finished_ = false;         // GUARDED_BY(mu_)
+  absl::Status stream_error_;     // GUARDED_BY(mu_): ends the stream once the rest is written
 };
 
 }  // namespace
 
-grpc::ServerBidiReactor<pb::ProcessRequest, pb::ProcessResponse>*
-PreprocessorService::ProcessStream(grpc::CallbackServerContext* ctx) {
+RawBidiReactor* PreprocessorService::ProcessStream(grpc::CallbackServerContext* ctx) {
   return new StreamReactor(this, ctx);
 }
 

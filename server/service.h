@@ -2,12 +2,19 @@
 // in, handlers::Processor does the work on the WorkQueue, protobuf and grpc::Status out. It also
 // guards the door: the bearer token, the server-wide in-flight budget (Admission) and the
 // per-stream window.
+//
+// Process and ProcessStream take the raw message bytes and parse them here, so that bytes which
+// are not a ProcessRequest get INVALID_ARGUMENT with a message (gRPC's own decoder answers a
+// unary call with an empty UNIMPLEMENTED, and on a stream reports the bad message as the end of
+// the client's requests, which would end the stream OK with later requests unread).
 #ifndef TENSORPREP_SERVER_SERVICE_H_
 #define TENSORPREP_SERVER_SERVICE_H_
 
 #include <atomic>
 #include <cstdint>
 #include <string>
+
+#include <grpcpp/support/byte_buffer.h>
 
 #include "handlers/processor.h"
 #include "server/admission.h"
@@ -34,16 +41,20 @@ struct ServiceOptions {
 
 // Thread-safe. `processor`, `queue` and `metrics` are not owned and must outlive the service
 // and every call it started (shut the grpc::Server down before destroying them).
-class PreprocessorService final : public pb::Preprocessor::CallbackService {
+using RawBidiReactor = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
+
+class PreprocessorService final
+    : public pb::Preprocessor::WithRawCallbackMethod_Process<
+          pb::Preprocessor::WithRawCallbackMethod_ProcessStream<
+              pb::Preprocessor::WithCallbackMethod_ListOps<pb::Preprocessor::Service>>> {
  public:
   PreprocessorService(const handlers::Processor& processor, WorkQueue& queue, Metrics& metrics,
                       ServiceOptions options);
 
   grpc::ServerUnaryReactor* Process(grpc::CallbackServerContext* ctx,
-                                    const pb::ProcessRequest* request,
-                                    pb::ProcessResponse* response) override;
-  grpc::ServerBidiReactor<pb::ProcessRequest, pb::ProcessResponse>* ProcessStream(
-      grpc::CallbackServerContext* ctx) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  RawBidiReactor* ProcessStream(grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* ListOps(grpc::CallbackServerContext* ctx,
                                     const pb::ListOpsRequest* request,
                                     pb::ListOpsResponse* response) override;
@@ -53,6 +64,13 @@ class PreprocessorService final : public pb::Preprocessor::CallbackService {
   // without running anything when the caller is gone or out of time.
   struct Job;
   absl::Status RunJob(Job& job, pb::ProcessResponse* response, bool cancelled);
+
+  // Parses one request message; INVALID_ARGUMENT naming `what` ("the request", "message 3 of
+  // this stream") for bytes that are not a ProcessRequest. Empties `bytes`.
+  static absl::Status ParseRequest(grpc::ByteBuffer* bytes, const std::string& what,
+                                   pb::ProcessRequest* request);
+  // Serialises a response into `out` (INTERNAL if protobuf cannot, e.g. over 2 GiB).
+  static absl::Status SerializeResponse(const pb::ProcessResponse& response, grpc::ByteBuffer* out);
 
   // Bytes a prepared request holds while in flight: the request message plus every output
   // tensor it will produce. What Admission and the stream window account.

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/reference/reference.h"
 #include "kernels/warp/warp.h"
 #include "tests/kernels/test_util.h"
@@ -480,19 +481,22 @@ TEST_F(BadInputTest, ZeroByteMessageIsARequestWithoutImages) {
   ExpectStillServing();
 }
 
-TEST_F(BadInputTest, TruncatedAndGarbageMessagesAreRefusedByTheDecoder) {
+TEST_F(BadInputTest, TruncatedAndGarbageMessagesAreInvalidArgument) {
+  // The service parses the raw bytes itself (gRPC's own decoder would answer UNIMPLEMENTED with
+  // no message), so a client learns that its message, not the method, is the problem.
   const std::string whole = Good().SerializeAsString();
-  // Bytes that are not a ProcessRequest never reach the service: gRPC 1.51's callback decoder
-  // refuses them itself, with UNIMPLEMENTED and no message (see docs/reliability.md). Pinned
-  // here so that a gRPC upgrade that changes it is noticed; what matters most is that the
-  // server goes on serving.
   for (const std::string& bytes :
        {whole.substr(0, whole.size() / 2), whole.substr(0, whole.size() - 1),
         std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11),
         std::string("\x12\xff\xff\xff\xff\x0f", 6)}) {
     SCOPED_TRACE(bytes.size());
     const grpc::Status s = RawProcess(bytes);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << s.error_message();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_EQ(s.error_message(),
+              absl::StrCat("the request is not a valid tensorprep.v1.ProcessRequest message (",
+                           bytes.size(),
+                           " bytes that protobuf cannot parse); check that the client sends "
+                           "messages of this API"));
     ExpectStillServing();
   }
 }
