@@ -208,6 +208,27 @@ inline void RowPositions(const Affine& a, int64_t y, int64_t x_begin, int64_t x_
   }
 }
 
+// The order in which a band's output pixels are visited. Every output pixel depends on its own
+// position alone, so the order changes no value; it decides which way the source is read. Each
+// output row of a block reads a slanted strip of source rows, and the next output row reads a
+// strip shifted by (m1, m4), mostly lines already in L1 plus a few new ones at its leading edge.
+// Walking so that source addresses increase both along a row and from one row to the next, as an
+// unmirrored small rotation does, is the fast way here: a mirrored rotation walked left to right
+// reads the source backwards and, once the batch no longer fit in L2, ran 1.2-1.6x slower than
+// the unmirrored one with the same instruction and L1-miss counts (the hardware prefetchers
+// follow ascending streams better). Walked forwards it runs within a few percent of it.
+struct Walk {
+  bool reverse_x;  // blocks, and columns inside a block, from right to left
+  bool reverse_y;  // rows of the band from bottom to top
+};
+inline Walk ForwardWalk(const Affine& a, int64_t w) {
+  // Change of the source offset (in pixels; a source row is w pixels) per output step.
+  const double wd = static_cast<double>(w);
+  const double along_x = a.m[3] * wd + a.m[0];
+  const double along_y = a.m[4] * wd + a.m[1];
+  return Walk{along_x < 0, along_y < 0};
+}
+
 // kC > 0: channel count known at compile time; kC == 0: g.c at run time.
 template <typename T, int kC>
 void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64_t y_begin,
@@ -219,14 +240,22 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
   const int64_t row = g.w * cn;
   // Column blocks: the source footprint of a block of rows stays in L1 from one row to the
   // next, whatever the angle or mirror (a full row of a rotated image spans many source rows).
-  for (int64_t x0 = 0; x0 < g.w; x0 += kBlockCols) {
+  // Blocks, rows and pixels are visited in the order that walks the source forwards (see Walk).
+  const Walk walk = ForwardWalk(a, g.w);
+  const int64_t blocks = (g.w + kBlockCols - 1) / kBlockCols;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t x0 = (walk.reverse_x ? blocks - 1 - b : b) * kBlockCols;
     const int64_t x1 = std::min(g.w, x0 + kBlockCols);
-    for (int64_t y = y_begin; y < y_end; ++y) {
+    const int64_t cols = x1 - x0;
+    for (int64_t k = 0; k < y_end - y_begin; ++k) {
+      const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
       RowPositions(a, y, x0, x1, sxs, sys);
-      T* out = dst + (y - y_begin) * row + x0 * cn;
-      for (int64_t x = x0; x < x1; ++x, out += cn) {
-        const double sx = sxs[x - x0];
-        const double sy = sys[x - x0];
+      T* const out_row = dst + (y - y_begin) * row + x0 * cn;
+      for (int64_t i = 0; i < cols; ++i) {
+        const int64_t j = walk.reverse_x ? cols - 1 - i : i;  // column x0 + j
+        T* const out = out_row + j * cn;
+        const double sx = sxs[j];
+        const double sy = sys[j];
         if (!(std::fabs(sx) < kFar && std::fabs(sy) < kFar)) {
           for (int64_t c = 0; c < cn; ++c) out[c] = fill;
           continue;
@@ -277,14 +306,22 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
   const int64_t row = g.w * cn;
   // Column blocks: the source footprint of a block of rows stays in L1 from one row to the
   // next, whatever the angle or mirror (a full row of a rotated image spans many source rows).
-  for (int64_t x0 = 0; x0 < g.w; x0 += kBlockCols) {
+  // Blocks, rows and pixels are visited in the order that walks the source forwards (see Walk).
+  const Walk walk = ForwardWalk(a, g.w);
+  const int64_t blocks = (g.w + kBlockCols - 1) / kBlockCols;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t x0 = (walk.reverse_x ? blocks - 1 - b : b) * kBlockCols;
     const int64_t x1 = std::min(g.w, x0 + kBlockCols);
-    for (int64_t y = y_begin; y < y_end; ++y) {
+    const int64_t cols = x1 - x0;
+    for (int64_t k = 0; k < y_end - y_begin; ++k) {
+      const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
       RowPositions(a, y, x0, x1, sxs, sys);
-      T* out = dst + (y - y_begin) * row + x0 * cn;
-      for (int64_t x = x0; x < x1; ++x, out += cn) {
-        const double sx = sxs[x - x0];
-        const double sy = sys[x - x0];
+      T* const out_row = dst + (y - y_begin) * row + x0 * cn;
+      for (int64_t i = 0; i < cols; ++i) {
+        const int64_t j = walk.reverse_x ? cols - 1 - i : i;  // column x0 + j
+        T* const out = out_row + j * cn;
+        const double sx = sxs[j];
+        const double sy = sys[j];
         const T* p = nullptr;
         if (std::fabs(sx) < kFar && std::fabs(sy) < kFar) {
           int64_t ix = FloorToInt(sx + 0.5);

@@ -111,6 +111,14 @@ TEST_P(WarpVsReference, ShapesAnglesAndMaps) {
     for (double angle : angles) {
       map_sets.push_back({RotationInverse(angle, shape.h, shape.w)});
     }
+    // Rotations composed with a mirror (as the planner builds rotate + flip): the kernel walks
+    // these the other way round, which must not show in the values.
+    for (double angle : {30.0, -30.0, 150.0}) {
+      for (int f = 1; f < 4; ++f) {
+        map_sets.push_back({RotationInverse(angle, shape.h, shape.w)
+                                .Then(FlipInverse((f & 1) != 0, (f & 2) != 0, shape.h, shape.w))});
+      }
+    }
     // Scaled, sheared and shifted maps reach several periods beyond the image, so that reflect
     // and wrap are exercised far from the edge.
     Affine far_map;
@@ -388,6 +396,57 @@ TEST(WarpAffineCpu, IdentityAndFlipMapsAreExact) {
           Buffer flipped(dtype, shape);
           ASSERT_TRUE(FlipCpu(src.view(), flipped.mutable_view(), {flags}, nullptr).ok());
           EXPECT_EQ(warped.bytes(), flipped.bytes()) << DTypeName(dtype) << " flip " << f;
+        }
+      }
+    }
+  }
+}
+
+// A warp whose map has a mirror composed into it writes exactly the bytes of the unmirrored warp
+// followed by FlipCpu: with these maps' dyadic coefficients both evaluate every output pixel's
+// source position exactly, to the same double, so any difference comes from the kernel (its
+// traversal order, its interior and border paths), not from rounding. Covers warp-then-flip
+// (rotate + flip in a pipeline) and flip-then-warp; the latter only for a map whose source x is
+// an integer and whose source y is never half-way between rows, because otherwise mirroring the
+// source legitimately changes bits (it reorders a bilinear sum of four terms, and moves nearest's
+// ties, which round up, to the other side).
+TEST(WarpAffineCpu, MirroredWarpEqualsWarpAndFlip) {
+  const BatchShape shape{2, 37, 45, 3};
+  Affine skew;  // scale, shear and a fractional shift, all exact in a few bits
+  skew.m[0] = 0.8125, skew.m[1] = -0.375, skew.m[2] = 6.3125;
+  skew.m[3] = 0.28125, skew.m[4] = 0.9375, skew.m[5] = -4.15625;
+  Affine integral_x;  // source x an integer at every pixel; source y k/4 + 1/8, never a tie
+  integral_x.m[0] = 1, integral_x.m[1] = -1, integral_x.m[2] = 17;
+  integral_x.m[3] = 0.25, integral_x.m[4] = 0.75, integral_x.m[5] = -3.875;
+  for (DType dtype : {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16}) {
+    double lo, hi;
+    testing::DefaultRange(dtype, &lo, &hi);
+    const Buffer src = RandomBuffer(dtype, shape, 21, lo, hi);
+    for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+      for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect, Border::kReflect101,
+                            Border::kWrap}) {
+        WarpParams params;
+        params.interp = interp;
+        params.border = border;
+        params.fill = 0.5;
+        for (int f = 1; f < 4; ++f) {
+          const FlipFlags flags{(f & 1) != 0, (f & 2) != 0};
+          const Affine mirror = FlipInverse(flags.horizontal, flags.vertical, shape.h, shape.w);
+          SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " ", BorderName(border), " interp ",
+                                    static_cast<int>(interp), " flip ", f));
+          // Warp, then flip: out(p) = warped(mirror(p)) = src(skew(mirror(p))).
+          const Buffer warped = RunAllPools(src, {skew}, params);
+          Buffer warp_then_flip(dtype, shape);
+          ASSERT_TRUE(FlipCpu(warped.view(), warp_then_flip.mutable_view(), {flags}, nullptr).ok());
+          const Buffer composed = RunAllPools(src, {skew.Then(mirror)}, params);
+          EXPECT_EQ(composed.bytes(), warp_then_flip.bytes()) << "warp then flip";
+
+          // Flip, then warp: out(p) = flipped(m(p)) = src(mirror(m(p))).
+          Buffer flipped(dtype, shape);
+          ASSERT_TRUE(FlipCpu(src.view(), flipped.mutable_view(), {flags}, nullptr).ok());
+          const Buffer flip_then_warp = RunAllPools(flipped, {integral_x}, params);
+          const Buffer composed2 = RunAllPools(src, {mirror.Then(integral_x)}, params);
+          EXPECT_EQ(composed2.bytes(), flip_then_warp.bytes()) << "flip then warp";
         }
       }
     }
