@@ -250,10 +250,12 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
     for (int64_t k = 0; k < y_end - y_begin; ++k) {
       const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
       RowPositions(a, y, x0, x1, sxs, sys);
-      T* const out_row = dst + (y - y_begin) * row + x0 * cn;
-      for (int64_t i = 0; i < cols; ++i) {
-        const int64_t j = walk.reverse_x ? cols - 1 - i : i;  // column x0 + j
-        T* const out = out_row + j * cn;
+      // Column x0 + j, j from 0 up or from cols - 1 down.
+      const int64_t dj = walk.reverse_x ? -1 : 1;
+      const int64_t step = dj * cn;
+      int64_t j = walk.reverse_x ? cols - 1 : 0;
+      T* out = dst + (y - y_begin) * row + (x0 + j) * cn;
+      for (int64_t i = 0; i < cols; ++i, j += dj, out += step) {
         const double sx = sxs[j];
         const double sy = sys[j];
         if (!(std::fabs(sx) < kFar && std::fabs(sy) < kFar)) {
@@ -316,10 +318,12 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
     for (int64_t k = 0; k < y_end - y_begin; ++k) {
       const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
       RowPositions(a, y, x0, x1, sxs, sys);
-      T* const out_row = dst + (y - y_begin) * row + x0 * cn;
-      for (int64_t i = 0; i < cols; ++i) {
-        const int64_t j = walk.reverse_x ? cols - 1 - i : i;  // column x0 + j
-        T* const out = out_row + j * cn;
+      // Column x0 + j, j from 0 up or from cols - 1 down.
+      const int64_t dj = walk.reverse_x ? -1 : 1;
+      const int64_t step = dj * cn;
+      int64_t j = walk.reverse_x ? cols - 1 : 0;
+      T* out = dst + (y - y_begin) * row + (x0 + j) * cn;
+      for (int64_t i = 0; i < cols; ++i, j += dj, out += step) {
         const double sx = sxs[j];
         const double sy = sys[j];
         const T* p = nullptr;
