@@ -141,16 +141,24 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
   return prepared;
 }
 
+uint64_t Processor::MainOutputBytes(const PreparedRequest& prepared) {
+  return static_cast<uint64_t>(prepared.main.view.shape.elements()) *
+         kernels::DTypeSize(prepared.plan.output_dtype);
+}
+
 absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
-                                        PreparedRequest& prepared,
-                                        pb::ProcessResponse* response) const {
+                                        PreparedRequest& prepared, pb::ProcessResponse* response,
+                                        void* main_data) const {
   RunStats stats;
   auto start = Clock::now();
   response->set_request_id(request.request_id());
   const kernels::BatchShape& shape = prepared.main.view.shape;
   ExecOutputs out;
-  out.main = PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
-                           prepared.main.rank);
+  out.main = main_data != nullptr
+                 ? PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
+                                 prepared.main.rank, main_data)
+                 : PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
+                                 prepared.main.rank);
   ExecInputs in;
   in.main = prepared.main.view;
   for (size_t j = 0; j < prepared.aux.size(); ++j) {

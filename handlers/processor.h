@@ -62,8 +62,14 @@ class Processor {
 
   // Runs a prepared request and fills `response` (results, aux, device, decode/kernel/encode
   // timings; queue and total are the caller's). INTERNAL if a kernel fails and no fallback ran.
+  // With `main_data`, the main result is written there instead of into images.data, which stays
+  // empty (dtype and shape are set): for a caller that puts those bytes on the wire itself.
+  // `main_data` must hold MainOutputBytes(prepared) bytes, aligned to 16.
   absl::StatusOr<RunStats> Run(const pb::ProcessRequest& request, PreparedRequest& prepared,
-                               pb::ProcessResponse* response) const;
+                               pb::ProcessResponse* response, void* main_data = nullptr) const;
+
+  // Bytes of a prepared request's main result.
+  static uint64_t MainOutputBytes(const PreparedRequest& prepared);
 
   // Devices for ListOps: CPU first, then CUDA when built.
   std::vector<const Backend*> backends() const;

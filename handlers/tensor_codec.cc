@@ -123,18 +123,33 @@ absl::StatusOr<DecodedTensor> DecodeBatch(const pb::Tensor& t, const std::string
   return out;
 }
 
-kernels::TensorView PrepareOutput(pb::Tensor* t, DType dtype, const kernels::BatchShape& shape,
-                                  int rank) {
+namespace {
+
+void SetHeader(pb::Tensor* t, DType dtype, const kernels::BatchShape& shape, int rank) {
   t->set_dtype(EncodeDType(dtype));
   t->clear_shape();
   t->add_shape(shape.n);
   t->add_shape(shape.h);
   t->add_shape(shape.w);
   if (rank == 4) t->add_shape(shape.c);
+}
+
+}  // namespace
+
+kernels::TensorView PrepareOutput(pb::Tensor* t, DType dtype, const kernels::BatchShape& shape,
+                                  int rank) {
+  SetHeader(t, dtype, shape, rank);
   const size_t bytes = static_cast<size_t>(shape.elements()) * kernels::DTypeSize(dtype);
   std::string* data = t->mutable_data();
   data->resize(bytes);
   return kernels::TensorView{dtype, shape, data->data()};
+}
+
+kernels::TensorView PrepareOutput(pb::Tensor* t, DType dtype, const kernels::BatchShape& shape,
+                                  int rank, void* data) {
+  SetHeader(t, dtype, shape, rank);
+  t->clear_data();
+  return kernels::TensorView{dtype, shape, data};
 }
 
 }  // namespace tensorprep::handlers

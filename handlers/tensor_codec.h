@@ -58,6 +58,10 @@ absl::StatusOr<DecodedTensor> DecodeBatch(const pb::Tensor& t, const std::string
 // writable view over t's bytes. The bytes are uninitialised garbage until a kernel writes them.
 kernels::TensorView PrepareOutput(pb::Tensor* t, kernels::DType dtype,
                                   const kernels::BatchShape& shape, int rank);
+// The same, but the bytes live in `data` (shape.elements() * size of dtype bytes, aligned to the
+// element size), which the view points to; t's data field is left empty.
+kernels::TensorView PrepareOutput(pb::Tensor* t, kernels::DType dtype,
+                                  const kernels::BatchShape& shape, int rank, void* data);
 
 // "1x256x256x3 float32"
 std::string DescribeShape(const kernels::BatchShape& shape, int rank, kernels::DType dtype);

@@ -69,16 +69,6 @@ absl::Status PreprocessorService::ParseRequest(grpc::ByteBuffer* bytes, const st
       " bytes that protobuf cannot parse); check that the client sends messages of this API"));
 }
 
-absl::Status PreprocessorService::SerializeResponse(const pb::ProcessResponse& response,
-                                                    grpc::ByteBuffer* out) {
-  bool own_buffer = false;
-  const grpc::Status s =
-      grpc::SerializationTraits<pb::ProcessResponse>::Serialize(response, out, &own_buffer);
-  if (s.ok()) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("cannot serialise the response (",
-                                          response.ByteSizeLong(), " bytes): ", s.error_message()));
-}
-
 PreprocessorService::PreprocessorService(const handlers::Processor& processor, WorkQueue& queue,
                                          Metrics& metrics, ServiceOptions options)
     : processor_(processor),
@@ -98,7 +88,7 @@ uint64_t PreprocessorService::InFlightBytes(const pb::ProcessRequest& request,
 }
 
 absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response,
-                                         bool cancelled) {
+                                         ResultBuffer* result, bool cancelled) {
   const int64_t queue_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - job.enqueued).count();
   // Work whose caller is gone or out of time is dropped before it runs.
@@ -109,7 +99,8 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
     return absl::DeadlineExceededError(absl::StrCat(
         "the deadline passed while the request waited ", queue_ns / 1000, " us in the queue"));
   }
-  auto stats = processor_.Run(*job.request, *job.prepared, response);
+  *result = ResultBuffer::Allocate(handlers::Processor::MainOutputBytes(*job.prepared));
+  auto stats = processor_.Run(*job.request, *job.prepared, response, result->data());
   if (!stats.ok()) return stats.status();
   const MetricDevice device = ToMetricDevice(stats->device);
   pb::ServerTimings* t = response->mutable_timings();
@@ -166,8 +157,9 @@ grpc::ServerUnaryReactor* PreprocessorService::Process(grpc::CallbackServerConte
   // gRPC keeps ctx and response_bytes alive until Finish.
   queue_.Submit([this, ctx, reactor, response_bytes, call = std::move(call)]() mutable {
     metrics_.AddQueued(-1);
-    absl::Status s = RunJob(*call->job, &call->response, ctx->IsCancelled());
-    if (s.ok()) s = SerializeResponse(call->response, response_bytes);
+    ResultBuffer result;
+    absl::Status s = RunJob(*call->job, &call->response, &result, ctx->IsCancelled());
+    if (s.ok()) s = SerializeResponse(call->response, std::move(result), response_bytes);
     metrics_.RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(call->job->arrival));
     call.reset();  // gives the reservation back before the response leaves
     reactor->Finish(ToGrpcStatus(s));
@@ -303,13 +295,17 @@ class StreamReactor final : public RawBidiReactor {
         cancelled = cancelled_ || write_failed_;
       }
       auto response = std::make_unique<pb::ProcessResponse>();
-      const absl::Status s = service_->RunJob(*job, response.get(), cancelled);
-      if (!s.ok()) SetError(*request, s, response.get());
+      ResultBuffer result;
+      const absl::Status s = service_->RunJob(*job, response.get(), &result, cancelled);
+      if (!s.ok()) {
+        SetError(*request, s, response.get());
+        result = ResultBuffer();
+      }
       // The reservation now covers the response until it is written.
       AdmissionTicket ticket = std::move(job->ticket);
       job.reset();  // drops the views into `request` before it goes
       request.reset();
-      Complete(std::move(response), s, arrival, bytes, std::move(ticket));
+      Complete(std::move(response), std::move(result), s, arrival, bytes, std::move(ticket));
     });
   }
 
@@ -389,7 +385,7 @@ class StreamReactor final : public RawBidiReactor {
             uint64_t bytes) {
     auto response = std::make_unique<pb::ProcessResponse>();
     SetError(request, s, response.get());
-    Complete(std::move(response), s, arrival, bytes, AdmissionTicket());
+    Complete(std::move(response), ResultBuffer(), s, arrival, bytes, AdmissionTicket());
   }
 
   void ReadNext() {
@@ -398,14 +394,15 @@ class StreamReactor final : public RawBidiReactor {
   }
 
   // Hands a settled request's response to the writer (or drops it if the client is gone).
-  void Complete(std::unique_ptr<pb::ProcessResponse> response, absl::Status s,
-                Clock::time_point arrival, uint64_t bytes, AdmissionTicket ticket) {
+  // `result` holds the main result's bytes of a successful response.
+  void Complete(std::unique_ptr<pb::ProcessResponse> response, ResultBuffer result,
+                absl::Status s, Clock::time_point arrival, uint64_t bytes, AdmissionTicket ticket) {
     auto wire = std::make_unique<grpc::ByteBuffer>();
-    absl::Status serialized = PreprocessorService::SerializeResponse(*response, wire.get());
+    const absl::Status serialized = SerializeResponse(*response, std::move(result), wire.get());
     if (!serialized.ok()) {
       s = WithRequestId(serialized, response->request_id());
       SetErrorFor(response->request_id(), s, response.get());
-      serialized = PreprocessorService::SerializeResponse(*response, wire.get());
+      SerializeResponse(*response, ResultBuffer(), wire.get()).IgnoreError();  // a few bytes
     }
     response.reset();
     service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(s), SecondsSince(arrival));

@@ -19,6 +19,7 @@
 #include "handlers/processor.h"
 #include "server/admission.h"
 #include "server/metrics.h"
+#include "server/wire_response.h"
 #include "server/work_queue.h"
 #include "tensorprep/v1/tensorprep.grpc.pb.h"
 
@@ -60,17 +61,17 @@ class PreprocessorService final
                                     pb::ListOpsResponse* response) override;
 
   // Shared by unary and stream calls: runs one prepared request on the calling (worker) thread,
-  // filling `response` and its queue/total timings. Returns CANCELLED / DEADLINE_EXCEEDED
-  // without running anything when the caller is gone or out of time.
+  // filling `response` and its queue/total timings, with the main result in `result` (sized
+  // here). Returns CANCELLED / DEADLINE_EXCEEDED without running anything when the caller is
+  // gone or out of time.
   struct Job;
-  absl::Status RunJob(Job& job, pb::ProcessResponse* response, bool cancelled);
+  absl::Status RunJob(Job& job, pb::ProcessResponse* response, ResultBuffer* result,
+                      bool cancelled);
 
   // Parses one request message; INVALID_ARGUMENT naming `what` ("the request", "message 3 of
   // this stream") for bytes that are not a ProcessRequest. Empties `bytes`.
   static absl::Status ParseRequest(grpc::ByteBuffer* bytes, const std::string& what,
                                    pb::ProcessRequest* request);
-  // Serialises a response into `out` (INTERNAL if protobuf cannot, e.g. over 2 GiB).
-  static absl::Status SerializeResponse(const pb::ProcessResponse& response, grpc::ByteBuffer* out);
 
   // Bytes a prepared request holds while in flight: the request message plus every output
   // tensor it will produce. What Admission and the stream window account.

@@ -1,0 +1,63 @@
+// Responses whose main result goes on the wire without a copy. The kernels write the result into
+// a ResultBuffer; SerializeResponse then hands that memory to gRPC as a slice of its own after the
+// rest of the message, so the result is neither zero-filled (as a std::string would be) nor
+// copied by protobuf into the wire buffer.
+//
+// The wire bytes are one ordinary message with its fields in another order: first `images`
+// (dtype, shape, then data, whose bytes are the result buffer itself), then every other field.
+// Protobuf's encoding lets fields come in any order, and `images` occurs once, so every parser,
+// hand-written ones included, reads the same message as if protobuf had serialised it.
+#ifndef TENSORPREP_SERVER_WIRE_RESPONSE_H_
+#define TENSORPREP_SERVER_WIRE_RESPONSE_H_
+
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "tensorprep/v1/tensorprep.pb.h"
+
+namespace tensorprep::server {
+
+// Uninitialised, 64-byte aligned memory for one result, owned until it is released to gRPC.
+class ResultBuffer {
+ public:
+  ResultBuffer() = default;
+  ResultBuffer(ResultBuffer&& other) noexcept
+      : data_(std::move(other.data_)), size_(std::exchange(other.size_, 0)) {}
+  ResultBuffer& operator=(ResultBuffer&& other) noexcept {
+    data_ = std::move(other.data_);
+    size_ = std::exchange(other.size_, 0);
+    return *this;
+  }
+  // Empty when `bytes` is 0; aborts like operator new when memory runs out.
+  static ResultBuffer Allocate(size_t bytes);
+
+  void* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+
+  // A slice over the memory that frees it when gRPC drops its last reference; leaves this empty.
+  grpc::Slice ReleaseToSlice();
+
+ private:
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::unique_ptr<void, Free> data_;
+  size_t size_ = 0;
+};
+
+// Serialises `response` into `out`. With a non-empty `result`, its bytes become images.data
+// (response.images().data() must then be empty) and the buffer is released to `out`; `response`
+// is left as it was. INTERNAL
+// when protobuf cannot serialise the message (over 2 GiB).
+absl::Status SerializeResponse(::tensorprep::v1::ProcessResponse& response,
+                               ResultBuffer result, grpc::ByteBuffer* out);
+
+}  // namespace tensorprep::server
+
+#endif  // TENSORPREP_SERVER_WIRE_RESPONSE_H_
