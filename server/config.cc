@@ -37,8 +37,21 @@ Flags (each also read from the environment variable shown; flags win):
                          (TENSORPREP_STREAM_INFLIGHT, default 8)
   --stream-inflight-mb N bytes in flight per stream before reading pauses, in MiB; one request
                          bigger than this gets RESOURCE_EXHAUSTED (TENSORPREP_STREAM_INFLIGHT_MB, 256)
-  --grace-seconds S      on SIGTERM/SIGINT, time given to in-flight work before it is cancelled
-                         (TENSORPREP_GRACE_SECONDS, default 30)
+  --drain-delay-seconds S
+                         on SIGTERM/SIGINT, health turns NOT_SERVING at once but calls are still
+                         served for S seconds, so that health-checking clients and load balancers
+                         move to other replicas before the shutdown; a second signal ends the
+                         delay early (TENSORPREP_DRAIN_DELAY_SECONDS, default 0 = shut down at once)
+  --grace-seconds S      then, time given to in-flight work before it is cancelled; new calls are
+                         refused (TENSORPREP_GRACE_SECONDS, default 30)
+  --max-connection-age-seconds S
+                         send a client connection GOAWAY after about S seconds (+-10% jitter) so
+                         that long-lived channels reconnect and re-balance over the replicas
+                         (TENSORPREP_MAX_CONNECTION_AGE_SECONDS, default 0 = no limit)
+  --max-connection-age-grace-seconds S
+                         after that GOAWAY, time calls still running on the old connection get
+                         before it is closed; needs --max-connection-age-seconds
+                         (TENSORPREP_MAX_CONNECTION_AGE_GRACE_SECONDS, default 0 = no limit)
   --tls-cert FILE        PEM certificate chain; with --tls-key turns TLS on (TENSORPREP_TLS_CERT)
   --tls-key FILE         PEM private key (TENSORPREP_TLS_KEY)
   --tls-client-ca FILE   PEM CA bundle; clients must present a certificate it signed (mutual TLS)
@@ -63,6 +76,30 @@ absl::Status ParseInt(const std::string& v, const std::string& name, int lo, int
   if (!absl::SimpleAtoi(v, &x) || x < lo || x > hi) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": expected an integer in [", lo, ", ", hi, "], got '", v, "'"));
+  }
+  *out = x;
+  return absl::OkStatus();
+}
+
+absl::Status ParseSeconds(const std::string& v, const std::string& name, int hi, double* out) {
+  double x;
+  if (!absl::SimpleAtod(v, &x) || !(x >= 0 && x <= hi)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": expected seconds in [0, ", hi, "], got '", v, "'"));
+  }
+  *out = x;
+  return absl::OkStatus();
+}
+
+// A duration that gRPC takes in whole milliseconds: 0 (off) or at least 1 ms, and at most
+// kMaxAgeSeconds so that the milliseconds fit an int.
+constexpr int kMaxAgeSeconds = 1000000;
+absl::Status ParseAgeSeconds(const std::string& v, const std::string& name, double* out) {
+  double x;
+  if (!absl::SimpleAtod(v, &x) || !(x == 0 || (x >= 0.001 && x <= kMaxAgeSeconds))) {
+    return absl::InvalidArgumentError(absl::StrCat(name,
+                                                   ": expected 0 (no limit) or seconds in [0.001, ",
+                                                   kMaxAgeSeconds, "], got '", v, "'"));
   }
   *out = x;
   return absl::OkStatus();
@@ -155,13 +192,19 @@ const std::map<std::string, Setter>& Setters() {
        }},
       {"grace-seconds",
        [](Config& c, const std::string& v, const std::string& name) {
-         double x;
-         if (!absl::SimpleAtod(v, &x) || !(x >= 0 && x <= 3600)) {
-           return absl::InvalidArgumentError(
-               absl::StrCat(name, ": expected seconds in [0, 3600], got '", v, "'"));
-         }
-         c.grace_seconds = x;
-         return absl::OkStatus();
+         return ParseSeconds(v, name, 3600, &c.grace_seconds);
+       }},
+      {"drain-delay-seconds",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseSeconds(v, name, 3600, &c.drain_delay_seconds);
+       }},
+      {"max-connection-age-seconds",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseAgeSeconds(v, name, &c.max_connection_age_seconds);
+       }},
+      {"max-connection-age-grace-seconds",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseAgeSeconds(v, name, &c.max_connection_age_grace_seconds);
        }},
   };
   return *setters;
@@ -239,6 +282,11 @@ absl::StatusOr<Config> ParseConfig(const std::vector<std::string>& args,
   if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
     return absl::InvalidArgumentError(
         "--tls-client-ca: expected --tls-cert and --tls-key too (mutual TLS needs TLS)");
+  }
+  if (c.max_connection_age_grace_seconds > 0 && c.max_connection_age_seconds == 0) {
+    return absl::InvalidArgumentError(
+        "--max-connection-age-grace-seconds: expected --max-connection-age-seconds too (the grace "
+        "starts when a connection reaches its age)");
   }
   for (const auto& [path, name] : {std::pair{c.tls_cert, "--tls-cert"},
                                    std::pair{c.tls_key, "--tls-key"},

@@ -23,6 +23,17 @@ struct Config {
   int stream_inflight = 8;       // TENSORPREP_STREAM_INFLIGHT: requests in flight per stream
   int stream_inflight_mb = 256;  // TENSORPREP_STREAM_INFLIGHT_MB: bytes in flight per stream
   double grace_seconds = 30;     // TENSORPREP_GRACE_SECONDS: drain time on SIGTERM
+  // TENSORPREP_DRAIN_DELAY_SECONDS: on SIGTERM/SIGINT health turns NOT_SERVING at once, but calls
+  // are still served for this long before the shutdown begins, so that health-checking clients
+  // and load balancers move away first. 0 = shut down at once (the bare binary's default; the
+  // Kubernetes manifests set 10). A second signal ends the delay early.
+  double drain_delay_seconds = 0;
+  // TENSORPREP_MAX_CONNECTION_AGE_SECONDS: a connection older than this (gRPC adds +-10% jitter)
+  // gets a GOAWAY, so that clients reconnect and re-balance over the replicas. 0 = no limit.
+  double max_connection_age_seconds = 0;
+  // TENSORPREP_MAX_CONNECTION_AGE_GRACE_SECONDS: how long calls on a connection past its age may
+  // still run before it is closed. 0 = no limit (gRPC's default). Needs a connection age.
+  double max_connection_age_grace_seconds = 0;
 
   // TLS: PEM files. Both cert and key turn TLS on; a client CA also requires and verifies client
   // certificates (mutual TLS).
@@ -42,8 +53,9 @@ std::string Usage();
 
 // Parses `env` (NAME=VALUE strings, e.g. from environ) then `args` (argv without argv[0]).
 // INVALID_ARGUMENT naming the flag or variable for unknown flags and bad values.
-// Also checks combinations: TLS cert without key (or the reverse), a client CA without TLS, and
-// unreadable TLS or token files are INVALID_ARGUMENT naming the flag.
+// Also checks combinations: TLS cert without key (or the reverse), a client CA without TLS, a
+// connection age grace without a connection age, and unreadable TLS or token files are
+// INVALID_ARGUMENT naming the flag.
 absl::StatusOr<Config> ParseConfig(const std::vector<std::string>& args,
                                    const std::vector<std::string>& env);
 

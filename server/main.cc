@@ -4,8 +4,10 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -36,6 +38,28 @@ std::string HostPort(const std::string& host, int port) {
     return absl::StrCat("[", host, "]:", port);
   }
   return absl::StrCat(host, ":", port);
+}
+
+const char* SignalName(int sig) { return sig == SIGTERM ? "SIGTERM" : "SIGINT"; }
+
+std::chrono::milliseconds Seconds(double seconds) {
+  return std::chrono::milliseconds(std::llround(seconds * 1000));
+}
+
+// Waits until one of the (blocked) `signals` is pending or `deadline` passes; the signal taken,
+// or 0 at the deadline.
+int WaitForSignal(const sigset_t& signals, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    const auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::steady_clock::duration::zero()) return 0;
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+    const timespec timeout{static_cast<time_t>(ns / 1000000000),
+                           static_cast<long>(ns % 1000000000)};
+    const int sig = sigtimedwait(&signals, nullptr, &timeout);
+    if (sig > 0) return sig;
+    // EAGAIN: the timeout passed; EINTR: another signal interrupted the wait. Both re-check the
+    // deadline above.
+  }
 }
 
 int Run(const Config& config) {
@@ -126,6 +150,18 @@ int Run(const Config& config) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_mb * 1024 * 1024);
   builder.SetMaxSendMessageSize(config.max_message_mb * 1024 * 1024);
+  // GOAWAY after the age lets long-lived client channels reconnect and re-balance; without a
+  // grace, calls on the old connection (long streams too) run to their end.
+  if (config.max_connection_age_seconds > 0) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_MS,
+        static_cast<int>(Seconds(config.max_connection_age_seconds).count()));
+  }
+  if (config.max_connection_age_grace_seconds > 0) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+        static_cast<int>(Seconds(config.max_connection_age_grace_seconds).count()));
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::cerr << "tensorprep-server: cannot listen on " << address << "\n";
@@ -144,15 +180,49 @@ int Run(const Config& config) {
             << (pem.cert_chain.empty() ? "plaintext"
                                        : pem.client_ca.empty() ? "TLS" : "mutual TLS")
             << ", bearer token " << (config.auth_token.empty() ? "off" : "required") << "\n";
+  std::cerr << "tensorprep-server: on SIGTERM: drain delay " << config.drain_delay_seconds
+            << " s, then grace " << config.grace_seconds << " s; connection max age ";
+  if (config.max_connection_age_seconds > 0) {
+    std::cerr << config.max_connection_age_seconds << " s (grace ";
+    if (config.max_connection_age_grace_seconds > 0) {
+      std::cerr << config.max_connection_age_grace_seconds << " s)\n";
+    } else {
+      std::cerr << "unlimited)\n";
+    }
+  } else {
+    std::cerr << "off\n";
+  }
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::cerr << "tensorprep-server: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
-            << ": draining (grace " << config.grace_seconds << " s)\n";
-  // Stop accepting, tell health checkers, and give in-flight calls the grace period.
+  // Phase 1, the drain delay: every health service ("" and the Preprocessor) says NOT_SERVING, so
+  // clients that watch health stop picking this replica, while calls that still come are served
+  // as usual. Shutting down at once would cancel the calls a client sends before it has seen
+  // NOT_SERVING.
   health->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(config.grace_seconds * 1000)));
+  if (config.drain_delay_seconds > 0) {
+    std::cerr << "tensorprep-server: " << SignalName(sig)
+              << ": health NOT_SERVING; still serving for the drain delay ("
+              << config.drain_delay_seconds << " s; a second SIGTERM or SIGINT ends it)\n";
+    const auto start = std::chrono::steady_clock::now();
+    const int second = WaitForSignal(signals, start + Seconds(config.drain_delay_seconds));
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (second != 0) {
+      std::cerr << "tensorprep-server: " << SignalName(second) << ": drain delay ended after "
+                << waited << " s\n";
+    } else {
+      std::cerr << "tensorprep-server: drain delay over after " << waited << " s\n";
+    }
+  } else {
+    std::cerr << "tensorprep-server: " << SignalName(sig)
+              << ": health NOT_SERVING (no drain delay)\n";
+  }
+  // Phase 2, the drain: new calls and connections are refused, calls in progress get the grace
+  // period, then what is left is cancelled.
+  std::cerr << "tensorprep-server: shutting down: refusing new calls, in-flight calls have "
+            << config.grace_seconds << " s\n";
+  server->Shutdown(std::chrono::system_clock::now() + Seconds(config.grace_seconds));
   server->Wait();
   // Every call has finished by now: equal counts mean no accepted request went unanswered.
   std::cerr << "tensorprep-server: stopped; requests accepted=" << service.accepted()

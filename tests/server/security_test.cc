@@ -114,6 +114,92 @@ TEST(SecurityConfigTest, FlagsAndEnvironmentAreParsedAndCheckedTogether) {
   rmdir(dir.c_str());
 }
 
+TEST(ShutdownConfigTest, DrainDelayAndConnectionAgeFromFlagsAndEnvironment) {
+  auto c = server::ParseConfig({}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->drain_delay_seconds, 0);
+  EXPECT_EQ(c->max_connection_age_seconds, 0);
+  EXPECT_EQ(c->max_connection_age_grace_seconds, 0);
+
+  c = server::ParseConfig(
+      {}, {"TENSORPREP_DRAIN_DELAY_SECONDS=10", "TENSORPREP_MAX_CONNECTION_AGE_SECONDS=300",
+           "TENSORPREP_MAX_CONNECTION_AGE_GRACE_SECONDS=0.5"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->drain_delay_seconds, 10);
+  EXPECT_EQ(c->max_connection_age_seconds, 300);
+  EXPECT_EQ(c->max_connection_age_grace_seconds, 0.5);
+
+  // Flags win over the environment; both spellings of a flag work.
+  c = server::ParseConfig(
+      {"--drain-delay-seconds", "2.5", "--max-connection-age-seconds=1",
+       "--max-connection-age-grace-seconds", "0"},
+      {"TENSORPREP_DRAIN_DELAY_SECONDS=10", "TENSORPREP_MAX_CONNECTION_AGE_SECONDS=300",
+       "TENSORPREP_MAX_CONNECTION_AGE_GRACE_SECONDS=7"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->drain_delay_seconds, 2.5);
+  EXPECT_EQ(c->max_connection_age_seconds, 1);
+  EXPECT_EQ(c->max_connection_age_grace_seconds, 0);
+  c = server::ParseConfig(
+      {"--max-connection-age-seconds", "0.001", "--drain-delay-seconds", "3600"}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+
+  // Each bad value is refused with the flag or variable's name, what was expected and what came.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad_flags = {
+      {{"--drain-delay-seconds", "-1"},
+       "--drain-delay-seconds: expected seconds in [0, 3600], got '-1'"},
+      {{"--drain-delay-seconds", "3601"},
+       "--drain-delay-seconds: expected seconds in [0, 3600], got '3601'"},
+      {{"--drain-delay-seconds", "soon"},
+       "--drain-delay-seconds: expected seconds in [0, 3600], got 'soon'"},
+      {{"--drain-delay-seconds", "nan"},
+       "--drain-delay-seconds: expected seconds in [0, 3600], got 'nan'"},
+      {{"--drain-delay-seconds"}, "--drain-delay-seconds: expected a value"},
+      {{"--max-connection-age-seconds", "-5"},
+       "--max-connection-age-seconds: expected 0 (no limit) or seconds in [0.001, 1000000], got "
+       "'-5'"},
+      {{"--max-connection-age-seconds", "0.0001"},
+       "--max-connection-age-seconds: expected 0 (no limit) or seconds in [0.001, 1000000], got "
+       "'0.0001'"},
+      {{"--max-connection-age-seconds", "inf"},
+       "--max-connection-age-seconds: expected 0 (no limit) or seconds in [0.001, 1000000], got "
+       "'inf'"},
+      {{"--max-connection-age-seconds", "1", "--max-connection-age-grace-seconds", "1e7"},
+       "--max-connection-age-grace-seconds: expected 0 (no limit) or seconds in [0.001, "
+       "1000000], got '1e7'"},
+      {{"--max-connection-age-grace-seconds", "5"},
+       "--max-connection-age-grace-seconds: expected --max-connection-age-seconds too"},
+  };
+  for (const auto& [args, want] : bad_flags) {
+    auto bad = server::ParseConfig(args, {});
+    ASSERT_FALSE(bad.ok()) << args[0];
+    EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);
+    EXPECT_EQ(bad.status().message().rfind(want, 0), 0u) << bad.status();
+  }
+  for (const std::string& env :
+       {"TENSORPREP_DRAIN_DELAY_SECONDS=", "TENSORPREP_DRAIN_DELAY_SECONDS=1h",
+        "TENSORPREP_MAX_CONNECTION_AGE_SECONDS=-1",
+        "TENSORPREP_MAX_CONNECTION_AGE_GRACE_SECONDS=x"}) {
+    auto bad = server::ParseConfig({}, {env});
+    ASSERT_FALSE(bad.ok()) << env;
+    EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);
+    const std::string name = env.substr(0, env.find('='));
+    EXPECT_EQ(bad.status().message().rfind(name + ": expected", 0), 0u) << bad.status();
+  }
+  // A grace from the environment without an age is refused too, naming the flag it needs.
+  auto bad = server::ParseConfig({}, {"TENSORPREP_MAX_CONNECTION_AGE_GRACE_SECONDS=5"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--max-connection-age-seconds"), std::string::npos);
+
+  // --help documents each flag with its variable.
+  const std::string usage = server::Usage();
+  for (const char* name :
+       {"--drain-delay-seconds", "TENSORPREP_DRAIN_DELAY_SECONDS", "--max-connection-age-seconds",
+        "TENSORPREP_MAX_CONNECTION_AGE_SECONDS", "--max-connection-age-grace-seconds",
+        "TENSORPREP_MAX_CONNECTION_AGE_GRACE_SECONDS"}) {
+    EXPECT_NE(usage.find(name), std::string::npos) << name;
+  }
+}
+
 // ---- the token over a plaintext loopback channel ---------------------------------------------
 
 TEST(TokenTest, EveryPreprocessorCallNeedsTheTokenButHealthDoesNot) {
