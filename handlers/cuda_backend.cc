@@ -1,5 +1,6 @@
 // The CUDA backend: runs a Plan on device 0 through the kernels' CUDA API. Compiled only when the
 // build has CUDA; without a usable device it reports usable() == false and is never routed to.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -28,11 +29,12 @@ absl::Status Ensure(cu::DeviceBuffer& b, size_t bytes) {
 
 // One request's worth of device resources: a stream, device buffers and pinned staging memory,
 // reused from request to request. Several lanes let requests in flight overlap their copies
-// with each other's kernels.
+// with each other's kernels. `stream` is declared last so that it is destroyed first: its
+// destructor waits for the work queued on it, which may still use the memory.
 struct Lane {
-  cu::Stream stream;
   cu::PinnedBuffer staging;
   std::vector<cu::DeviceBuffer> buffers;  // [0, 1]: main ping-pong; 2 + 2j, 3 + 2j: aux j
+  cu::Stream stream;
 };
 
 class CudaBackend : public Backend {
@@ -40,19 +42,30 @@ class CudaBackend : public Backend {
   explicit CudaBackend(cu::DeviceInfo info) : info_(std::move(info)) {}
 
   DeviceKind kind() const override { return DeviceKind::kCuda; }
-  bool usable() const override { return info_.usable; }
+  bool usable() const override { return info_.usable && !lost_.load(); }
   std::string name() const override { return info_.usable ? info_.name : "cuda"; }
-  std::string detail() const override { return info_.detail; }
+  std::string detail() const override {
+    if (lost_.load()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      return lost_detail_;
+    }
+    return info_.detail;
+  }
 
   absl::Status Execute(const Plan& plan, const ExecInputs& in, const ExecOutputs& out,
                        std::vector<StepTiming>* timings) override {
-    if (!info_.usable) {
-      return absl::FailedPreconditionError(absl::StrCat("no usable CUDA device: ", info_.detail));
+    if (!usable()) {
+      return absl::FailedPreconditionError(absl::StrCat("no usable CUDA device: ", detail()));
     }
     std::unique_ptr<Lane> lane;
     TP_RETURN_IF_ERROR(Acquire(&lane));
-    absl::Status s = Run(*lane, plan, in, out, timings);
-    Release(std::move(lane), s.ok());
+    LaneGuard guard(this, std::move(lane));
+    absl::Status s = Run(*guard.lane, plan, in, out, timings);
+    if (s.ok()) {
+      guard.healthy = true;
+    } else {
+      CheckAfterFailure(s);
+    }
     return s;
   }
 
@@ -81,8 +94,18 @@ class CudaBackend : public Backend {
     return absl::OkStatus();
   }
 
-  // A lane whose work failed is dropped (its stream may hold a sticky error).
+  // Gives a lane back when the request is done, also when Run throws (std::bad_alloc); a lane
+  // whose work failed is dropped (its stream may hold an error), after its stream has drained.
+  struct LaneGuard {
+    LaneGuard(CudaBackend* b, std::unique_ptr<Lane> l) : backend(b), lane(std::move(l)) {}
+    ~LaneGuard() { backend->Release(std::move(lane), healthy); }
+    CudaBackend* backend;
+    std::unique_ptr<Lane> lane;
+    bool healthy = false;
+  };
+
   void Release(std::unique_ptr<Lane> lane, bool healthy) {
+    if (!healthy) lane.reset();  // outside the lock: waits for the stream, then frees
     std::lock_guard<std::mutex> lock(mu_);
     if (healthy) {
       idle_.push_back(std::move(lane));
@@ -90,6 +113,21 @@ class CudaBackend : public Backend {
       --created_;
     }
     cv_.notify_one();
+  }
+
+  // After a failed request: when the device's context is lost (a sticky error, which fails every
+  // later CUDA call of this process), stop routing to the device, so that DEVICE_AUTO requests go
+  // to the CPU directly and DEVICE_CUDA ones get FAILED_PRECONDITION saying why, instead of each
+  // failing on the device first. Only a restart of the process recovers.
+  void CheckAfterFailure(const absl::Status& failure) {
+    const absl::Status context = cu::CheckContext();
+    if (context.ok()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (lost_.load()) return;
+    lost_detail_ = absl::StrCat("the CUDA context was lost (", context.message(),
+                                ") after a request failed with: ", failure.message(),
+                                "; restart the server to use the GPU again");
+    lost_.store(true);
   }
 
   // Uploads one tensor through the lane's pinned staging memory at `offset`.
@@ -216,7 +254,9 @@ class CudaBackend : public Backend {
   }
 
   const cu::DeviceInfo info_;
-  std::mutex mu_;
+  std::atomic<bool> lost_{false};
+  mutable std::mutex mu_;
+  std::string lost_detail_;  // GUARDED_BY(mu_)
   std::condition_variable cv_;
   std::vector<std::unique_ptr<Lane>> idle_;  // GUARDED_BY(mu_)
   size_t created_ = 0;                       // GUARDED_BY(mu_)

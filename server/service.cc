@@ -101,6 +101,15 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
   }
   *result = ResultBuffer::Allocate(handlers::Processor::MainOutputBytes(*job.prepared));
   auto stats = processor_.Run(*job.request, *job.prepared, response, result->data());
+  if (job.prepared->device == handlers::DeviceKind::kCuda) {
+    // A device that lost its context (see the CUDA backend) shows on the gauge as soon as a
+    // request finds out.
+    for (const handlers::Backend* b : processor_.backends()) {
+      if (b->kind() == handlers::DeviceKind::kCuda) {
+        metrics_.SetDeviceUsable(MetricDevice::kCuda, b->usable());
+      }
+    }
+  }
   if (!stats.ok()) return stats.status();
   const MetricDevice device = ToMetricDevice(stats->device);
   pb::ServerTimings* t = response->mutable_timings();

@@ -134,6 +134,12 @@ absl::Status CopyToHost(const DeviceBuffer& device, void* host, size_t bytes, St
 // Waits for all work queued on `stream`; returns the first error that work raised.
 absl::Status Synchronize(Stream& stream);
 
+// Whether the device's context still works after a failure: waits for all work on the device
+// and returns INTERNAL with the error when the context is lost (a sticky error such as an illegal
+// address, which fails every later call until the process exits); OK after an ordinary error
+// such as an allocation that did not fit.
+absl::Status CheckContext();
+
 // ---- Kernel launchers -------------------------------------------------------------------------
 // Each mirrors its CPU counterpart exactly (same arguments, same semantics, same validation, same
 // results; see warp.h, flip.h, elementwise.h) with views whose `data` are DEVICE pointers

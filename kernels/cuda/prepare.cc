@@ -14,7 +14,7 @@ std::string ShapeText(const BatchShape& s) {
 }
 
 absl::Status CheckView(const char* function, const char* what, const BatchShape& shape,
-                       const void* data) {
+                       DType dtype, const void* data) {
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   if (shape.n < 1 || shape.h < 1 || shape.w < 1 || shape.c < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -29,6 +29,11 @@ absl::Status CheckView(const char* function, const char* what, const BatchShape&
     return absl::InvalidArgumentError(
         absl::StrCat(function, ": ", what, " data is null; expected device memory"));
   }
+  // A misaligned access is a sticky error on the device: it would lose the context.
+  if (reinterpret_cast<uintptr_t>(data) % DTypeSize(dtype) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(function, ": ", what, " data is not aligned to ",
+                                                   DTypeSize(dtype), " bytes (its element size)"));
+  }
   return absl::OkStatus();
 }
 
@@ -36,8 +41,8 @@ absl::Status CheckView(const char* function, const char* what, const BatchShape&
 // the element sizes match) identical.
 absl::Status CheckPair(const char* function, const ConstTensorView& src, const TensorView& dst,
                        bool allow_same) {
-  TP_RETURN_IF_ERROR(CheckView(function, "src", src.shape, src.data));
-  TP_RETURN_IF_ERROR(CheckView(function, "dst", dst.shape, dst.data));
+  TP_RETURN_IF_ERROR(CheckView(function, "src", src.shape, src.dtype, src.data));
+  TP_RETURN_IF_ERROR(CheckView(function, "dst", dst.shape, dst.dtype, dst.data));
   if (!(src.shape == dst.shape)) {
     return absl::InvalidArgumentError(absl::StrCat(function, ": dst shape ", ShapeText(dst.shape),
                                                    "; expected src shape ", ShapeText(src.shape)));

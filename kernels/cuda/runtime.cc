@@ -17,6 +17,11 @@ namespace detail {
 
 absl::Status CudaStatus(const char* call, cudaError_t error) {
   if (error == cudaSuccess) return absl::OkStatus();
+  // The runtime also records the error as this thread's "last error", which the next kernel
+  // launch would report (launchers return cudaGetLastError()) as if that launch had failed.
+  // Clearing it keeps a failed allocation from failing someone else's request; a sticky error
+  // (a lost context) still comes back from every later call.
+  (void)cudaGetLastError();
   return absl::InternalError(absl::StrCat("cuda: ", call, ": ", cudaGetErrorString(error), " (",
                                           cudaGetErrorName(error), ")"));
 }
@@ -286,6 +291,11 @@ absl::Status CopyToHost(const DeviceBuffer& device, void* host, size_t bytes, St
 absl::Status Synchronize(Stream& stream) {
   TP_RETURN_IF_ERROR(detail::RequireStream(stream, "Synchronize"));
   return detail::CudaStatus("cudaStreamSynchronize", cudaStreamSynchronize(stream.impl()->stream));
+}
+
+absl::Status CheckContext() {
+  TP_RETURN_IF_ERROR(detail::RequireDevice());
+  return detail::CudaStatus("cudaDeviceSynchronize", cudaDeviceSynchronize());
 }
 
 }  // namespace tensorprep::kernels::cuda

@@ -655,7 +655,13 @@ TEST(Validation, MalformedArgumentsAreInvalidArgument) {
   const TensorView overlapping{DType::kFloat32, {2, 2, 2, 3}, a + 1};
   const TensorView null_data{DType::kFloat32, {2, 2, 2, 3}, nullptr};
   const ConstTensorView empty{DType::kFloat32, {0, 2, 2, 3}, a};
+  // A misaligned device access would lose the context, so it is refused up front.
+  const ConstTensorView misaligned{DType::kFloat32, {1, 1, 1, 3},
+                                   reinterpret_cast<const char*>(a) + 2};
   const std::vector<Affine> three(3);
+  const absl::Status m = FlipCuda(misaligned, dst, {FlipFlags{}}, none);
+  EXPECT_EQ(m.code(), invalid);
+  EXPECT_NE(m.message().find("src data is not aligned to 4 bytes"), std::string::npos) << m;
   EXPECT_EQ(WarpAffineCuda(src, wrong_shape, {Affine{}}, {}, none).code(), invalid);
   EXPECT_EQ(WarpAffineCuda(src, wrong_dtype, {Affine{}}, {}, none).code(), invalid);
   EXPECT_EQ(WarpAffineCuda(src, overlapping, {Affine{}}, {}, none).code(), invalid);
@@ -712,9 +718,11 @@ TEST(DeviceOnly, LargeGridsStride) {
   ASSERT_TRUE(warped.ok()) << warped.status();
   ExpectSame(*warped, reference::WarpAffine(src.view(), maps, params));
 
-  const BatchShape big{1, 2100, 2100, 5};  // > 65535 * 256 elements: the element-wise loop wraps
+  // > 65535 * 256 elements: the element-wise loop wraps. 7 channels, because the capped grid's
+  // stride (65535 * 256) is a multiple of 1 to 6: only then does the carried channel index move.
+  const BatchShape big{1, 2100, 2100, 7};
   const Buffer values = RandomBuffer(DType::kFloat32, big, 2, -1, 1);
-  const auto chain = Arith(ElementwiseKind::kAdd, PerChannel(5, 1, 2));
+  const auto chain = Arith(ElementwiseKind::kAdd, PerChannel(7, 1, 2));
   auto added = RunElementwise(Backend::kDevice, values, chain, false);
   ASSERT_TRUE(added.ok()) << added.status();
   ExpectSame(*added, reference::Elementwise(values.view(), chain));
