@@ -103,6 +103,15 @@ std::string ServerProcess::Stderr() const {
   return buf.str();
 }
 
+bool ServerProcess::WaitForStderr(const std::string& text, double seconds) const {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (Stderr().find(text) == std::string::npos) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
 long long ServerProcess::RssBytes() const {
   std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
   std::string line;

@@ -29,6 +29,8 @@ class ServerProcess {
   int Wait(double seconds);
   // Everything the process wrote to stderr so far.
   std::string Stderr() const;
+  // Waits up to `seconds` for `text` to appear in stderr; whether it did.
+  bool WaitForStderr(const std::string& text, double seconds) const;
   // Resident set size in bytes (VmRSS), 0 if unknown.
   long long RssBytes() const;
 
