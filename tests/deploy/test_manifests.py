@@ -129,12 +129,22 @@ def test_kubernetes_wiring(variant):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == ports["grpc"], probe
     assert container["readinessProbe"]["grpc"]["service"] == "tensorprep.v1.Preprocessor"
-    # The drain fits: preStop sleep + the server's grace < the kubelet's grace.
-    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert pre_stop[0].endswith("sleep")
-    drain = float(pre_stop[1]) + float(env["TENSORPREP_GRACE_SECONDS"]["value"])
+    # The drain fits: any preStop sleep + the server's drain delay + its grace, with a margin,
+    # within the kubelet's grace. The delay must be real (the binary's default is 0), long
+    # enough for the readiness probe to fail twice.
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    sleep = 0.0
+    if pre_stop:
+        assert pre_stop[0].endswith("sleep"), pre_stop
+        sleep = float(pre_stop[1])
+    delay = float(env["TENSORPREP_DRAIN_DELAY_SECONDS"]["value"])
+    readiness = container["readinessProbe"]
+    assert delay >= readiness["periodSeconds"] * readiness["failureThreshold"], delay
+    drain = sleep + delay + float(env["TENSORPREP_GRACE_SECONDS"]["value"])
     assert spec["terminationGracePeriodSeconds"] >= drain + 5, (
         spec["terminationGracePeriodSeconds"], drain)
+    # Connections are recycled so that long-lived channels see new replicas.
+    assert float(env["TENSORPREP_MAX_CONNECTION_AGE_SECONDS"]["value"]) > 0
     # The image's non-root user.
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == 10001
@@ -173,10 +183,20 @@ def test_server_starts_with_the_deployment_environment(tmp_path):
         line = proc.stdout.readline()
         assert READY.search(line), line + proc.stdout.read() if proc.poll() is not None else line
         assert f"threads={env['TENSORPREP_THREADS']}" in line, line
+        # The drain settings as the server took them; then SIGTERM starts the drain delay, and a
+        # second SIGTERM ends it, so that the test need not wait it out.
+        settings = proc.stdout.readline() + proc.stdout.readline()
+        assert (f"drain delay {env['TENSORPREP_DRAIN_DELAY_SECONDS']} s, then grace "
+                f"{env['TENSORPREP_GRACE_SECONDS']} s; connection max age "
+                f"{env['TENSORPREP_MAX_CONNECTION_AGE_SECONDS']} s") in settings, settings
+        proc.send_signal(signal.SIGTERM)
+        delay_line = proc.stdout.readline()
+        assert "still serving for the drain delay" in delay_line, delay_line
     finally:
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, rest
+    assert "SIGTERM: drain delay ended after" in rest, rest
 
 
 # ---- Compose ------------------------------------------------------------------------------------
@@ -209,6 +229,11 @@ def test_compose_config_is_valid(files):
     cfg = json.loads(r.stdout)
     assert set(cfg["services"]) == {"tensorprep-server", "prometheus", "grafana"}
     server = cfg["services"]["tensorprep-server"]
+    # docker stop waits for the whole drain: delay + grace, with a margin.
+    env = server["environment"]
+    drain = float(env["TENSORPREP_DRAIN_DELAY_SECONDS"]) + float(env["TENSORPREP_GRACE_SECONDS"])
+    stop = re.fullmatch(r"(\d+)s", server["stop_grace_period"])
+    assert stop and int(stop.group(1)) >= drain + 5, (server["stop_grace_period"], drain)
     if COMPOSE_GPU in files:
         devices = server["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
