@@ -78,6 +78,8 @@ EXPOSE 50051/tcp 9464/tcp
 # The CLI's grpc.health.v1 check, on the port the server was told to use.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/bin/sh", "-c", "exec tensorprep --address 127.0.0.1:${TENSORPREP_PORT} --timeout-ms 2000 health"]
-# SIGTERM drains (TENSORPREP_GRACE_SECONDS, default 30 s): give `docker stop` at least that long.
+# SIGTERM drains: NOT_SERVING for TENSORPREP_DRAIN_DELAY_SECONDS (default 0; set it where clients
+# balance over several replicas), then TENSORPREP_GRACE_SECONDS (default 30 s) for calls in
+# flight. Give `docker stop` at least the two together.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/tensorprep-server"]
