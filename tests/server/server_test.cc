@@ -11,6 +11,7 @@
 
 #include "kernels/common/philox.h"
 #include "kernels/reference/reference.h"
+#include "tests/handlers/request_util.h"
 #include "tests/kernels/test_util.h"
 #include "tests/server/test_server.h"
 
@@ -38,14 +39,7 @@ v1::DType Wire(DType d) {
 }
 
 v1::Tensor ToWire(const Buffer& b, bool nhw = false) {
-  v1::Tensor t;
-  t.set_dtype(Wire(b.dtype()));
-  t.add_shape(b.shape().n);
-  t.add_shape(b.shape().h);
-  t.add_shape(b.shape().w);
-  if (!nhw) t.add_shape(b.shape().c);
-  t.set_data(std::string(reinterpret_cast<const char*>(b.bytes().data()), b.view().bytes()));
-  return t;
+  return handlers::testing::Wire(b, Wire(b.dtype()), nhw);
 }
 
 // Values of a wire tensor, through the reference's conversion.
