@@ -376,6 +376,10 @@ TEST(CancellationTest, ExpiredAndCancelledWorkIsDroppedBeforeItRunsAndGaugesRetu
   stream_ctx.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   for (auto& f : unary) EXPECT_EQ(f.get().code(), Code::kDeadlineExceeded);
+  // The server's deadline is its arrival time plus the timeout left when the client sent the
+  // call, so it can fall a little after the client's (by the headers' transit, milliseconds on a
+  // loaded machine). Release the queue only once it has surely passed too.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
 
   blocker->Release();
   EXPECT_TRUE(Eventually([&] {
