@@ -101,9 +101,10 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
   }
   *result = ResultBuffer::Allocate(handlers::Processor::MainOutputBytes(*job.prepared));
   auto stats = processor_.Run(*job.request, *job.prepared, response, result->data());
-  if (job.prepared->device == handlers::DeviceKind::kCuda) {
-    // A device that lost its context (see the CUDA backend) shows on the gauge as soon as a
-    // request finds out.
+  if (job.prepared->device == handlers::DeviceKind::kCuda &&
+      (!stats.ok() || stats->device != handlers::DeviceKind::kCuda)) {
+    // The device failed this request (it fell back or failed): if that lost the device's
+    // context (see the CUDA backend), the gauge shows it from now on.
     for (const handlers::Backend* b : processor_.backends()) {
       if (b->kind() == handlers::DeviceKind::kCuda) {
         metrics_.SetDeviceUsable(MetricDevice::kCuda, b->usable());

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -39,27 +40,36 @@ void ReverseRowGeneric(const unsigned char* src, unsigned char* dst, int64_t w, 
   }
 }
 
-ReverseRowFn PortableKernel(int64_t pixel) {
+// The pixel sizes with kernels of their own: make(std::integral_constant<int, kP>{}) for one of
+// them, nullptr for any other size.
+template <typename Make>
+ReverseRowFn ForFixedSize(int64_t pixel, Make make) {
   switch (pixel) {
     case 1:
-      return ReverseRowFixed<1>;
+      return make(std::integral_constant<int, 1>{});
     case 2:
-      return ReverseRowFixed<2>;
+      return make(std::integral_constant<int, 2>{});
     case 3:
-      return ReverseRowFixed<3>;
+      return make(std::integral_constant<int, 3>{});
     case 4:
-      return ReverseRowFixed<4>;
+      return make(std::integral_constant<int, 4>{});
     case 6:
-      return ReverseRowFixed<6>;
+      return make(std::integral_constant<int, 6>{});
     case 8:
-      return ReverseRowFixed<8>;
+      return make(std::integral_constant<int, 8>{});
     case 12:
-      return ReverseRowFixed<12>;
+      return make(std::integral_constant<int, 12>{});
     case 16:
-      return ReverseRowFixed<16>;
+      return make(std::integral_constant<int, 16>{});
     default:
-      return ReverseRowGeneric;
+      return nullptr;
   }
+}
+
+ReverseRowFn PortableKernel(int64_t pixel) {
+  const ReverseRowFn fixed =
+      ForFixedSize(pixel, [](auto p) -> ReverseRowFn { return ReverseRowFixed<decltype(p)::value>; });
+  return fixed != nullptr ? fixed : ReverseRowGeneric;
 }
 
 // ---- AVX2 kernels ---------------------------------------------------------------------------
@@ -148,26 +158,8 @@ __attribute__((target("avx2"))) void ReverseRowAvx2(const unsigned char* src, un
 }
 
 ReverseRowFn Avx2Kernel(int64_t pixel) {
-  switch (pixel) {
-    case 1:
-      return ReverseRowAvx2<1>;
-    case 2:
-      return ReverseRowAvx2<2>;
-    case 3:
-      return ReverseRowAvx2<3>;
-    case 4:
-      return ReverseRowAvx2<4>;
-    case 6:
-      return ReverseRowAvx2<6>;
-    case 8:
-      return ReverseRowAvx2<8>;
-    case 12:
-      return ReverseRowAvx2<12>;
-    case 16:
-      return ReverseRowAvx2<16>;
-    default:
-      return nullptr;
-  }
+  return ForFixedSize(pixel,
+                      [](auto p) -> ReverseRowFn { return ReverseRowAvx2<decltype(p)::value>; });
 }
 #endif  // defined(__x86_64__)
 
