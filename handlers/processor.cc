@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "handlers/error_text.h"
 #include "kernels/common/status.h"
 
 namespace tensorprep::handlers {
@@ -21,7 +22,7 @@ int64_t NanosSince(Clock::time_point start) {
 // Prefixes errors with the request id so a client with many requests in flight can tell which.
 absl::Status WithRequestId(const absl::Status& s, const std::string& id) {
   if (s.ok() || id.empty()) return s;
-  return absl::Status(s.code(), absl::StrCat("request '", id, "': ", s.message()));
+  return absl::Status(s.code(), absl::StrCat(RequestIdPrefix(id), s.message()));
 }
 
 pb::Device ToWire(DeviceKind d) { return d == DeviceKind::kCuda ? pb::DEVICE_CUDA : pb::DEVICE_CPU; }
@@ -59,8 +60,8 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
     const std::string path = absl::StrCat("aux[", j, "]");
     if (!a.name().empty() && !names.insert(a.name()).second) {
       return WithRequestId(absl::InvalidArgumentError(absl::StrCat(
-                               path, ".name: expected a unique name, got '", a.name(),
-                               "' a second time")),
+                               path, ".name: expected a unique name, got ",
+                               QuoteCallerString(a.name()), " a second time")),
                            id);
     }
     if (!a.has_tensor()) {
