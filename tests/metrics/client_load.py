@@ -222,7 +222,10 @@ def main():
     tally = Tally(f"reqid-{uuid.uuid4().hex[:12]}")
     options = [("grpc.max_send_message_length", 256 << 20),
                ("grpc.max_receive_message_length", 256 << 20)]
-    with tp.Client(args.server, device="cpu", metrics=registry, timeout=60) as client, \
+    # shm=False: the tallies below count every RPC, and the shared-memory decision would add a
+    # ListOps of its own.
+    with tp.Client(args.server, device="cpu", metrics=registry, timeout=60,
+                   shm=False) as client, \
             grpc.insecure_channel(args.server, options=options) as channel:
         client.wait_ready(30)
         run_list_ops(client, tally)

@@ -7,9 +7,16 @@
         for out in client.stream(batches, [tp.flip("horizontal")], inflight=4):
             ...
 
-Arrays come back as read-only views into the received message (no copy); call ``.copy()`` when
-you need to write into one. Failed calls raise tensorprep.TensorprepError subclasses carrying the
-server's status code and message.
+Transport: on the same host as a server that allows it, tensors travel through shared memory
+(tensorprep.shm) and requests only name them; otherwise as bytes inside the gRPC messages. The
+client decides by itself (``shm="auto"``), on the first call or ``connect()``; ``client.transport``
+and ``client.shm_reason`` say what it chose and why, and each Result says which way it went.
+
+Arrays come back as views, no copy: over the received message (read-only) on the inline path,
+over a shared-memory slot (writable) on the shared-memory path. A slot stays reserved as long as
+its array or any view of it is referenced, and returns to the pool when they are collected.
+``copy=True`` returns ordinary arrays instead. Failed calls raise tensorprep.TensorprepError
+subclasses carrying the server's status code and message.
 
 Thread-safety: a Client may be shared by threads; each call is independent. ``stream`` returns a
 generator that one thread consumes.
@@ -18,6 +25,7 @@ generator that one thread consumes.
 import dataclasses
 import itertools
 import json
+import os
 import secrets
 import threading
 import time
@@ -26,8 +34,9 @@ import grpc
 import numpy as np
 
 from . import metrics as _metrics
+from . import shm as _shm
 from ._stubs import pb, pb_grpc
-from .errors import error_for, from_rpc_error
+from .errors import TensorprepError, error_for, from_rpc_error
 from .ops import as_pipeline, has_random, interpolation_enum
 from .wire import AuxInput, as_wire_array, decode_response, encode_request
 
@@ -36,6 +45,28 @@ _DEVICES = {"auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU, "cuda": pb.DEVICE_CUDA
             "gpu": pb.DEVICE_CUDA}
 _DEVICE_NAMES = {pb.DEVICE_AUTO: "auto", pb.DEVICE_CPU: "cpu", pb.DEVICE_CUDA: "cuda"}
 LABELS = "labels"
+_SHM_MODES = ("auto", True, False)
+# Codes with which the server itself refused a request, having done no work that could still be
+# writing into its output slots (so they can be reused at once); any other failure may have left
+# the request running, and its slots are quarantined.
+_REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.OUT_OF_RANGE}
+# A response to a shared-memory request holds no tensor bytes; anything larger is inline.
+_SMALL_RESPONSE = 64 * 1024
+# Why registration failed, by the server's code: the reason recorded in client.shm_reason.
+_REGISTER_REFUSED = {
+    grpc.StatusCode.NOT_FOUND: "the server cannot open this client's shared memory (it runs on "
+                               "another host or in another IPC namespace)",
+    grpc.StatusCode.FAILED_PRECONDITION: "the server does not see this client's shared memory "
+                                         "(another host or IPC namespace, or shared memory "
+                                         "disabled)",
+    grpc.StatusCode.PERMISSION_DENIED: "the server refused the shared-memory object's name",
+    grpc.StatusCode.UNIMPLEMENTED: "the server does not support shared memory",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the server has no room for this client's shared memory",
+    grpc.StatusCode.INVALID_ARGUMENT: "the server refused the shared-memory region",
+}
 
 
 _SERVICE_CONFIG = json.dumps({
@@ -78,6 +109,15 @@ class Result:
     timings: dict  # server stage -> seconds: decode, queue, kernel, encode, total
     request_id: str
     round_trip_s: float  # client-side, from send to receipt
+    transport: str = "inline"  # "shm" or "inline": how this result's tensors travelled
+    transport_reason: str = None  # on "inline": why not shared memory (None when never tried)
+    # Tensor bytes moved, from the response: inline_bytes_in/out, shm_bytes_in/out.
+    transfer: dict = dataclasses.field(default_factory=dict)
+
+
+def _transfer(t):
+    return {"inline_bytes_in": t.inline_bytes_in, "inline_bytes_out": t.inline_bytes_out,
+            "shm_bytes_in": t.shm_bytes_in, "shm_bytes_out": t.shm_bytes_out}
 
 
 def _timings(t):
@@ -126,12 +166,32 @@ class Client:
       token: bearer token sent on every call as ``authorization: Bearer <token>`` metadata, for
         a server started with --auth-token-file; None sends none.
       options: extra gRPC channel options (e.g. ("grpc.ssl_target_name_override", name)).
+      shm: "auto" (default): tensors through shared memory when the server allows it and sees
+        this client's memory (same host), else inline bytes, silently; True: require shared
+        memory (``connect`` and calls raise FailedPreconditionError with the reason when it is
+        not possible, ResourceExhaustedError when a call does not fit the pool); False: inline
+        bytes only. "unix:PATH" addresses (the server's --uds socket) suit it best.
+      shm_pool_mb: size of the first shared-memory region; more are registered as needed.
+      shm_max_mb: all of this client's regions together (default 2048, at least shm_pool_mb;
+        also capped by the server's limits).
+        A call that does not fit goes inline (with shm="auto") and says so in its Result.
 
-    Nothing connects until the first call (or ``wait_ready``).
+    Nothing connects until the first call (or ``wait_ready`` / ``connect``).
+
+    Attributes: ``transport`` ("shm" or "inline"; None until decided), ``shm_reason`` (None on
+    shared memory, else why inline).
     """
 
     def __init__(self, address, *, timeout=None, device="auto", max_message_mb=256, metrics=True,
-                 workload="default", credentials=None, token=None, options=()):
+                 workload="default", credentials=None, token=None, options=(), shm="auto",
+                 shm_pool_mb=256, shm_max_mb=None):
+        if shm not in _SHM_MODES:
+            raise ValueError(f"shm must be 'auto', True or False, got {shm!r}")
+        if shm_max_mb is None:
+            shm_max_mb = max(2048, shm_pool_mb)
+        if not 0 < shm_pool_mb <= shm_max_mb:
+            raise ValueError(f"need 0 < shm_pool_mb <= shm_max_mb, got {shm_pool_mb} and "
+                             f"{shm_max_mb}")
         self.address = address
         self.timeout = timeout
         self.device = _device_enum(device)
@@ -159,12 +219,28 @@ class Client:
         self._ids = itertools.count()
         self._closed = False
         self._call_metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._shm_mode = shm
+        self._shm_pool_bytes = int(shm_pool_mb * 1024 * 1024)
+        self._shm_max_bytes = int(shm_max_mb * 1024 * 1024)
+        self._decide_lock = threading.Lock()
+        self._pool = None
+        self.transport = None
+        self.shm_reason = None
+        if shm is False:
+            self.transport = "inline"
+            self.shm_reason = "shared memory is turned off (shm=False)"
 
     # --- lifecycle ---------------------------------------------------------------------------
     def close(self):
-        """Closes the channel; calls in progress are cancelled. Idempotent."""
+        """Unregisters the shared-memory regions and closes the channel; calls in progress are
+        cancelled. Result arrays over shared memory stay valid (their memory is unmapped when
+        the last of them is collected). Idempotent."""
         if not self._closed:
             self._closed = True
+            with self._decide_lock:
+                pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
             self._channel.close()
 
     def __enter__(self):
@@ -185,6 +261,131 @@ class Client:
     def _deadline(self, timeout):
         return self.timeout if timeout is None else timeout
 
+    # --- shared memory -----------------------------------------------------------------------
+    def connect(self, timeout=None):
+        """Decides the transport now instead of on the first call (see ``transport``); returns
+        self. With shm=True raises FailedPreconditionError when shared memory is not possible."""
+        self._decide(timeout)
+        if self.transport is None:  # the server could not be asked; shm="auto" only
+            raise error_for(grpc.StatusCode.UNAVAILABLE, self._undecided_reason)
+        return self
+
+    def empty(self, shape, dtype):
+        """An uninitialised writable array in this client's shared memory: fill it and send it,
+        and the request names it where it lies (no copy). It owns its slot like a result does.
+        An ordinary array when shared memory is not in use or the pool is full."""
+        self._decide(None)
+        pool = self._pool
+        arr = pool.empty(shape, dtype) if pool is not None else None
+        if arr is None:
+            if self._shm_mode is True and self.transport == "shm":
+                raise error_for(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "client.empty: the shared-memory pool is full")
+            arr = np.empty(shape, dtype)
+        return arr
+
+    @property
+    def shm_stats(self):
+        """{"mapped_bytes", "in_use_bytes", "regions", "quarantined_slots"} of the pool, or None."""
+        pool = self._pool
+        if pool is None:
+            return None
+        return {"mapped_bytes": pool.mapped(), "in_use_bytes": pool.in_use(),
+                "regions": pool.region_count(), "quarantined_slots": pool.quarantined()}
+
+    _undecided_reason = None
+
+    def _decide(self, timeout):
+        """Sets transport/shm_reason (and the pool) once. With shm="auto", a server that cannot
+        be asked now leaves it undecided (this call goes inline, the next one asks again)."""
+        if self.transport is not None:
+            return
+        with self._decide_lock:
+            if self.transport is not None or self._closed:
+                return
+            transport, reason, pool = self._probe_shm(timeout)
+            if transport is None:
+                if self._shm_mode is True:
+                    raise error_for(grpc.StatusCode.UNAVAILABLE, reason)
+                self._undecided_reason = reason
+                return
+            if transport == "inline" and self._shm_mode is True:
+                raise error_for(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"shared memory was required (shm=True) but {reason}")
+            self._pool = pool
+            self.shm_reason = reason
+            self.transport = transport
+
+    def _probe_shm(self, timeout):
+        """-> (transport or None when undecided, reason, pool)."""
+        if not _shm.supported():
+            return "inline", "this machine has no POSIX shared memory (/dev/shm)", None
+        try:
+            info = self.list_ops(timeout=timeout).shared_memory
+        except TensorprepError as e:
+            return None, f"could not ask the server about shared memory ({e})", None
+        if not info.enabled:
+            return "inline", "the server has shared memory disabled", None
+        max_bytes = self._shm_max_bytes
+        if info.max_mapped_bytes:
+            max_bytes = min(max_bytes, info.max_mapped_bytes)
+        max_regions = min(16, info.max_regions_per_client or 16)
+        pool = _shm.Pool(info.key_prefix, self._register_region, self._unregister_region,
+                         self._region_use, initial_bytes=min(self._shm_pool_bytes, max_bytes),
+                         max_bytes=max_bytes, max_regions=max_regions)
+        try:
+            pool.start()
+        except _shm.SetupError as e:
+            return "inline", f"shared memory cannot be set up here: {e}", None
+        except TensorprepError as e:
+            refused = _REGISTER_REFUSED.get(e.code)
+            if refused is None:
+                return None, f"could not register shared memory ({e})", None
+            return "inline", f"{refused}: {e}", None
+        return "shm", None, pool
+
+    def _control_timeout(self):
+        return self.timeout if self.timeout is not None else 30.0
+
+    def _register_region(self, key, byte_size, nonce):
+        req = pb.RegisterSharedMemoryRequest(key=key, offset=0, byte_size=byte_size,
+                                             expect_prefix=nonce, name=f"python pid {os.getpid()}")
+        try:
+            return self._stub.RegisterSharedMemory(req, timeout=self._control_timeout(),
+                                                   metadata=self._call_metadata).region
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def _unregister_region(self, handle):
+        # At close: bounded, and a failure only means the server forgets it with the connection.
+        self._stub.UnregisterSharedMemory(pb.UnregisterSharedMemoryRequest(region=handle),
+                                          timeout=min(self._control_timeout(), 5.0),
+                                          metadata=self._call_metadata)
+
+    def _region_use(self, handles):
+        resp = self._stub.SharedMemoryStatus(pb.SharedMemoryStatusRequest(regions=handles),
+                                             timeout=self._control_timeout(),
+                                             metadata=self._call_metadata)
+        return {r.region: r.requests_in_use for r in resp.regions}
+
+    def _plan(self, images, aux_items, pipeline, timeout):
+        """(ShmRequest, None) for the shared-memory path, or (None, why inline)."""
+        self._decide(timeout)
+        pool = self._pool
+        if self.transport != "shm" or pool is None:
+            return None, self.shm_reason or self._undecided_reason
+        plan, reason = _shm.plan_request(pool, images, aux_items, pipeline)
+        if plan is None and self._shm_mode is True:
+            raise error_for(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+        return plan, reason
+
+    def _shm_result(self, plan, response, rtt, copy):
+        images, aux = plan.result(response, copy=copy)
+        return Result(images=images, aux=aux,
+                      device=_DEVICE_NAMES.get(response.device, str(response.device)),
+                      timings=_timings(response.timings), request_id=response.request_id,
+                      round_trip_s=rtt, transport="shm", transfer=_transfer(response.transfer))
+
     # --- calls -------------------------------------------------------------------------------
     def list_ops(self, timeout=None):
         """The server's ops and devices (a ListOpsResponse message)."""
@@ -195,13 +396,15 @@ class Client:
             raise from_rpc_error(e) from None
 
     def call(self, images, pipeline, *, labels=None, aux=None, seed=None, sample_offset=0,
-             device=None, timeout=None, request_id=None, workload=None):
+             device=None, timeout=None, request_id=None, workload=None, copy=False):
         """Runs ``pipeline`` on one batch with a unary call; returns a Result.
 
         ``images``: (N, H, W) or (N, H, W, C) uint8 / int32 / float32 / float16.
         ``labels``: an array (N, H, W[, C]) that follows the geometric ops (nearest sampling);
         returned as aux["labels"]. ``aux``: more of them, {name: array or AuxInput}.
         ``seed``: for random ops; None draws a fresh one per call.
+        ``copy``: return ordinary (writable, owning) arrays; a shared-memory slot is then freed
+        at once. Otherwise arrays are views (see the module doc for their lifetime).
         Raises ValueError / TypeError for inputs the client can reject itself, TensorprepError
         for what the server rejects.
         """
@@ -211,30 +414,50 @@ class Client:
         if seed is None:
             seed = secrets.randbits(64) if has_random(pipeline) else 0
         rid = request_id if request_id is not None else f"u{next(self._ids)}"
-        payload = encode_request(images, pipeline, aux=aux_items, request_id=rid,
-                                 device=_device_enum(device) if device is not None else self.device,
-                                 seed=int(seed), sample_offset=int(sample_offset))
+        device = _device_enum(device) if device is not None else self.device
+        plan, reason = self._plan(images, aux_items, pipeline, timeout)
+        try:
+            if plan is not None:
+                payload = plan.message(pipeline, request_id=rid, device=device, seed=int(seed),
+                                       sample_offset=int(sample_offset))
+            else:
+                payload = encode_request(images, pipeline, aux=aux_items, request_id=rid,
+                                         device=device, seed=int(seed),
+                                         sample_offset=int(sample_offset))
+        except BaseException:
+            if plan is not None:
+                plan.discard()  # never sent
+            raise
         start = time.perf_counter()
         try:
             raw = self._unary(payload, timeout=self._deadline(timeout),
                               metadata=self._call_metadata)
         except grpc.RpcError as e:
+            if plan is not None:
+                plan.discard() if e.code() in _REFUSED else plan.abandon()
             raise from_rpc_error(e) from None
+        except BaseException:
+            if plan is not None:
+                plan.abandon()
+            raise
         elapsed = time.perf_counter() - start
         self._metrics.observe("remote_unary", elapsed, workload)
-        return self._result(decode_response(raw), elapsed)
+        if plan is not None:
+            return self._shm_result(plan, pb.ProcessResponse.FromString(raw), elapsed, copy)
+        res = self._result(decode_response(raw), elapsed, reason)
+        return _copied(res) if copy else res
 
     def process(self, images, pipeline, labels=None, seed=None, device=None, *, aux=None,
-                sample_offset=0, timeout=None, workload=None):
+                sample_offset=0, timeout=None, workload=None, copy=False):
         """Like ``call`` but returns arrays: the images, or (images, labels) when labels are
         given, or (images, {name: array}) when aux is given."""
         res = self.call(images, pipeline, labels=labels, aux=aux, seed=seed,
                         sample_offset=sample_offset, device=device, timeout=timeout,
-                        workload=workload)
+                        workload=workload, copy=copy)
         return _shape_output(res, labels is not None, aux)
 
     def stream(self, batches, pipeline, *, inflight=4, seed=None, device=None, timeout=None,
-               full=False, workload=None, sample_offset=0, chunk_mb=4.0):
+               full=False, workload=None, sample_offset=0, chunk_mb=4.0, copy=False):
         """Sends each batch of ``batches`` on one bidirectional stream; yields results in order.
 
         ``batches`` yields arrays, (images, labels) pairs, or (images, {name: aux}) pairs; it is
@@ -245,15 +468,18 @@ class Client:
         (with their sample offsets, so random draws are unchanged) and reassembled: several
         megabyte-sized messages in flight cost much less per byte than one huge message, on both
         ends. At most ``inflight`` requests are on the wire at once. ``chunk_mb=None`` sends
-        each batch as one request.
+        each batch as one request. On the shared-memory path each batch is one request whatever
+        its size (its message is small); its slots stay reserved from the send until its result
+        is handed out (the output slots then live on in the result's arrays), so the pool holds
+        at most ``inflight`` batches beyond what the consumer keeps.
 
         Random ops draw from one seed for the whole stream with each batch's sample_offset
         following on from the last, so the result equals one call on the concatenated batch.
 
-        Yields what ``process`` returns for each batch (or a Result with ``full=True``). A
-        per-request error raises its TensorprepError at its place in the order, after the
-        results before it; an exception raised by ``batches`` is re-raised likewise. Closing
-        the generator early cancels the stream.
+        Yields what ``process`` returns for each batch (or a Result with ``full=True``);
+        ``copy=True`` as for ``call``. A per-request error raises its TensorprepError at its
+        place in the order, after the results before it; an exception raised by ``batches`` is
+        re-raised likewise. Closing the generator early cancels the stream.
         """
         if inflight < 1:
             raise ValueError(f"inflight must be >= 1, got {inflight}")
@@ -264,12 +490,15 @@ class Client:
             seed = secrets.randbits(64) if has_random(pipeline) else 0
         device = _device_enum(device) if device is not None else self.device
         chunk_bytes = None if chunk_mb is None else int(chunk_mb * 1024 * 1024)
+        self._decide(timeout)
         ahead = threading.Semaphore(inflight)  # batches read but not yet handed out
         wire = threading.Semaphore(inflight)  # requests sent but not yet answered
         stop = threading.Event()
         sent_at = {}  # request id -> perf_counter at send
         batches_info = {}  # batch index -> (parts, labels given, aux given)
         state = {"batches": 0, "done": False, "error": None}
+        plans = {}  # request id -> ShmRequest, from its making until its response
+        plans_lock = threading.Lock()  # plans, and `stop` as seen by the request thread
 
         def acquire(sem):
             while not sem.acquire(timeout=0.05):
@@ -294,26 +523,42 @@ class Client:
                     images, labels, aux = _split_item(item)
                     images = as_wire_array(images)
                     aux_items = _prepare_aux(labels, aux)
-                    spans = _chunks(images, aux_items, chunk_bytes)
+                    plan, reason = self._plan(images, aux_items, pipeline, timeout)
+                    spans = [(0, images.shape[0])] if plan is not None else _chunks(
+                        images, aux_items, chunk_bytes)
                 except BaseException as e:
                     state["error"] = e
                     break
-                batches_info[index] = (len(spans), labels is not None, aux)
+                batches_info[index] = (len(spans), labels is not None, aux, reason)
                 state["batches"] = index + 1
                 for part, (lo, hi) in enumerate(spans):
                     if not acquire(wire):
+                        if plan is not None:
+                            plan.discard()  # never sent
                         return
                     rid = f"{index}" if len(spans) == 1 else f"{index}.{part}"
                     try:
-                        payload = encode_request(
-                            images[lo:hi], pipeline,
-                            aux=[(n, a[lo:hi], i, f) for n, a, i, f in aux_items],
-                            request_id=rid, device=device, seed=int(seed),
-                            sample_offset=offset + lo)
+                        if plan is not None:
+                            payload = plan.message(pipeline, request_id=rid, device=device,
+                                                   seed=int(seed), sample_offset=offset)
+                        else:
+                            payload = encode_request(
+                                images[lo:hi], pipeline,
+                                aux=[(n, a[lo:hi], i, f) for n, a, i, f in aux_items],
+                                request_id=rid, device=device, seed=int(seed),
+                                sample_offset=offset + lo)
                     except BaseException as e:
+                        if plan is not None:
+                            plan.discard()
                         state["error"] = e
                         state["done"] = True
                         return
+                    if plan is not None:
+                        with plans_lock:
+                            if stop.is_set():
+                                plan.discard()  # the consumer is gone; never sent
+                                return
+                            plans[rid] = plan
                     sent_at[rid] = time.perf_counter()
                     yield payload
                 offset += images.shape[0]
@@ -324,23 +569,23 @@ class Client:
                               metadata=self._call_metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        pending = {}  # batch index -> {part: (decoded, rtt)}
+        pending = {}  # batch index -> {part: (Result or error, rtt)}
         next_index = 0
         try:
             try:
                 for raw in call:
                     now = time.perf_counter()
-                    decoded = decode_response(raw)
-                    rid = decoded.meta.request_id
+                    rid, outcome = self._stream_outcome(raw, plans, plans_lock, batches_info,
+                                                        copy)
                     rtt = now - sent_at.pop(rid, now)
                     wire.release()
                     self._metrics.observe("remote_stream", rtt, workload)
                     index, _, part = rid.partition(".")
-                    pending.setdefault(int(index), {})[int(part or 0)] = (decoded, rtt)
+                    pending.setdefault(int(index), {})[int(part or 0)] = (outcome, rtt)
                     while (next_index in pending and next_index in batches_info
                            and len(pending[next_index]) == batches_info[next_index][0]):
                         parts = pending.pop(next_index)
-                        _, labels_given, aux_given = batches_info.pop(next_index)
+                        _, labels_given, aux_given, _ = batches_info.pop(next_index)
                         batch_id = str(next_index)
                         next_index += 1
                         ahead.release()
@@ -356,34 +601,78 @@ class Client:
                 raise error_for(grpc.StatusCode.DATA_LOSS,
                                 f"stream ended after {next_index} of {state['batches']} batches")
         finally:
-            stop.set()
+            with plans_lock:
+                stop.set()
+                abandoned = list(plans.values())
+                plans.clear()
             call.cancel()
+            for plan in abandoned:  # sent, never answered: the server may still run them
+                plan.abandon()
+
+    def _stream_outcome(self, raw, plans, plans_lock, batches_info, copy):
+        """(request id, Result or (code, message)) for one response of a stream."""
+        msg = pb.ProcessResponse.FromString(raw) if len(raw) <= _SMALL_RESPONSE else None
+        decoded = decode_response(raw) if msg is None else None
+        rid = msg.request_id if msg is not None else decoded.meta.request_id
+        with plans_lock:
+            plan = plans.pop(rid, None)
+        meta = msg if msg is not None else decoded.meta
+        if meta.HasField("error"):
+            if plan is not None:
+                plan.discard()
+            return rid, (meta.error.code, meta.error.message)
+        if plan is not None:
+            if msg is None:
+                msg = pb.ProcessResponse.FromString(raw)
+            return rid, self._shm_result(plan, msg, 0.0, copy)
+        if decoded is None:
+            decoded = decode_response(raw)
+        index = int(rid.partition(".")[0]) if rid.partition(".")[0].isdigit() else None
+        info = batches_info.get(index)
+        res = self._result(decoded, 0.0, info[3] if info else None)
+        return rid, _copied(res) if copy else res
 
     def _assemble(self, parts, batch_id):
-        """One Result from the responses to a batch's requests (raises the first error)."""
+        """One Result from the outcomes of a batch's requests (raises the first error)."""
         ordered = [parts[k] for k in sorted(parts)]
-        for decoded, _ in ordered:
-            if decoded.meta.HasField("error"):
-                err = decoded.meta.error
-                raise error_for(err.code, err.message, batch_id)
-        if len(ordered) == 1:
-            res = self._result(*ordered[0])
+        for outcome, _ in ordered:
+            if not isinstance(outcome, Result):
+                raise error_for(outcome[0], outcome[1], batch_id)
+        results = []
+        for res, rtt in ordered:
+            res.round_trip_s = rtt
+            results.append(res)
+        if len(results) == 1:
+            res = results[0]
             res.request_id = batch_id
             return res
-        results = [self._result(d, rtt) for d, rtt in ordered]
         timings = {k: sum(r.timings[k] for r in results) for k in results[0].timings}
+        transfer = {k: sum(r.transfer.get(k, 0) for r in results) for k in results[0].transfer}
         return Result(images=np.concatenate([r.images for r in results]),
                       aux={name: np.concatenate([r.aux[name] for r in results])
                            for name in results[0].aux},
                       device=results[0].device, timings=timings, request_id=batch_id,
-                      round_trip_s=max(r.round_trip_s for r in results))
+                      round_trip_s=max(r.round_trip_s for r in results),
+                      transport=results[0].transport,
+                      transport_reason=results[0].transport_reason, transfer=transfer)
 
     # --- helpers -----------------------------------------------------------------------------
-    def _result(self, decoded, rtt):
+    def _result(self, decoded, rtt, reason=None):
         meta = decoded.meta
         return Result(images=decoded.images, aux=decoded.aux,
                       device=_DEVICE_NAMES.get(meta.device, str(meta.device)),
-                      timings=_timings(meta.timings), request_id=meta.request_id, round_trip_s=rtt)
+                      timings=_timings(meta.timings), request_id=meta.request_id, round_trip_s=rtt,
+                      transport="inline", transport_reason=reason,
+                      transfer=_transfer(meta.transfer))
+
+
+def _copied(res):
+    """``res`` with arrays that own their (writable) memory."""
+    def own(a):
+        return a if a is None or (a.flags.owndata and a.flags.writeable) else a.copy()
+    res.images = own(res.images)
+    res.aux = {k: own(v) for k, v in res.aux.items()}
+    return res
 
 
 def _split_item(item):

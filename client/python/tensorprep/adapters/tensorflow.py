@@ -12,6 +12,13 @@ bridge), never per sample.
 
 Random ops: with ``seed=None`` every pass (epoch) draws a fresh seed; a fixed seed repeats the same
 draws on every pass.
+
+Transport: a Client made from an address uses shared memory when the server is on the same host
+and allows it (``shm="auto"``; pass ``client_options={"shm": False}`` to turn it off), else
+inline bytes. Each batch is copied once into shared memory; the results are not copied at all:
+tf.data's generator bridge wraps the yielded NumPy array as the tensor's buffer and holds a
+reference to it, so the array's shared-memory slot stays reserved for as long as TensorFlow uses
+the tensor (prefetch buffers included) and returns to the pool when TensorFlow lets go.
 """
 
 import itertools
@@ -21,14 +28,7 @@ import tensorflow as tf
 
 from ..client import Client
 from ..ops import as_pipeline
-
-
-def _output_dtype(pipeline, dtype):
-    for op in pipeline.ops:
-        if op.WhichOneof("kind") == "cast":
-            from ..ops import DTYPES
-            dtype = {v: k for k, v in DTYPES.items()}[op.cast.dtype]
-    return np.dtype(dtype)
+from ..shm import result_dtype
 
 
 def _spec(shape, dtype):
@@ -36,12 +36,14 @@ def _spec(shape, dtype):
 
 
 def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, device=None,
-            timeout=None, workload=None):
+            timeout=None, workload=None, client_options=None):
     """Returns a tf.data.Dataset of processed batches (see the module doc).
 
-    ``client`` is a Client or an address; with an address each pass opens its own Client.
+    ``client`` is a Client or an address; with an address each pass opens its own Client with
+    ``client_options`` (keyword arguments of Client, e.g. {"shm": False}).
     Errors from the service surface as exceptions when the dataset is iterated.
     """
+    client_options = dict(client_options or {})
     pipeline = as_pipeline(pipeline)
     is_tf = isinstance(batches, tf.data.Dataset)
 
@@ -68,7 +70,7 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
         in_shapes = [(np.shape(x), np.asarray(x).dtype) for x in items]
     if len(in_shapes) > 2:
         raise ValueError("dataset: a batch is images or (images, labels)")
-    out_specs = [_spec(in_shapes[0][0], _output_dtype(pipeline, in_shapes[0][1]))]
+    out_specs = [_spec(in_shapes[0][0], result_dtype(pipeline, in_shapes[0][1]))]
     if len(in_shapes) == 2:
         out_specs.append(_spec(*in_shapes[1]))
     signature = out_specs[0] if len(out_specs) == 1 else tuple(out_specs)
@@ -81,7 +83,7 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
         else:
             it = source()
         own = not isinstance(client, Client)
-        conn = Client(client) if own else client
+        conn = Client(client, **client_options) if own else client
         try:
             for out in conn.stream(it, pipeline, inflight=inflight, seed=seed, device=device,
                                    timeout=timeout, workload=workload):

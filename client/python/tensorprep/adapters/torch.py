@@ -9,8 +9,18 @@ function that sends each collated batch as one request.
 
 Both take an address, not a Client: a gRPC channel must not cross a fork, so each DataLoader
 worker process opens its own connection. Python runs once per batch; the per-sample work runs on
-the server. Tensors come back as writable CPU tensors (one copy out of the received message, since
-torch tensors are writable and the received bytes are not).
+the server.
+
+Transport: each connection uses shared memory when the server is on the same host and allows it
+(``shm="auto"``; ``client_options={"shm": False}`` turns it off), else inline bytes. Tensors come
+back as writable CPU tensors:
+- shared memory: no copy. ``torch.from_numpy`` shares the result array's memory and holds a
+  reference to the array, so its slot stays reserved as long as the tensor (or a view of it)
+  lives. DataLoader worker processes hand tensors to the main process through torch's own shared
+  memory (a copy torch makes), and ``pin_memory=True`` copies into pinned memory.
+- inline: one copy out of the received message (the received bytes are read-only).
+``Collate`` stacks the samples straight into a shared-memory array (``Client.empty``), so the
+batch is written once, where the server reads it.
 """
 
 import itertools
@@ -28,7 +38,9 @@ def _to_torch(value):
         return {k: _to_torch(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return tuple(_to_torch(v) for v in value)
-    return torch.from_numpy(np.array(value, copy=True))
+    if not value.flags.writeable:  # a view into a received message
+        value = np.array(value, copy=True)
+    return torch.from_numpy(value)
 
 
 def _to_numpy(value):
@@ -109,12 +121,22 @@ class Collate:
     def __call__(self, samples):
         if not samples:
             raise ValueError("Collate: empty batch")
+        conn = self._conn()
         if isinstance(samples[0], (tuple, list)):
-            images = np.stack([_to_numpy(s[0]) for s in samples])
-            labels = np.stack([_to_numpy(s[1]) for s in samples])
+            images = _stack(conn, [_to_numpy(s[0]) for s in samples])
+            labels = _stack(conn, [_to_numpy(s[1]) for s in samples])
         else:
-            images = np.stack([_to_numpy(s) for s in samples])
+            images = _stack(conn, [_to_numpy(s) for s in samples])
             labels = None
-        out = self._conn().process(images, self.pipeline, labels=labels, seed=self.seed,
-                                   device=self.device, timeout=self.timeout)
+        out = conn.process(images, self.pipeline, labels=labels, seed=self.seed,
+                           device=self.device, timeout=self.timeout)
         return _to_torch(out)
+
+
+def _stack(client, arrays):
+    """np.stack into the client's shared memory (an ordinary array on the inline path)."""
+    first = arrays[0]
+    if any(a.shape != first.shape or a.dtype != first.dtype for a in arrays):
+        return np.stack(arrays)  # let NumPy report (or promote) what does not match
+    out = client.empty((len(arrays),) + first.shape, first.dtype)
+    return np.stack(arrays, out=out)
