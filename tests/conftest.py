@@ -6,6 +6,9 @@
     def test_other(start_server):            # a server with its own flags
         srv = start_server(threads=1, max_message_mb=1)
 
+    def test_shared_memory(shm_server):      # --shm-prefix and --uds on
+        client = tensorprep.Client(shm_server.uds_address)
+
 The binary is TENSORPREP_SERVER_BIN, default <repo>/build/server/tensorprep-server. A missing
 binary fails the test (the test command builds it first). Each server listens on 127.0.0.1 with
 --port 0 (the port is read from its ready line) and a free metrics port, and is stopped with
@@ -140,6 +143,18 @@ def start_server():
 def server(start_server):
     """One server with default flags (CPU, 2 threads) for the whole module."""
     return start_server()
+
+
+@pytest.fixture(scope="module")
+def shm_server(start_server, tmp_path_factory):
+    """A server with shared memory on (objects named /tensorprep-test-<pid>-...) and a Unix
+    socket beside TCP: ``address`` is TCP, ``uds_address`` "unix:<path>", ``shm_prefix``."""
+    sock = tmp_path_factory.mktemp("uds") / "tensorprep.sock"
+    prefix = f"/tensorprep-test-{os.getpid()}-"
+    srv = start_server(shm_prefix=prefix, uds=str(sock))
+    srv.shm_prefix = prefix
+    srv.uds_address = f"unix:{sock}"
+    return srv
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05):

@@ -543,7 +543,11 @@ class ShmRequest:
             if self._ended:
                 return False
             self._ended = True
-            return True
+        # The inputs are no longer needed: do not keep the caller's arrays (and their slots)
+        # alive through this object.
+        self.images = None
+        self.aux_items = None
+        return True
 
     def discard(self):
         """The server answered with an error: every slot is free again."""
@@ -564,9 +568,9 @@ class ShmRequest:
         pending = list(self.out_slots)
         self.pool.free(self.copied)
         try:
-            if len(response.aux) != len(self.aux_items):
+            if len(response.aux) != len(pending) - 1:
                 raise ValueError(f"response has {len(response.aux)} aux tensors, the request "
-                                 f"{len(self.aux_items)}")
+                                 f"{len(pending) - 1}")
             images = self._take(response.images, pending[0], copy, "images")
             pending[0] = None
             aux = {}
