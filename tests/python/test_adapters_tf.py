@@ -56,3 +56,36 @@ def test_dataset_surfaces_server_errors(server):
     ds = tp_tf.dataset(server.address, source, [tp.divide(0)])
     with pytest.raises(Exception, match="INVALID_ARGUMENT"):
         list(ds.as_numpy_iterator())
+
+
+# --- on the shared-memory path ------------------------------------------------------------------
+def test_dataset_on_shared_memory_keeps_earlier_batches_intact(shm_server):
+    """TensorFlow wraps the yielded arrays without a copy; their slots must stay reserved for as
+    long as the tensors live, even while later batches and epochs go through the pool."""
+    x = RNG.random((24, 16, 20, 3)).astype(np.float32)
+    y = RNG.integers(0, 10, (24, 16, 20)).astype(np.int32)
+    source = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with tp.Client(shm_server.uds_address, shm=True) as client:
+        ds = tp_tf.dataset(client, source, [tp.flip("horizontal"), tp.add(1)], inflight=2)
+        first = list(ds)  # EagerTensors, held across the next epochs
+        assert client.transport == "shm"
+        for _ in range(2):
+            again = list(ds)
+            del again
+        images = np.concatenate([b[0].numpy() for b in first])
+        labels = np.concatenate([b[1].numpy() for b in first])
+        np.testing.assert_array_equal(images, x[:, :, ::-1] + 1)
+        np.testing.assert_array_equal(labels, y[:, :, ::-1])
+        held = client.shm_stats["in_use_bytes"]
+        assert held >= x.nbytes + y.nbytes  # the slots under `first`
+        del first
+        assert client.shm_stats["in_use_bytes"] < held
+
+
+def test_dataset_from_an_address_uses_shared_memory(shm_server):
+    x = (RNG.random((6, 8, 8, 3)) * 255).astype(np.uint8)
+    batches = lambda: (x[i:i + 2] for i in range(0, 6, 2))  # noqa: E731
+    ds = tp_tf.dataset(shm_server.address, batches, [tp.cast("float32"), tp.divide(255)],
+                       client_options={"shm": True})  # would raise if shm were not possible
+    got = np.concatenate(list(ds.as_numpy_iterator()))
+    np.testing.assert_allclose(got, x.astype(np.float32) / 255, rtol=1e-6)

@@ -70,3 +70,51 @@ def test_collate_sends_one_request_per_batch(server):
     with tp.Client(server.address) as c:
         direct = c.process(x[:5], [tp.random_flip(0.5)], seed=3)
     np.testing.assert_array_equal(got[0][0].numpy(), direct)
+
+
+# --- on the shared-memory path ------------------------------------------------------------------
+def test_streaming_dataset_on_shared_memory_keeps_tensors_intact(shm_server):
+    """Tensors share the result arrays' memory (no copy) and keep their slots reserved: tensors
+    held from one epoch are unchanged after more epochs went through the pool."""
+    x = RNG.random((12, 10, 10, 3)).astype(np.float32)
+    y = RNG.integers(0, 5, (12, 10, 10)).astype(np.int32)
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 12, 4)]
+    ds = tp_torch.StreamingDataset(shm_server.uds_address, batches, [tp.flip("vertical")],
+                                   inflight=2, client_options={"shm": True})
+    loader = torch.utils.data.DataLoader(ds, batch_size=None)
+    first = list(loader)
+    for _ in range(2):
+        assert len(list(loader)) == 3
+    imgs = torch.cat([g[0] for g in first])
+    np.testing.assert_array_equal(imgs.numpy(), x[:, ::-1])
+    np.testing.assert_array_equal(torch.cat([g[1] for g in first]).numpy(), y[:, ::-1])
+    first[0][0] += 1  # writable
+
+
+def test_streaming_dataset_on_shared_memory_with_worker_processes(shm_server):
+    x = RNG.random((8, 6, 6)).astype(np.float32)
+    batches = [x[i:i + 2] for i in range(0, 8, 2)]
+    ds = tp_torch.StreamingDataset(shm_server.uds_address, batches, [tp.multiply(2)],
+                                   client_options={"shm": True})
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
+                                         multiprocessing_context="spawn")
+    got = sorted((b.numpy() for b in loader), key=lambda a: float(a.sum()))
+    want = sorted((b * 2 for b in batches), key=lambda a: float(a.sum()))
+    assert len(got) == 4
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_collate_on_shared_memory_stacks_into_the_pool(shm_server):
+    x = RNG.random((10, 12, 14, 3)).astype(np.float32)
+    y = RNG.integers(0, 3, (10, 12, 14)).astype(np.int32)
+    collate = tp_torch.Collate(shm_server.uds_address, [tp.flip("horizontal")],
+                               client_options={"shm": True})
+    loader = torch.utils.data.DataLoader(_Samples(x, y), batch_size=5, collate_fn=collate)
+    got = list(loader)
+    assert collate._client.transport == "shm"
+    np.testing.assert_array_equal(torch.cat([g[0] for g in got]).numpy(), x[:, :, ::-1])
+    np.testing.assert_array_equal(torch.cat([g[1] for g in got]).numpy(), y[:, :, ::-1])
+    # The stacked batch lives in the pool, so the request names it: no copy into shared memory.
+    stacked = tp_torch._stack(collate._client, [x[0], x[1]])
+    assert collate._client._pool.locate(stacked) is not None
