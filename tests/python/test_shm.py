@@ -10,6 +10,7 @@ while the server keeps serving.
 """
 
 import gc
+import itertools
 import os
 import secrets
 import string
@@ -133,7 +134,7 @@ def test_pool_grows_to_its_caps_then_says_why():
         big, reason = pool.alloc_many([int(1.5 * MB)])  # does not fit: a second region of 2 MB
         assert reason is None and pool.region_count() == 2 and pool.mapped() == 3 * MB
         none, reason = pool.alloc_many([MB // 4, MB])  # all or nothing
-        assert none is None and "pool is full" in reason and "3 MB" in reason
+        assert none is None and "pool is full" in reason and "3.0 MB in 2 regions" in reason
         assert pool.in_use() == 2 * MB + int(1.5 * MB) - MB  # nothing of the refused pair kept
         pool.free(slots)
         again, reason = pool.alloc_many([MB])
@@ -621,6 +622,24 @@ def test_a_call_that_does_not_fit_goes_inline(shm_server):
         with pytest.raises(tp.ResourceExhaustedError, match="pool is full"):
             c.call(x, [tp.add(1)])
         assert c.process(x[:, :64], [tp.add(1)]).shape == (1, 64, 1024)
+
+
+def test_slots_of_an_abandoned_stream_come_back_once_the_server_is_done(shm_server):
+    x = np.ones((1, 128, 256), np.float32)  # 128 KB in and out: 4 batches fill a 1 MB pool
+    with tp.Client(shm_server.uds_address, metrics=False, shm_pool_mb=1, shm_max_mb=1) as c:
+        gen = c.stream(itertools.repeat(x), [tp.add(1)], inflight=3)
+        next(gen)
+        gen.close()  # requests still on the wire: their slots are quarantined, not reused
+        assert c.transport == "shm"
+        # Once the server reports the region idle the pool takes them back (checked when the
+        # pool runs short); a call needing most of the pool then fits again.
+        whole = np.ones((1, 256, 448), np.float32)
+        for _ in range(200):  # bounded: each try is one call
+            if c.call(whole, [tp.add(1)]).transport == "shm":
+                break
+        else:
+            pytest.fail("quarantined slots never came back")
+        assert c.shm_stats["quarantined_slots"] == 0
 
 
 def test_server_with_shm_disabled(server):

@@ -367,10 +367,10 @@ class Pool:
         size = max(self.initial_bytes, (need + _MB - 1) // _MB * _MB)
         size = min(size, max(need, self.max_bytes - total))
         if count >= self.max_regions or total + size > self.max_bytes:
-            return (f"the shared-memory pool is full ({total >> 20} MB in {count} regions, "
-                    f"{self.in_use() >> 20} MB in use; {need >> 20} MB more would pass the "
-                    f"limit of {self.max_bytes >> 20} MB / {self.max_regions} regions): release "
-                    "result arrays sooner or raise shm_max_mb")
+            return (f"the shared-memory pool is full ({total / _MB:.1f} MB in {count} regions, "
+                    f"{self.in_use() / _MB:.1f} MB in use; {need / _MB:.1f} MB more would pass "
+                    f"the limit of {self.max_bytes / _MB:.1f} MB / {self.max_regions} regions): "
+                    "release result arrays sooner or raise shm_max_mb")
         if self.grow_refused is not None:
             return self.grow_refused
         try:
