@@ -42,17 +42,19 @@ class Measurement:
 
 
 def measure(next_batch, batch, *, warmup_s, min_time_s, repeats, min_batches=5, server_pid=None,
-            round_trips=None, on_batch=None):
+            round_trips=None, on_batch=None, warmup_batches=2):
     """Calls ``next_batch()`` (which returns once one batch is ready) in timed windows.
 
-    Warm-up runs for ``warmup_s`` (at least 2 batches) and is not counted. Each of ``repeats``
-    windows runs until ``min_time_s`` has passed and ``min_batches`` were taken. ``round_trips``
-    (optional) is a list the caller appends per-request round trips to; it is cleared after the
-    warm-up.
+    Warm-up runs for ``warmup_s`` and at least ``warmup_batches`` batches (enough for a way that
+    keeps several batches in flight to have touched all its buffers once: first touches of fresh
+    memory cost page faults that the steady state does not pay), and is not counted. Each of
+    ``repeats`` windows runs until ``min_time_s`` has passed and ``min_batches`` were taken.
+    ``round_trips`` (optional) is a list the caller appends per-request round trips to; it is
+    cleared after the warm-up.
     """
     start = time.perf_counter()
     n = 0
-    while n < 2 or time.perf_counter() - start < warmup_s:
+    while n < warmup_batches or time.perf_counter() - start < warmup_s:
         next_batch()
         n += 1
         if on_batch:

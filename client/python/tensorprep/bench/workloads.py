@@ -1,11 +1,17 @@
-"""The seed workloads W1, W2, W3, each written three ways.
+"""The seed workloads W1, W2, W3, and the ways of running each.
 
 (a) the in-process Python callback, run by ``tf.numpy_function`` per sample inside ``tf.data``
     (``map(..., num_parallel_calls=AUTOTUNE)`` then ``batch``): NumPy for W1 and W3,
-    ``skimage.transform.rotate`` for W2;
+    ``skimage.transform.rotate`` for W2 (the seed's code);
+(a') the same callback as an informed user writes it with OpenCV: ``cv2.warpAffine`` (bilinear,
+    BORDER_REPLICATE, ``cv2.getRotationMatrix2D`` about ((w-1)/2, (h-1)/2)) for W2 and
+    ``cv2.flip`` for W3 (needs opencv-python-headless; no W1 form);
 (b) TensorFlow's native ops for the same work, in the same tf.data shape: ``tf.add``,
     ``tf.raw_ops.ImageProjectiveTransformV3``, ``tf.image.flip_left_right`` and ``tf.reverse``
     behind a per-sample ``tf.cond``;
+(d) NVIDIA DALI's CPU pipeline (``device_id=None``) fed the same samples by
+    ``fn.external_source``: ``x + 1``, ``fn.rotate``, ``fn.flip`` with ``fn.random.coin_flip``
+    (needs nvidia-dali);
 (c) the service, through the Python client: one ``ProcessRequest`` per batch.
 
 Each workload also knows how to check one batch's outputs against the others (see ``check``).
@@ -84,6 +90,32 @@ def python_callback(w):
     raise ValueError(w)
 
 
+def opencv_callback(w):
+    """(a'): the per-sample callback written with OpenCV, or None where OpenCV has nothing to add
+    (W1: ``x + 1`` is already NumPy's one vectorised pass). Imports cv2 (ImportError when
+    opencv-python-headless is missing)."""
+    import cv2
+    if w is W2:
+        h, wd = w.image_shape[:2]
+        # Forward matrix, positive = counter-clockwise about the pixel-index centre: the same
+        # convention as skimage's rotate (warpAffine inverts it itself).
+        m = cv2.getRotationMatrix2D(((wd - 1) / 2.0, (h - 1) / 2.0), ANGLE, 1.0)
+
+        def rotate_image(image):
+            return cv2.warpAffine(image, m, (wd, h), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
+
+        return rotate_image
+    if w is W3:
+        def augment(image, label):
+            if random.random() < 0.5:
+                return cv2.flip(image, 1), cv2.flip(label, 1)  # 1: around the vertical axis
+            return image, label
+
+        return augment
+    return None
+
+
 def tf_numpy_function_dataset(tf, w, images, labels, batch, callback):
     """(a): from_tensor_slices -> repeat -> map(numpy_function, AUTOTUNE) -> batch -> prefetch."""
     autotune = tf.data.AUTOTUNE
@@ -146,6 +178,77 @@ def tf_native_dataset(tf, w, images, labels, batch):
     return ds.repeat().map(fn, num_parallel_calls=autotune).batch(batch).prefetch(autotune)
 
 
+# --- (d) NVIDIA DALI, CPU only ----------------------------------------------------------------
+class _CyclingSource:
+    """fn.external_source's source: each call returns the next ``batch`` samples of the pool
+    (cycling), as lists of per-sample arrays, one list per output. The arrays are views of the
+    pool; DALI copies them into its own input buffers, as tf.data's batching does."""
+
+    def __init__(self, arrays, batch):
+        self.arrays = arrays
+        self.batch = batch
+        self.next = 0
+
+    def __call__(self):
+        n = self.arrays[0].shape[0]
+        idx = [(self.next + k) % n for k in range(self.batch)]
+        self.next = (self.next + self.batch) % n
+        out = tuple([a[i] for i in idx] for a in self.arrays)
+        return out if len(out) > 1 else out[0]
+
+
+def dali_pipeline(w, images, labels, batch, threads, seed=None):
+    """(d): a built DALI pipeline on the CPU (``device_id=None``) doing ``w`` on the pool.
+
+    W1 ``x + 1``; W2 ``fn.rotate`` (angle 30, INTERP_LINEAR, keep_size=True, no fill_value: DALI
+    then clamps source coordinates, i.e. repeats the edge pixel, which is the edge border);
+    W3 one ``fn.random.coin_flip`` per sample applied by ``fn.flip`` to the image and its label
+    alike. Feeds distinct samples through ``fn.external_source``. Imports nvidia.dali
+    (ImportError when it is missing). Read batches with ``dali_next``.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    # fn.flip takes channel layouts only: a label goes in as (H, W, 1), "HWC", and dali_next
+    # drops that axis again (views both ways, no copy).
+    src = _CyclingSource((images,) if labels is None else (images, labels[..., None]), batch)
+    kwargs = {"batch_size": batch, "num_threads": threads, "device_id": None,
+              "prefetch_queue_depth": 2}
+    if seed is not None:
+        kwargs["seed"] = int(seed)
+
+    @pipeline_def(**kwargs)
+    def pipe():
+        if w is W1:
+            x = fn.external_source(source=src, dtype=types.INT32, ndim=1, device="cpu")
+            return x + 1
+        if w is W2:
+            x = fn.external_source(source=src, dtype=types.FLOAT, layout="HWC", device="cpu")
+            return fn.rotate(x, angle=ANGLE, interp_type=types.INTERP_LINEAR, keep_size=True)
+        if w is W3:
+            x, lab = fn.external_source(source=src, num_outputs=2,
+                                        dtype=[types.FLOAT, types.INT32], layout=["HWC", "HWC"],
+                                        device="cpu")
+            coin = fn.random.coin_flip(probability=0.5)
+            return fn.flip(x, horizontal=coin, vertical=0), fn.flip(lab, horizontal=coin,
+                                                                    vertical=0)
+        raise ValueError(w)
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def dali_next(p):
+    """One batch from a DALI pipeline as dense NumPy arrays (an array, or (images, labels)).
+    The copy out of DALI's buffers is part of the way: DALI reuses them for later batches, and
+    a training step (or DALI's own framework plugins) needs the batch as one tensor."""
+    outs = p.run()
+    arrays = tuple(o.as_array() for o in outs)
+    if len(arrays) == 2:  # (images, labels (N, H, W, 1))
+        return arrays[0], arrays[1].reshape(arrays[1].shape[:3])
+    return arrays[0]
+
+
 # --- (c) the service --------------------------------------------------------------------------
 def service_pipeline(w):
     if w is W1:
@@ -170,16 +273,26 @@ def service_batches(w, images, labels, batch):
 
 # --- equality ---------------------------------------------------------------------------------
 W2_TOLERANCE = 1e-4  # max |difference| between any two ways, on images in [0, 1)
+# Ways whose W2 resampling is not exact bilinear, checked roughly against the first way (the
+# seed's skimage): (max |difference|, mean |difference|), on random pixels in [0, 1). OpenCV's
+# warpAffine quantises sample positions to 1/32 pixel, so a sample can move by up to ~1/32 of
+# a neighbour difference (measured: max 0.026, mean 0.0032). DALI's CPU rotate computes its
+# source positions in float32 (measured: max 5.0e-4, mean 4.3e-5); its centre, direction and
+# edge border are the seed's. The bounds are a few times what was measured and far below what
+# a mistake gives (measured with OpenCV: centre (w/2, h/2) max 0.41 / mean 0.088; angle -30
+# 0.96 / 0.23; angle 31 0.97 / 0.21; constant border 1.0 / 0.080).
+W2_ROUGH = {"cv": (0.1, 0.01), "dali": (0.005, 5e-4)}
 
 
 def check(w, images, labels, outputs):
     """Checks the ways' outputs for one batch against each other; raises AssertionError.
 
     ``outputs``: way -> images (N, *image_shape) or (images, labels). W1 must be exact; W2 within
-    W2_TOLERANCE of the others (float32 TensorFlow vs double scikit-image vs the service's exact
-    bilinear); W3 draws differ between ways, so each sample must be either unchanged or mirrored,
-    its label mirrored exactly when its image is, and both outcomes must occur. Returns a dict of
-    measured differences for the report.
+    W2_TOLERANCE of the first way (float32 TensorFlow vs double scikit-image vs the service's
+    exact bilinear), or within W2_ROUGH for the ways listed there; W3 draws differ between ways,
+    so each sample must be either unchanged or mirrored, its label mirrored exactly when its
+    image is, and both outcomes must occur. Returns a dict of measured differences for the
+    report.
     """
     found = {}
     if w is W1:
@@ -194,7 +307,16 @@ def check(w, images, labels, outputs):
         base = np.asarray(outputs[ways[0]], np.float64).reshape(images.shape)
         for way in ways[1:]:
             got = np.asarray(outputs[way], np.float64).reshape(images.shape)
-            diff = float(np.abs(got - base).max())
+            err = np.abs(got - base)
+            diff = float(err.max())
+            if way in W2_ROUGH:
+                most, mean = W2_ROUGH[way]
+                avg = float(err.mean())
+                found[f"{way} vs {ways[0]}"] = {"max": diff, "mean": avg}
+                if not (diff <= most and avg <= mean):
+                    raise AssertionError(f"W2 {way} differs from {ways[0]} by max {diff} "
+                                         f"(bound {most}), mean {avg} (bound {mean})")
+                continue
             found[f"{way} vs {ways[0]}"] = diff
             if not diff <= W2_TOLERANCE:
                 raise AssertionError(f"W2 {way} differs from {ways[0]} by {diff} > {W2_TOLERANCE}")
