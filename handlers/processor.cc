@@ -27,10 +27,90 @@ absl::Status WithRequestId(const absl::Status& s, const std::string& id) {
 
 pb::Device ToWire(DeviceKind d) { return d == DeviceKind::kCuda ? pb::DEVICE_CUDA : pb::DEVICE_CPU; }
 
+// Resolves the request's shared-memory output places (after planning, which fixes the result's
+// dtype) and refuses an output that overlaps an input or another output: kernels read their
+// inputs while they write, and two results in one place would garble both.
+absl::Status PlaceOutputs(const pb::ProcessRequest& request, const SharedMemoryRegions* shm,
+                          PreparedRequest* prepared) {
+  prepared->aux_out.resize(prepared->aux.size());
+  auto resolve = [&](const pb::SharedMemoryRef& ref, const std::string& path, uint64_t bytes,
+                     kernels::DType dtype, ShmSpan* out) -> absl::Status {
+    if (shm == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, ": shared memory is disabled on this server; leave it unset to get the bytes "
+                "in the response"));
+    }
+    auto span = shm->Resolve(ref, path, 0, bytes, kernels::DTypeSize(dtype));
+    if (!span.ok()) return span.status();
+    span->bytes = bytes;  // the result's extent, not the whole reservation, for overlaps
+    *out = std::move(*span);
+    return absl::OkStatus();
+  };
+  if (request.has_images_output()) {
+    absl::Status s = resolve(request.images_output(), "images_output",
+                             Processor::MainOutputBytes(*prepared),
+                             prepared->plan.output_dtype, &prepared->main_out);
+    if (!s.ok()) return s;
+  }
+  for (size_t j = 0; j < prepared->aux.size(); ++j) {
+    const pb::AuxTensor& a = request.aux(static_cast<int>(j));
+    if (!a.has_output()) continue;
+    const DecodedTensor& d = prepared->aux[j];
+    absl::Status s = resolve(a.output(), absl::StrCat("aux[", j, "].output"), d.view.bytes(),
+                             d.view.dtype, &prepared->aux_out[j]);
+    if (!s.ok()) return s;
+  }
+  // Every output against every input and every earlier output.
+  std::vector<std::pair<std::string, const ShmSpan*>> inputs, outputs;
+  if (prepared->main.shm.pin) inputs.emplace_back("images", &prepared->main.shm);
+  for (size_t j = 0; j < prepared->aux.size(); ++j) {
+    if (prepared->aux[j].shm.pin) {
+      inputs.emplace_back(absl::StrCat("aux[", j, "].tensor"), &prepared->aux[j].shm);
+    }
+  }
+  if (prepared->main_out.pin) outputs.emplace_back("images_output", &prepared->main_out);
+  for (size_t j = 0; j < prepared->aux_out.size(); ++j) {
+    if (prepared->aux_out[j].pin) {
+      outputs.emplace_back(absl::StrCat("aux[", j, "].output"), &prepared->aux_out[j]);
+    }
+  }
+  for (size_t o = 0; o < outputs.size(); ++o) {
+    for (const auto& [name, span] : inputs) {
+      if (outputs[o].second->Overlaps(*span)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            outputs[o].first, ": overlaps the shared-memory bytes of the input ", name,
+            "; results must go to memory that no input of the request uses"));
+      }
+    }
+    for (size_t p = 0; p < o; ++p) {
+      if (outputs[o].second->Overlaps(*outputs[p].second)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            outputs[o].first, ": overlaps the shared-memory place of ", outputs[p].first,
+            "; each result needs a place of its own"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// True when a shared-memory region the request used broke while it ran.
+bool AnyRegionBroken(const PreparedRequest& p) {
+  auto broken = [](const ShmSpan& s) { return s.pin && s.pin.region()->broken(); };
+  if (broken(p.main.shm) || broken(p.main_out)) return true;
+  for (const DecodedTensor& d : p.aux) {
+    if (broken(d.shm)) return true;
+  }
+  for (const ShmSpan& s : p.aux_out) {
+    if (broken(s)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
-Processor::Processor(ProcessorOptions options, Backend* cpu, Backend* cuda)
-    : options_(std::move(options)), cpu_(cpu), cuda_(cuda) {}
+Processor::Processor(ProcessorOptions options, Backend* cpu, Backend* cuda,
+                     const SharedMemoryRegions* shm)
+    : options_(std::move(options)), cpu_(cpu), cuda_(cuda), shm_(shm) {}
 
 std::vector<const Backend*> Processor::backends() const {
   std::vector<const Backend*> out = {cpu_};
@@ -47,11 +127,12 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
     return WithRequestId(
         absl::InvalidArgumentError("images: expected a batch tensor, got none"), id);
   }
-  auto main = DecodeBatch(request.images(), "images", options_.limits);
+  auto main = DecodeBatch(request.images(), "images", options_.limits, shm_);
   if (!main.ok()) return WithRequestId(main.status(), id);
   prepared->main = std::move(*main);
   const kernels::BatchShape& shape = prepared->main.view.shape;
   uint64_t bytes_in = prepared->main.view.bytes();
+  uint64_t inline_bytes_in = prepared->main.shm.pin ? 0 : bytes_in;
 
   std::vector<AuxSampling> sampling;
   std::set<std::string> names;
@@ -69,7 +150,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
           absl::InvalidArgumentError(absl::StrCat(path, ".tensor: expected a tensor, got none")),
           id);
     }
-    auto aux = DecodeBatch(a.tensor(), path + ".tensor", options_.limits);
+    auto aux = DecodeBatch(a.tensor(), path + ".tensor", options_.limits, shm_);
     if (!aux.ok()) return WithRequestId(aux.status(), id);
     const kernels::BatchShape& as = aux->view.shape;
     if (as.n != shape.n || as.h != shape.h || as.w != shape.w) {
@@ -98,6 +179,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
     s.fill = a.fill();
     sampling.push_back(s);
     bytes_in += aux->view.bytes();
+    if (!aux->shm.pin) inline_bytes_in += aux->view.bytes();
     prepared->aux.push_back(std::move(*aux));
   }
 
@@ -113,6 +195,8 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                         options_.plan);
   if (!plan.ok()) return WithRequestId(plan.status(), id);
   prepared->plan = std::move(*plan);
+  absl::Status placed = PlaceOutputs(request, shm_, prepared.get());
+  if (!placed.ok()) return WithRequestId(placed, id);
 
   const bool cuda_usable = cuda_ != nullptr && cuda_->usable();
   switch (request.device()) {
@@ -138,6 +222,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
       break;
   }
   prepared->bytes_in = bytes_in;
+  prepared->inline_bytes_in = inline_bytes_in;
   prepared->decode_ns = NanosSince(start);
   return prepared;
 }
@@ -145,6 +230,16 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
 uint64_t Processor::MainOutputBytes(const PreparedRequest& prepared) {
   return static_cast<uint64_t>(prepared.main.view.shape.elements()) *
          kernels::DTypeSize(prepared.plan.output_dtype);
+}
+
+uint64_t Processor::InlineOutputBytes(const PreparedRequest& prepared) {
+  uint64_t bytes = prepared.main_out.data != nullptr ? 0 : MainOutputBytes(prepared);
+  for (size_t j = 0; j < prepared.aux.size(); ++j) {
+    if (j >= prepared.aux_out.size() || prepared.aux_out[j].data == nullptr) {
+      bytes += prepared.aux[j].view.bytes();
+    }
+  }
+  return bytes;
 }
 
 absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
@@ -155,11 +250,19 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
   response->set_request_id(request.request_id());
   const kernels::BatchShape& shape = prepared.main.view.shape;
   ExecOutputs out;
-  out.main = main_data != nullptr
-                 ? PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
-                                 prepared.main.rank, main_data)
-                 : PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
-                                 prepared.main.rank);
+  if (prepared.main_out.data != nullptr) {
+    out.main = PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
+                             prepared.main.rank, prepared.main_out.data);
+    *response->mutable_images()->mutable_shm() = request.images_output();
+  } else if (main_data != nullptr) {
+    out.main = PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
+                             prepared.main.rank, main_data);
+    stats.inline_bytes_out += out.main.bytes();
+  } else {
+    out.main = PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
+                             prepared.main.rank);
+    stats.inline_bytes_out += out.main.bytes();
+  }
   ExecInputs in;
   in.main = prepared.main.view;
   for (size_t j = 0; j < prepared.aux.size(); ++j) {
@@ -169,7 +272,14 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
     a->set_interpolation(req_aux.interpolation());
     a->set_fill(req_aux.fill());
     const DecodedTensor& d = prepared.aux[j];
-    out.aux.push_back(PrepareOutput(a->mutable_tensor(), d.view.dtype, d.view.shape, d.rank));
+    if (j < prepared.aux_out.size() && prepared.aux_out[j].data != nullptr) {
+      out.aux.push_back(PrepareOutput(a->mutable_tensor(), d.view.dtype, d.view.shape, d.rank,
+                                      prepared.aux_out[j].data));
+      *a->mutable_tensor()->mutable_shm() = req_aux.output();
+    } else {
+      out.aux.push_back(PrepareOutput(a->mutable_tensor(), d.view.dtype, d.view.shape, d.rank));
+      stats.inline_bytes_out += d.view.bytes();
+    }
     in.aux.push_back(d.view);
   }
   stats.encode_ns = NanosSince(start);
@@ -186,6 +296,16 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
     stats.device = DeviceKind::kCpu;
   }
   stats.kernel_ns = NanosSince(start);
+  if (AnyRegionBroken(prepared)) {
+    // The fault guard gave the kernels zeros in place of the vanished memory: the result is
+    // meaningless, whatever the kernels returned.
+    return WithRequestId(
+        absl::FailedPreconditionError(
+            "a shared-memory region the request used shrank while the request ran (its object "
+            "was truncated or removed); the region now refuses requests: unregister it and "
+            "register a new one"),
+        request.request_id());
+  }
   if (!s.ok()) {
     return WithRequestId(
         absl::InternalError(absl::StrCat("running the pipeline on ", DeviceKindName(stats.device),
@@ -200,6 +320,11 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
   stats.samples = shape.n;
   stats.bytes_out = out.main.bytes();
   for (const auto& a : out.aux) stats.bytes_out += a.bytes();
+  pb::Transfer* transfer = response->mutable_transfer();
+  transfer->set_inline_bytes_in(prepared.inline_bytes_in);
+  transfer->set_shm_bytes_in(prepared.bytes_in - prepared.inline_bytes_in);
+  transfer->set_inline_bytes_out(stats.inline_bytes_out);
+  transfer->set_shm_bytes_out(stats.bytes_out - stats.inline_bytes_out);
   return stats;
 }
 

@@ -13,6 +13,7 @@
 #include "handlers/backend.h"
 #include "handlers/op_registry.h"
 #include "handlers/plan.h"
+#include "handlers/shm_regions.h"
 #include "handlers/tensor_codec.h"
 #include "tensorprep/v1/tensorprep.pb.h"
 
@@ -36,8 +37,15 @@ struct PreparedRequest {
   DeviceKind device = DeviceKind::kCpu;
   DecodedTensor main;
   std::vector<DecodedTensor> aux;
+  // Where results go when the request placed them in shared memory (`data` null otherwise):
+  // the main result, and one per aux tensor.
+  ShmSpan main_out;
+  std::vector<ShmSpan> aux_out;
   int64_t decode_ns = 0;
   uint64_t bytes_in = 0;
+  // Input bytes that came inside the message; the rest (bytes_in - inline_bytes_in) were read
+  // from shared memory.
+  uint64_t inline_bytes_in = 0;
 };
 
 struct RunStats {
@@ -47,17 +55,23 @@ struct RunStats {
   int64_t encode_ns = 0;
   uint64_t bytes_out = 0;
   int64_t samples = 0;
+  // Result bytes returned inside the message (the rest of bytes_out went to shared memory).
+  uint64_t inline_bytes_out = 0;
 };
 
 // Thread-safe: Prepare and Run may be called from many threads at once.
 class Processor {
  public:
-  // `cpu` must be non-null; `cuda` may be null. Neither is owned; both outlive the processor.
-  Processor(ProcessorOptions options, Backend* cpu, Backend* cuda);
+  // `cpu` must be non-null; `cuda` and `shm` may be null (no CUDA; shared memory disabled).
+  // None is owned; all outlive the processor.
+  Processor(ProcessorOptions options, Backend* cpu, Backend* cuda,
+            const SharedMemoryRegions* shm = nullptr);
 
   // Validates and plans. INVALID_ARGUMENT naming the field (prefixed with the request id when
   // set), RESOURCE_EXHAUSTED over a size limit, FAILED_PRECONDITION for DEVICE_CUDA without a
-  // usable device.
+  // usable device. Shared-memory references are resolved here (the prepared request pins their
+  // regions): the errors of SharedMemoryRegions::Resolve, and INVALID_ARGUMENT for an output
+  // that overlaps an input or another output.
   absl::StatusOr<std::unique_ptr<PreparedRequest>> Prepare(const pb::ProcessRequest& request) const;
 
   // Runs a prepared request and fills `response` (results, aux, device, decode/kernel/encode
@@ -70,6 +84,9 @@ class Processor {
 
   // Bytes of a prepared request's main result.
   static uint64_t MainOutputBytes(const PreparedRequest& prepared);
+  // Result bytes the server holds in memory for a prepared request until they are sent (those
+  // written to shared memory excluded).
+  static uint64_t InlineOutputBytes(const PreparedRequest& prepared);
 
   // Devices for ListOps: CPU first, then CUDA when built.
   std::vector<const Backend*> backends() const;
@@ -79,6 +96,7 @@ class Processor {
   ProcessorOptions options_;
   Backend* cpu_;
   Backend* cuda_;
+  const SharedMemoryRegions* shm_;
 };
 
 // Fills a ListOps response from the registry and the backends.

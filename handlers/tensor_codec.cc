@@ -61,7 +61,8 @@ std::string DescribeShape(const kernels::BatchShape& s, int rank, DType dtype) {
 }
 
 absl::StatusOr<DecodedTensor> DecodeBatch(const pb::Tensor& t, const std::string& path,
-                                          const DecodeLimits& limits) {
+                                          const DecodeLimits& limits,
+                                          const SharedMemoryRegions* shm) {
   const int rank = t.shape_size();
   if (rank != 3 && rank != 4) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -101,6 +102,26 @@ absl::StatusOr<DecodedTensor> DecodeBatch(const pb::Tensor& t, const std::string
         absl::StrCat(path, ": ", DescribeShape(shape, rank, *dtype), " is ", expected_bytes,
                      " bytes, over the server's max tensor size of ", limits.max_tensor_bytes,
                      " bytes"));
+  }
+  if (t.has_shm()) {
+    if (!t.data().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": expected the bytes either in data or in shm, got both (", t.data().size(),
+          " bytes of data)"));
+    }
+    if (shm == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, ".shm: shared memory is disabled on this server; send the bytes in data"));
+    }
+    auto span = shm->Resolve(t.shm(), path + ".shm", expected_bytes, 0, elem_size);
+    if (!span.ok()) return span.status();
+    DecodedTensor out;
+    out.rank = rank;
+    out.view.dtype = *dtype;
+    out.view.shape = shape;
+    out.view.data = span->data;
+    out.shm = std::move(*span);
+    return out;
   }
   if (t.data().size() != expected_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "handlers/shm_regions.h"
 #include "kernels/common/tensor.h"
 #include "tensorprep/v1/tensorprep.pb.h"
 
@@ -31,11 +32,13 @@ class AlignedBuffer {
 };
 
 // A decoded input tensor: a view over the message's bytes when they are aligned for the dtype,
-// else over `copy` (a copy the decoder made). `rank` is the wire rank (3: NHW, 4: NHWC).
+// else over `copy` (a copy the decoder made), or over a shared-memory region (`shm` then pins
+// it). `rank` is the wire rank (3: NHW, 4: NHWC).
 struct DecodedTensor {
   kernels::ConstTensorView view;
   int rank = 0;
   AlignedBuffer copy;  // empty unless the wire bytes were misaligned
+  ShmSpan shm;         // set (shm.pin) when the bytes are in shared memory
 };
 
 // Wire dtype -> kernel dtype; INVALID_ARGUMENT naming `path` for unspecified or unknown values.
@@ -50,9 +53,11 @@ struct DecodeLimits {
 // Checks and views `t` as a batch of rank 3 (N,H,W) or 4 (N,H,W,C). INVALID_ARGUMENT names the
 // field under `path` ("images.shape[2]: expected >= 1, got 0", "images.data: expected 12 bytes
 // (1x2x2x3 uint8), got 10"), RESOURCE_EXHAUSTED when the tensor exceeds `limits`. The view points
-// into `t`, which must outlive the result.
+// into `t`, which must outlive the result, or, when `t.shm` is set, into the region it names in
+// `shm` (null: shared memory disabled), with the errors of SharedMemoryRegions::Resolve.
 absl::StatusOr<DecodedTensor> DecodeBatch(const pb::Tensor& t, const std::string& path,
-                                          const DecodeLimits& limits);
+                                          const DecodeLimits& limits,
+                                          const SharedMemoryRegions* shm = nullptr);
 
 // Sets `t`'s dtype and shape (rank 3 drops C, which must then be 1) and sizes its data; returns a
 // writable view over t's bytes. The bytes are uninitialised garbage until a kernel writes them.

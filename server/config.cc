@@ -60,6 +60,14 @@ Flags (each also read from the environment variable shown; flags win):
                          send as "authorization: Bearer <token>" (TENSORPREP_AUTH_TOKEN_FILE);
                          TENSORPREP_AUTH_TOKEN or --auth-token give it directly. Health checks
                          and /metrics never need it.
+  --uds PATH             also listen on a Unix-domain socket at PATH, for clients on the same
+                         host ("unix:PATH"); the file is replaced at start (TENSORPREP_UDS)
+  --shm-prefix P         enable shared-memory tensors: clients may register POSIX shared-memory
+                         objects whose names start with P, e.g. /tensorprep- (TENSORPREP_SHM_PREFIX,
+                         default empty = disabled); the server opens them, never creates them
+  --shm-max-regions N    shared-memory regions one client may hold (TENSORPREP_SHM_MAX_REGIONS, 16)
+  --shm-max-mb N         MiB of shared memory mapped for all clients together
+                         (TENSORPREP_SHM_MAX_MB, default 4096)
   --version              print the version and exit
   --help                 print this help and exit
 
@@ -189,6 +197,27 @@ const std::map<std::string, Setter>& Setters() {
          auto text = ReadConfigFile(v, name);
          if (!text.ok()) return text.status();
          return SetToken(text->substr(0, text->find_first_of("\r\n")), name, &c.auth_token);
+       }},
+      {"uds", [](Config& c, const std::string& v,
+                 const std::string& name) { return SetPath(v, name, &c.uds); }},
+      {"shm-prefix",
+       [](Config& c, const std::string& v, const std::string& name) {
+         // The prefix of an shm_open name: '/', then at least one more character, no other '/'.
+         if (v.size() < 2 || v[0] != '/' || v.find('/', 1) != std::string::npos) {
+           return absl::InvalidArgumentError(absl::StrCat(
+               name, ": expected '/' and a name prefix without another '/', e.g. /tensorprep-, "
+                     "got '", v, "'"));
+         }
+         c.shm_prefix = v;
+         return absl::OkStatus();
+       }},
+      {"shm-max-regions",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 4096, &c.shm_max_regions);
+       }},
+      {"shm-max-mb",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 1 << 24, &c.shm_max_mb);
        }},
       {"grace-seconds",
        [](Config& c, const std::string& v, const std::string& name) {

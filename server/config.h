@@ -44,6 +44,15 @@ struct Config {
   // no token. Health and /metrics never need it. Set from TENSORPREP_AUTH_TOKEN, --auth-token or
   // --auth-token-file (the file's first line); never printed.
   std::string auth_token;
+
+  // Same-host clients. TENSORPREP_UDS: also listen on this Unix-domain socket path (clients use
+  // "unix:PATH"); empty = TCP only. The file is replaced at start and removed at exit.
+  std::string uds;
+  // TENSORPREP_SHM_PREFIX: enables shared-memory tensors for POSIX shared-memory objects whose
+  // names start with this (e.g. "/tensorprep-"); empty = disabled (the default).
+  std::string shm_prefix;
+  int shm_max_regions = 16;   // TENSORPREP_SHM_MAX_REGIONS: regions one client may hold
+  int shm_max_mb = 4096;      // TENSORPREP_SHM_MAX_MB: MiB mapped for all clients together
   bool help = false;
   bool version = false;
 };

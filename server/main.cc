@@ -4,7 +4,9 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -19,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "handlers/backend.h"
 #include "handlers/processor.h"
+#include "handlers/shm_regions.h"
 #include "kernels/common/thread_pool.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
@@ -92,7 +95,12 @@ int Run(const Config& config) {
   options.limits.max_tensor_bytes = static_cast<uint64_t>(config.max_tensor_mb) << 20;
   options.allow_cuda = config.device != "cpu";
   if (config.device == "cuda") options.auto_cuda_min_bytes = 0;
-  handlers::Processor processor(options, &cpu, cuda.get());
+  handlers::ShmOptions shm_options;
+  shm_options.key_prefix = config.shm_prefix;
+  shm_options.max_regions_per_client = static_cast<uint32_t>(config.shm_max_regions);
+  shm_options.max_mapped_bytes = static_cast<uint64_t>(config.shm_max_mb) << 20;
+  handlers::SharedMemoryRegions shm(shm_options);
+  handlers::Processor processor(options, &cpu, cuda.get(), &shm);
 
   auto registry = std::make_shared<prometheus::Registry>();
   std::vector<std::string> kernel_labels;
@@ -123,6 +131,7 @@ int Run(const Config& config) {
   service_options.admission.max_bytes = static_cast<uint64_t>(config.max_inflight_mb) << 20;
   service_options.admission.max_requests = config.max_inflight_requests;
   service_options.auth_token = config.auth_token;
+  service_options.shm = &shm;
   PreprocessorService service(processor, queue, metrics, service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -147,6 +156,20 @@ int Run(const Config& config) {
     }
   }
   builder.AddListeningPort(address, MakeServerCredentials(pem), &port);
+  if (!config.uds.empty()) {
+    // A socket left by an earlier run would make the bind fail; anything else at that path is
+    // not ours to remove.
+    struct stat st;
+    if (lstat(config.uds.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        std::cerr << "tensorprep-server: --uds " << config.uds
+                  << " exists and is not a socket; not replacing it\n";
+        return 2;
+      }
+      unlink(config.uds.c_str());
+    }
+    builder.AddListeningPort("unix:" + config.uds, MakeServerCredentials(pem));
+  }
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_mb * 1024 * 1024);
   builder.SetMaxSendMessageSize(config.max_message_mb * 1024 * 1024);
@@ -164,7 +187,8 @@ int Run(const Config& config) {
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    std::cerr << "tensorprep-server: cannot listen on " << address << "\n";
+    std::cerr << "tensorprep-server: cannot listen on " << address
+              << (config.uds.empty() ? "" : " and unix:" + config.uds) << "\n";
     return 2;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
@@ -180,6 +204,14 @@ int Run(const Config& config) {
             << (pem.cert_chain.empty() ? "plaintext"
                                        : pem.client_ca.empty() ? "TLS" : "mutual TLS")
             << ", bearer token " << (config.auth_token.empty() ? "off" : "required") << "\n";
+  std::cerr << "tensorprep-server: unix socket " << (config.uds.empty() ? "off" : config.uds)
+            << ", shared memory "
+            << (config.shm_prefix.empty()
+                    ? std::string("off")
+                    : absl::StrCat("on (keys ", config.shm_prefix, "*, at most ",
+                                   config.shm_max_regions, " regions per client, ",
+                                   config.shm_max_mb, " MiB mapped)"))
+            << "\n";
   std::cerr << "tensorprep-server: on SIGTERM: drain delay " << config.drain_delay_seconds
             << " s, then grace " << config.grace_seconds << " s; connection max age ";
   if (config.max_connection_age_seconds > 0) {
@@ -224,9 +256,18 @@ int Run(const Config& config) {
             << config.grace_seconds << " s\n";
   server->Shutdown(std::chrono::system_clock::now() + Seconds(config.grace_seconds));
   server->Wait();
-  // Every call has finished by now: equal counts mean no accepted request went unanswered.
-  std::cerr << "tensorprep-server: stopped; requests accepted=" << service.accepted()
-            << " answered=" << service.answered() << "\n";
+  if (!config.uds.empty()) unlink(config.uds.c_str());
+  // Every call has finished by now, and each accepted request was settled before its call
+  // finished: accepted == answered + cancelled, or a request was lost (docs/reliability.md).
+  const uint64_t accepted = service.accepted(), answered = service.answered(),
+                 cancelled = service.cancelled();
+  std::cerr << "tensorprep-server: stopped; requests accepted=" << accepted
+            << " answered=" << answered << " cancelled=" << cancelled;
+  if (accepted != answered + cancelled) {
+    std::cerr << " (" << static_cast<int64_t>(accepted - answered - cancelled)
+              << " unaccounted for)";
+  }
+  std::cerr << "\n";
   return 0;
 }
 

@@ -7,7 +7,10 @@
 namespace tensorprep::server {
 namespace {
 
-constexpr std::array<const char*, kRpcCount> kRpcNames = {"Process", "ProcessStream", "ListOps"};
+constexpr std::array<const char*, kRpcCount> kRpcNames = {
+    "Process", "ProcessStream", "ListOps", "RegisterSharedMemory", "SharedMemoryStatus",
+    "UnregisterSharedMemory"};
+constexpr std::array<const char*, kTransportCount> kTransportNames = {"inline", "shm", "mixed"};
 constexpr std::array<const char*, kStageCount> kStageNames = {"decode", "queue", "kernel",
                                                               "encode"};
 constexpr std::array<const char*, kDeviceCount> kDeviceNames = {"cpu", "cuda"};
@@ -36,6 +39,7 @@ constexpr int kUnknownCode = 2;
 int Index(Rpc rpc) { return static_cast<int>(rpc); }
 int Index(Stage stage) { return static_cast<int>(stage); }
 int Index(MetricDevice device) { return static_cast<int>(device); }
+int Index(Transport t) { return static_cast<int>(t); }
 bool InRange(int index, int count) { return index >= 0 && index < count; }
 
 // A clock step or a caller's subtraction in the wrong order must not drive a histogram's sum
@@ -49,6 +53,10 @@ double Sanitize(double seconds) {
 
 const char* RpcName(Rpc rpc) {
   return InRange(Index(rpc), kRpcCount) ? kRpcNames[Index(rpc)] : "unknown";
+}
+
+const char* TransportName(Transport t) {
+  return InRange(Index(t), kTransportCount) ? kTransportNames[Index(t)] : "unknown";
 }
 const char* StageName(Stage stage) {
   return InRange(Index(stage), kStageCount) ? kStageNames[Index(stage)] : "unknown";
@@ -144,6 +152,38 @@ Metrics::Metrics(prometheus::Registry& registry, const std::vector<std::string>&
                      .Register(registry)
                      .Add({});
 
+  auto& transport_requests =
+      prometheus::BuildCounter()
+          .Name("tensorprep_transport_requests_total")
+          .Help("Successful Process/ProcessStream requests by how their tensors travelled: "
+                "inline (in the messages), shm (shared memory) or mixed.")
+          .Register(registry);
+  for (int t = 0; t < kTransportCount; ++t) {
+    transport_requests_[t] = &transport_requests.Add({{"transport", kTransportNames[t]}});
+  }
+  auto& transport_bytes = prometheus::BuildCounter()
+                              .Name("tensorprep_transport_bytes_total")
+                              .Help("Tensor bytes of successful requests by transport (inline, "
+                                    "shm) and direction (in, out).")
+                              .Register(registry);
+  for (int t = 0; t < 2; ++t) {
+    for (int d = 0; d < 2; ++d) {
+      transport_bytes_[t][d] = &transport_bytes.Add(
+          {{"transport", kTransportNames[t]}, {"direction", d == 0 ? "in" : "out"}});
+    }
+  }
+  shm_regions_ = &prometheus::BuildGauge()
+                      .Name("tensorprep_shm_regions")
+                      .Help("Shared-memory regions registered.")
+                      .Register(registry)
+                      .Add({});
+  shm_mapped_bytes_ = &prometheus::BuildGauge()
+                           .Name("tensorprep_shm_mapped_bytes")
+                           .Help("Bytes of shared memory mapped (registered regions, and "
+                                 "unregistered ones still in use).")
+                           .Register(registry)
+                           .Add({});
+
   auto& samples = prometheus::BuildCounter()
                       .Name("tensorprep_samples_total")
                       .Help("Samples (images) processed successfully, by device.")
@@ -205,6 +245,26 @@ void Metrics::AddBytes(uint64_t received, uint64_t sent) {
   // Counters hold doubles: exact up to 2^53 bytes (9 PB), far beyond a process's life.
   if (received != 0) received_bytes_->Increment(static_cast<double>(received));
   if (sent != 0) sent_bytes_->Increment(static_cast<double>(sent));
+}
+
+void Metrics::AddTransfer(uint64_t inline_in, uint64_t inline_out, uint64_t shm_in,
+                          uint64_t shm_out) {
+  const bool any_inline = inline_in != 0 || inline_out != 0;
+  const bool any_shm = shm_in != 0 || shm_out != 0;
+  const Transport t = any_shm ? (any_inline ? Transport::kMixed : Transport::kShm)
+                              : Transport::kInline;
+  transport_requests_[Index(t)]->Increment();
+  const uint64_t bytes[2][2] = {{inline_in, inline_out}, {shm_in, shm_out}};
+  for (int i = 0; i < 2; ++i) {
+    for (int d = 0; d < 2; ++d) {
+      if (bytes[i][d] != 0) transport_bytes_[i][d]->Increment(static_cast<double>(bytes[i][d]));
+    }
+  }
+}
+
+void Metrics::SetSharedMemory(uint64_t regions, uint64_t mapped_bytes) {
+  shm_regions_->Set(static_cast<double>(regions));
+  shm_mapped_bytes_->Set(static_cast<double>(mapped_bytes));
 }
 
 void Metrics::AddSamples(MetricDevice device, uint64_t samples) {

@@ -17,8 +17,19 @@
 namespace tensorprep::server {
 
 // Closed label sets. Never add a label whose values come from a request.
-enum class Rpc : int { kProcess = 0, kProcessStream = 1, kListOps = 2 };
-inline constexpr int kRpcCount = 3;
+enum class Rpc : int {
+  kProcess = 0,
+  kProcessStream = 1,
+  kListOps = 2,
+  kRegisterSharedMemory = 3,
+  kSharedMemoryStatus = 4,
+  kUnregisterSharedMemory = 5,
+};
+inline constexpr int kRpcCount = 6;
+// How a request's tensors travelled: all inside the messages, all through shared memory, or some
+// of each.
+enum class Transport : int { kInline = 0, kShm = 1, kMixed = 2 };
+inline constexpr int kTransportCount = 3;
 enum class Stage : int { kDecode = 0, kQueue = 1, kKernel = 2, kEncode = 3 };
 inline constexpr int kStageCount = 4;
 enum class MetricDevice : int { kCpu = 0, kCuda = 1 };
@@ -26,7 +37,8 @@ inline constexpr int kDeviceCount = 2;
 // gRPC status codes 0..16 are the closed set of the `code` label.
 inline constexpr int kCodeCount = 17;
 
-const char* RpcName(Rpc rpc);          // "Process", "ProcessStream", "ListOps"
+const char* RpcName(Rpc rpc);          // "Process", "ProcessStream", "ListOps", ...
+const char* TransportName(Transport t);  // "inline", "shm", "mixed"
 const char* StageName(Stage stage);    // "decode", "queue", "kernel", "encode"
 const char* DeviceName(MetricDevice);  // "cpu", "cuda"
 const char* CodeName(int code);        // "OK", "INVALID_ARGUMENT", ... (grpc names); codes
@@ -64,6 +76,13 @@ class Metrics {
   void ObserveKernel(int kernel_index, MetricDevice device, double seconds);
   // tensorprep_received_bytes_total / tensorprep_sent_bytes_total (tensor payload bytes).
   void AddBytes(uint64_t received, uint64_t sent);
+  // One successful request's transport: tensorprep_transport_requests_total{transport} += 1 and
+  // tensorprep_transport_bytes_total{transport="inline"|"shm",direction="in"|"out"} by the bytes
+  // that went each way.
+  void AddTransfer(uint64_t inline_in, uint64_t inline_out, uint64_t shm_in, uint64_t shm_out);
+  // tensorprep_shm_regions (registered) and tensorprep_shm_mapped_bytes (mapped, including
+  // unregistered regions that requests still use).
+  void SetSharedMemory(uint64_t regions, uint64_t mapped_bytes);
   // tensorprep_samples_total{device}.
   void AddSamples(MetricDevice device, uint64_t samples);
   // tensorprep_queued_requests (requests accepted but not yet running).
@@ -82,6 +101,11 @@ class Metrics {
   std::vector<std::array<prometheus::Histogram*, kDeviceCount>> kernel_duration_;
   prometheus::Counter* received_bytes_ = nullptr;
   prometheus::Counter* sent_bytes_ = nullptr;
+  std::array<prometheus::Counter*, kTransportCount> transport_requests_{};
+  // [0 inline, 1 shm][0 in, 1 out]
+  std::array<std::array<prometheus::Counter*, 2>, 2> transport_bytes_{};
+  prometheus::Gauge* shm_regions_ = nullptr;
+  prometheus::Gauge* shm_mapped_bytes_ = nullptr;
   std::array<prometheus::Counter*, kDeviceCount> samples_{};
   prometheus::Gauge* queued_ = nullptr;
   prometheus::Gauge* streams_open_ = nullptr;

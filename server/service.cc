@@ -79,12 +79,9 @@ PreprocessorService::PreprocessorService(const handlers::Processor& processor, W
 
 uint64_t PreprocessorService::InFlightBytes(const pb::ProcessRequest& request,
                                             const handlers::PreparedRequest& prepared) {
-  // Sizes were bounded by the decoder's limits, so none of this can overflow.
-  uint64_t bytes = request.ByteSizeLong();
-  bytes += static_cast<uint64_t>(prepared.main.view.shape.elements()) *
-           kernels::DTypeSize(prepared.plan.output_dtype);
-  for (const handlers::DecodedTensor& a : prepared.aux) bytes += a.view.bytes();
-  return bytes;
+  // Sizes were bounded by the decoder's limits, so none of this can overflow. Results written
+  // to shared memory are the client's memory, not the server's.
+  return request.ByteSizeLong() + handlers::Processor::InlineOutputBytes(prepared);
 }
 
 absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response,
@@ -99,7 +96,10 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
     return absl::DeadlineExceededError(absl::StrCat(
         "the deadline passed while the request waited ", queue_ns / 1000, " us in the queue"));
   }
-  *result = ResultBuffer::Allocate(handlers::Processor::MainOutputBytes(*job.prepared));
+  const bool main_in_shm = job.prepared->main_out.data != nullptr;
+  if (!main_in_shm) {
+    *result = ResultBuffer::Allocate(handlers::Processor::MainOutputBytes(*job.prepared));
+  }
   auto stats = processor_.Run(*job.request, *job.prepared, response, result->data());
   if (job.prepared->device == handlers::DeviceKind::kCuda &&
       (!stats.ok() || stats->device != handlers::DeviceKind::kCuda)) {
@@ -126,6 +126,13 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
   }
   metrics_.AddSamples(device, static_cast<uint64_t>(stats->samples));
   metrics_.AddBytes(job.prepared->bytes_in, stats->bytes_out);
+  const pb::Transfer& transfer = response->transfer();
+  metrics_.AddTransfer(transfer.inline_bytes_in(), transfer.inline_bytes_out(),
+                       transfer.shm_bytes_in(), transfer.shm_bytes_out());
+  if (options_.shm != nullptr &&
+      (transfer.shm_bytes_in() != 0 || transfer.shm_bytes_out() != 0)) {
+    metrics_.SetSharedMemory(options_.shm->regions(), options_.shm->mapped_bytes());
+  }
   return absl::OkStatus();
 }
 
@@ -188,8 +195,12 @@ grpc::ServerUnaryReactor* PreprocessorService::ListOps(grpc::CallbackServerConte
   if (auth.ok()) {
     handlers::DescribeOps(processor_.backends(), response);
     response->set_server_version(TENSORPREP_VERSION);
+    DescribeSharedMemory(response->mutable_shared_memory());
   }
   metrics_.RequestFinished(Rpc::kListOps, CodeOf(auth), SecondsSince(arrival));
+  // In the metrics' accounting only; the service's totals are Process and ProcessStream.
+  metrics_.CountAccepted(Rpc::kListOps);
+  metrics_.CountAnswered(Rpc::kListOps);
   reactor->Finish(ToGrpcStatus(auth));
   return reactor;
 }

@@ -38,6 +38,13 @@ struct ServiceOptions {
   AdmissionLimits admission;
   // When non-empty, every call must carry "authorization: Bearer <auth_token>".
   std::string auth_token;
+  // Shared-memory regions (not owned; outlives the service); null or disabled: the shared-memory
+  // RPCs answer FAILED_PRECONDITION.
+  handlers::SharedMemoryRegions* shm = nullptr;
+  // Threads that parse and validate request messages (work that grows with the message), off
+  // gRPC's reaction threads and apart from the WorkQueue, so that a large message stalls
+  // neither other calls' reactions nor admission behind running kernels.
+  int prepare_threads = 2;
 };
 
 // Thread-safe. `processor`, `queue` and `metrics` are not owned and must outlive the service
@@ -47,7 +54,11 @@ using RawBidiReactor = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffe
 class PreprocessorService final
     : public pb::Preprocessor::WithRawCallbackMethod_Process<
           pb::Preprocessor::WithRawCallbackMethod_ProcessStream<
-              pb::Preprocessor::WithCallbackMethod_ListOps<pb::Preprocessor::Service>>> {
+              pb::Preprocessor::WithCallbackMethod_ListOps<
+                  pb::Preprocessor::WithCallbackMethod_RegisterSharedMemory<
+                      pb::Preprocessor::WithCallbackMethod_SharedMemoryStatus<
+                          pb::Preprocessor::WithCallbackMethod_UnregisterSharedMemory<
+                              pb::Preprocessor::Service>>>>>> {
  public:
   PreprocessorService(const handlers::Processor& processor, WorkQueue& queue, Metrics& metrics,
                       ServiceOptions options);
@@ -56,6 +67,20 @@ class PreprocessorService final
                                     const grpc::ByteBuffer* request,
                                     grpc::ByteBuffer* response) override;
   RawBidiReactor* ProcessStream(grpc::CallbackServerContext* ctx) override;
+  // The shared-memory RPCs (server/shm_service.cc). A client, for the per-client region limit,
+  // is the transport peer together with the bearer token.
+  grpc::ServerUnaryReactor* RegisterSharedMemory(
+      grpc::CallbackServerContext* ctx, const pb::RegisterSharedMemoryRequest* request,
+      pb::RegisterSharedMemoryResponse* response) override;
+  grpc::ServerUnaryReactor* SharedMemoryStatus(grpc::CallbackServerContext* ctx,
+                                               const pb::SharedMemoryStatusRequest* request,
+                                               pb::SharedMemoryStatusResponse* response) override;
+  grpc::ServerUnaryReactor* UnregisterSharedMemory(
+      grpc::CallbackServerContext* ctx, const pb::UnregisterSharedMemoryRequest* request,
+      pb::UnregisterSharedMemoryResponse* response) override;
+  // The shared-memory terms, as ListOps and SharedMemoryStatus report them.
+  void DescribeSharedMemory(pb::SharedMemoryInfo* info) const;
+
   grpc::ServerUnaryReactor* ListOps(grpc::CallbackServerContext* ctx,
                                     const pb::ListOpsRequest* request,
                                     pb::ListOpsResponse* response) override;

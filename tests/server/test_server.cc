@@ -12,9 +12,11 @@ std::vector<std::string> KernelLabels() {
   }
   return out;
 }
-server::ServiceOptions MakeServiceOptions(const TestServerOptions& o) {
+server::ServiceOptions MakeServiceOptions(const TestServerOptions& o,
+                                          handlers::SharedMemoryRegions* shm) {
   server::ServiceOptions s = o.service;
   s.stream_max_inflight = o.stream_inflight;
+  s.shm = shm;
   return s;
 }
 }  // namespace
@@ -22,11 +24,12 @@ server::ServiceOptions MakeServiceOptions(const TestServerOptions& o) {
 TestServer::TestServer(const TestServerOptions& options)
     : pool_(options.threads),
       cpu_(&pool_),
-      processor_(options.processor, &cpu_, nullptr),
+      shm_(options.shm),
+      processor_(options.processor, &cpu_, nullptr, &shm_),
       registry_(std::make_shared<prometheus::Registry>()),
       metrics_(*registry_, KernelLabels(), "test"),
       queue_(options.threads),
-      service_(processor_, queue_, metrics_, MakeServiceOptions(options)) {
+      service_(processor_, queue_, metrics_, MakeServiceOptions(options, &shm_)) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;

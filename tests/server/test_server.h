@@ -30,6 +30,8 @@ struct TestServerOptions {
   server::ServiceOptions service;
   server::TlsPem tls;  // empty: plaintext
   int max_message_mb = 256;
+  // Shared memory: off unless key_prefix is set (service.shm is filled in by the server).
+  handlers::ShmOptions shm;
 };
 
 class TestServer {
@@ -46,10 +48,12 @@ class TestServer {
   server::PreprocessorService& service() { return service_; }
   server::WorkQueue& queue() { return queue_; }
   grpc::Server& grpc_server() { return *server_; }
+  handlers::SharedMemoryRegions& shm() { return shm_; }
 
  private:
   kernels::ThreadPool pool_;
   handlers::CpuBackend cpu_;
+  handlers::SharedMemoryRegions shm_;
   handlers::Processor processor_;
   std::shared_ptr<prometheus::Registry> registry_;
   server::Metrics metrics_;
