@@ -38,8 +38,9 @@ namespace pb = ::tensorprep::v1;
 struct ShmOptions {
   // Keys must start with this (e.g. "/tensorprep-"); empty disables shared memory.
   std::string key_prefix;
-  // Regions one client may hold at once (see Register for who a client is).
-  uint32_t max_regions_per_client = 16;
+  // Regions one client may hold at once (see Register for who a client is; the server's
+  // clients are connection peers, and all clients of a Unix socket share one peer).
+  uint32_t max_regions_per_client = 64;
   // Bytes mapped for all clients together.
   uint64_t max_mapped_bytes = uint64_t{4} << 30;
 };

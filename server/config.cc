@@ -65,7 +65,8 @@ Flags (each also read from the environment variable shown; flags win):
   --shm-prefix P         enable shared-memory tensors: clients may register POSIX shared-memory
                          objects whose names start with P, e.g. /tensorprep- (TENSORPREP_SHM_PREFIX,
                          default empty = disabled); the server opens them, never creates them
-  --shm-max-regions N    shared-memory regions one client may hold (TENSORPREP_SHM_MAX_REGIONS, 16)
+  --shm-max-regions N    shared-memory regions one client may hold (TENSORPREP_SHM_MAX_REGIONS, 64);
+                         on a Unix socket all clients count as one
   --shm-max-mb N         MiB of shared memory mapped for all clients together
                          (TENSORPREP_SHM_MAX_MB, default 4096)
   --version              print the version and exit

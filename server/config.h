@@ -51,7 +51,9 @@ struct Config {
   // TENSORPREP_SHM_PREFIX: enables shared-memory tensors for POSIX shared-memory objects whose
   // names start with this (e.g. "/tensorprep-"); empty = disabled (the default).
   std::string shm_prefix;
-  int shm_max_regions = 16;   // TENSORPREP_SHM_MAX_REGIONS: regions one client may hold
+  // TENSORPREP_SHM_MAX_REGIONS: regions one client (a connection's peer and token; on a Unix
+  // socket every client has the same peer, so they share it) may hold.
+  int shm_max_regions = 64;
   int shm_max_mb = 4096;      // TENSORPREP_SHM_MAX_MB: MiB mapped for all clients together
   bool help = false;
   bool version = false;

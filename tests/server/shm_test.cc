@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/config.h"
 #include "tests/handlers/request_util.h"
 #include "tests/kernels/test_util.h"
 #include "tests/server/test_server.h"
@@ -628,6 +629,26 @@ TEST_F(ShmTest, TruncatedObjectBreaksTheRegionNotTheServer) {
     ExpectServing();
     EXPECT_TRUE(Unregister(handle).ok());
   }
+}
+
+TEST(ShmConfigTest, FlagsAndEnvironment) {
+  auto c = server::ParseConfig({}, {});
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->shm_prefix, "") << "shared memory must be off unless the operator enables it";
+  EXPECT_EQ(c->uds, "");
+  c = server::ParseConfig({"--shm-prefix", "/tp-", "--shm-max-regions=3", "--uds", "/x/s.sock"},
+                          {"TENSORPREP_SHM_MAX_MB=512", "TENSORPREP_SHM_PREFIX=/other-"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->shm_prefix, "/tp-");  // the flag wins
+  EXPECT_EQ(c->shm_max_regions, 3);
+  EXPECT_EQ(c->shm_max_mb, 512);
+  EXPECT_EQ(c->uds, "/x/s.sock");
+  for (const char* bad : {"tp-", "/", "/a/b", ""}) {
+    auto r = server::ParseConfig({"--shm-prefix", bad}, {});
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_FALSE(server::ParseConfig({"--shm-max-regions", "0"}, {}).ok());
+  EXPECT_FALSE(server::ParseConfig({"--uds", ""}, {}).ok());
 }
 
 }  // namespace
