@@ -11,6 +11,11 @@ Ways (see workloads.py):
   stream      the service, one ProcessStream, tensors inline
   shm-unary   the service, one Process call per batch, tensors in shared memory
   shm-stream  the service, one ProcessStream, tensors in shared memory
+  shm-placed  shm-stream with each batch already in the client's shared memory (client.empty)
+The shm ways connect over the server's Unix socket. shm-unary and shm-stream pass batches that
+live in ordinary memory, which the client copies into its shared memory (one copy per sample,
+like tf.data's batching, and what the tf.data adapter does); shm-placed copies nothing on the
+way out: the ceiling for a producer that writes its samples straight into shared memory.
 Batches 1 and 64 by default. A way whose package is missing (opencv-python-headless,
 nvidia-dali: client/python/requirements-bench.txt) or whose server does not offer shared memory
 is skipped with a note in the report; the run goes on.
@@ -52,10 +57,11 @@ WAYS = {
     "stream": "(c) tensorprep stream, inline",
     "shm-unary": "(c) tensorprep unary, shm",
     "shm-stream": "(c) tensorprep stream, shm",
+    "shm-placed": "(c) tensorprep stream, shm, placed",
 }
 BASELINES = ("a", "cv", "b", "dali")  # ratio columns: the service and every way against these
-SERVICE_WAYS = ("unary", "stream", "shm-unary", "shm-stream")
-SHM_WAYS = ("shm-unary", "shm-stream")
+SERVICE_WAYS = ("unary", "stream", "shm-unary", "shm-stream", "shm-placed")
+SHM_WAYS = ("shm-unary", "shm-stream", "shm-placed")
 # The issue's targets (batch 64, ratios in one run): (workload, batch, baseline, minimum ratio),
 # evaluated for every service way in the run.
 TARGETS = [
@@ -92,11 +98,6 @@ def parse_args(argv):
     p.add_argument("--chunk-mb", type=float, default=4.0,
                    help="inline stream: largest request in MB; bigger batches are split "
                         "(0: never). Shared-memory requests are never split")
-    p.add_argument("--shm-inputs", default="copy", choices=["copy", "placed"],
-                   help="copy: the batches live in ordinary memory and the client copies them "
-                        "into its shared memory on each call (one copy per sample, as tf.data's "
-                        "batching makes); placed: the batches were written into client.empty() "
-                        "arrays beforehand, so a call copies nothing (default: %(default)s)")
     p.add_argument("--shm-pool-mb", type=int, default=1024,
                    help="the shm client's first shared-memory region")
     p.add_argument("--pool", type=int, default=64, help="distinct samples per workload")
@@ -273,9 +274,10 @@ def first_batch(tf, wl, w, ways, images, labels, n, callbacks, dali_threads):
     return out
 
 
-def service_outputs(client, w, pipeline, chk, has_labels, n, ways, prefix):
+def service_outputs(client, w, pipeline, chk, has_labels, n, ways, prefix, placed=False):
     """The service's outputs for the check batch ``chk`` through ``client``: unary, and a stream
-    of two halves; both must be equal bit for bit."""
+    of two halves; both must be equal bit for bit. ``placed``: also a stream of the halves
+    placed in the client's shared memory beforehand (way shm-placed), equal too."""
     out = {}
     images = chk[0] if has_labels else chk
     unary = client.process(images, pipeline, labels=chk[1] if has_labels else None, seed=1,
@@ -291,7 +293,17 @@ def service_outputs(client, w, pipeline, chk, has_labels, n, ways, prefix):
     else:
         streamed = np.concatenate(streamed)
         np.testing.assert_array_equal(streamed, unary)
-    for way, value in ((f"{prefix}unary", unary), (f"{prefix}stream", streamed)):
+    values = [(f"{prefix}unary", unary), (f"{prefix}stream", streamed)]
+    if placed:
+        got = list(client.stream(placed_batches(client, halves), pipeline, seed=1, inflight=2,
+                                 workload=w.name))
+        got = ((np.concatenate([s[0] for s in got]), np.concatenate([s[1] for s in got]))
+               if has_labels else np.concatenate(got))
+        for u, v in zip(got, streamed) if has_labels else ((got, streamed),):
+            if not np.array_equal(u, v):
+                raise AssertionError(f"{w.name}: {prefix}placed differs from {prefix}stream")
+        values.append((f"{prefix}placed", got))
+    for way, value in values:
         if way in ways:  # copies: shared-memory slots go back to the pool
             out[way] = tuple(np.array(v) for v in value) if has_labels else np.array(value)
     return out
@@ -376,13 +388,19 @@ def run(args):
                 ways.remove(way)
                 results["skipped"][way] = why
         print(f"[skip] {', '.join(SHM_WAYS)}: {why}", file=sys.stderr)
-    results["transports"] = {
-        "unary": f"inline over TCP ({address})", "stream": f"inline over TCP ({address})"}
+    def via(addr):
+        return "a Unix socket" if addr.startswith("unix:") else "TCP"
+
+    results["transports"] = {way: f"tensors inline in the messages, over {via(address)}"
+                             for way in ("unary", "stream") if way in ways}
     if shm_client is not None:
-        via = "a Unix socket" if shm_address.startswith("unix:") else "TCP"
         for way in SHM_WAYS:
-            results["transports"][way] = (f"shared memory, messages over {via}; inputs "
-                                          f"{args.shm_inputs}")
+            if way in ways:
+                results["transports"][way] = (
+                    f"tensors in shared memory, messages over {via(shm_address)}; "
+                    + ("each batch placed in shared memory beforehand (client.empty), so "
+                       "nothing is copied on the way out" if way == "shm-placed" else
+                       "each batch copied into shared memory by the client"))
     if "cv" in ways:
         import cv2
         results["notes"]["cv"] = (f"OpenCV {cv2.__version__} with its default thread count "
@@ -419,7 +437,7 @@ def run(args):
                                        SERVICE_WAYS, "")
             if shm_client is not None:
                 shm_outs = service_outputs(shm_client, w, pipeline, chk, labels is not None, n,
-                                           SERVICE_WAYS, "shm-")
+                                           SERVICE_WAYS, "shm-", placed="shm-placed" in w_ways)
                 # The transport must not change a single bit.
                 for a_way, b_way in (("unary", "shm-unary"), ("stream", "shm-stream")):
                     x, y = svc_outs[a_way], shm_outs[b_way]
@@ -435,8 +453,8 @@ def run(args):
 
             for b in batches:
                 svc = wl.service_batches(w, images, labels, b)
-                svc_shm = (placed_batches(shm_client, svc)
-                           if shm_client is not None and args.shm_inputs == "placed" else svc)
+                svc_placed = (placed_batches(shm_client, svc)
+                              if shm_client is not None and "shm-placed" in w_ways else None)
                 for way in w_ways:
                     if bar:
                         bar.set_description(f"{w.name} b{b} {way}")
@@ -454,7 +472,7 @@ def run(args):
                         next_batch = lambda pipe=pipe: wl.dali_next(pipe)  # noqa: E731
                     elif way in ("unary", "shm-unary"):
                         c = client if way == "unary" else shm_client
-                        cyc = itertools.cycle(svc if way == "unary" else svc_shm)
+                        cyc = itertools.cycle(svc)
 
                         def next_batch(cyc=cyc, c=c):
                             item = next(cyc)
@@ -466,8 +484,8 @@ def run(args):
                             transports.add(getattr(res, "transport", "inline"))
                     else:
                         c = client if way == "stream" else shm_client
-                        gen = c.stream(itertools.cycle(svc if way == "stream" else svc_shm),
-                                       pipeline, inflight=args.inflight, full=True,
+                        gen = c.stream(itertools.cycle(svc_placed if way == "shm-placed"
+                                                       else svc), pipeline, inflight=args.inflight, full=True,
                                        workload=w.name, chunk_mb=args.chunk_mb or None)
 
                         def next_batch(gen=gen):
@@ -477,8 +495,8 @@ def run(args):
                     m = ms.measure(next_batch, b, warmup_s=args.warmup, min_time_s=args.min_time,
                                    repeats=args.repeats, server_pid=server.pid if server else None,
                                    round_trips=rts if way in SERVICE_WAYS else None,
-                                   warmup_batches=(args.inflight + 2 if way.endswith("stream")
-                                                   else 2))
+                                   warmup_batches=(2 if way.endswith("unary")
+                                                   else args.inflight + 2))
                     if gen is not None:
                         gen.close()
                     del it, gen, pipe
@@ -501,7 +519,7 @@ def run(args):
                         bar.update(1)
                     else:
                         print(msg, file=sys.stderr)
-                del svc_shm
+                del svc_placed
                 gc.collect()
         if bar:
             bar.close()
