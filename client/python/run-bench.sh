@@ -4,7 +4,7 @@
 # scikit-image, this package, ...) plus the peer ways of client/python/requirements-bench.txt
 # (OpenCV, NVIDIA DALI), and runs `python -m tensorprep.bench` against the server of build/.
 #
-# Usage: client/python/run-bench.sh [bench flags]   e.g. --out bench-results --repeats 5
+# Usage: client/python/run-bench.sh [bench flags]   e.g. --out out/bench --repeats 5
 # Flags are those of `python -m tensorprep.bench --help`. With --address (a server already
 # running) nothing is built. TENSORPREP_BENCH_NO_BUILD=1 skips the build step too.
 set -euo pipefail

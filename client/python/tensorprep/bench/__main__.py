@@ -1,6 +1,6 @@
 """Comparison benchmark: the seed workloads, every way, in one run on one machine.
 
-    python -m tensorprep.bench --server-bin build/server/tensorprep-server --out bench-results
+    python -m tensorprep.bench --server-bin build/server/tensorprep-server --out out/bench
 
 Ways (see workloads.py):
   a           tf.numpy_function in tf.data with AUTOTUNE, the seed's callback (skimage / NumPy)
@@ -102,7 +102,8 @@ def parse_args(argv):
                    help="the shm client's first shared-memory region")
     p.add_argument("--pool", type=int, default=64, help="distinct samples per workload")
     p.add_argument("--dali-threads", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--out", default="bench-results")
+    p.add_argument("--out", default="out/bench",
+                   help="where the report goes (default: %(default)s)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve the client-side histogram on 127.0.0.1:PORT during the run")
     p.add_argument("--no-chart", action="store_true")
@@ -484,9 +485,10 @@ def run(args):
                             transports.add(getattr(res, "transport", "inline"))
                     else:
                         c = client if way == "stream" else shm_client
-                        gen = c.stream(itertools.cycle(svc_placed if way == "shm-placed"
-                                                       else svc), pipeline, inflight=args.inflight, full=True,
-                                       workload=w.name, chunk_mb=args.chunk_mb or None)
+                        source = svc_placed if way == "shm-placed" else svc
+                        gen = c.stream(itertools.cycle(source), pipeline,
+                                       inflight=args.inflight, full=True, workload=w.name,
+                                       chunk_mb=args.chunk_mb or None)
 
                         def next_batch(gen=gen):
                             res = next(gen)
