@@ -13,6 +13,7 @@ import gc
 import itertools
 import os
 import secrets
+import socket
 import string
 import threading
 
@@ -422,6 +423,31 @@ def test_decision_waits_for_a_server_that_cannot_be_asked():
                     shm=True).connect()
 
 
+def test_decision_inline_when_the_address_reaches_several_servers(monkeypatch):
+    stub = FakeStub()
+    client = fake_client(stub)
+    client.address = "127.0.0.1:9,127.0.0.1:10"
+    client.connect()
+    assert client.transport == "inline" and "several servers" in client.shm_reason
+    assert stub.calls == []  # not even asked
+    client.close()
+    from tensorprep import client as client_mod
+    assert client_mod._several_servers("unix:/some/socket") is None
+    assert client_mod._several_servers("127.0.0.1:50051") is None
+    assert client_mod._several_servers("localhost:50051") is None  # loopback, however many
+    real = socket.getaddrinfo
+
+    def two_hosts(host, port, *a, **kw):  # documentation addresses (RFC 5737), not this machine
+        if host == "svc.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 50051)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.2", 50051))]
+        return real(host, port, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_hosts)
+    assert "several" in client_mod._several_servers("dns:///svc.example:50051")
+    assert client_mod._several_servers("dns:///localhost:50051") is None
+
+
 def test_shm_argument_is_checked():
     with pytest.raises(ValueError, match="shm must be"):
         tp.Client("127.0.0.1:9", shm="yes")
@@ -640,6 +666,23 @@ def test_slots_of_an_abandoned_stream_come_back_once_the_server_is_done(shm_serv
         else:
             pytest.fail("quarantined slots never came back")
         assert c.shm_stats["quarantined_slots"] == 0
+
+
+def test_client_recovers_when_the_server_restarts(start_server, tmp_path):
+    """A restarted server knows none of the client's regions: the call that meets NOT_FOUND
+    registers afresh and is sent again, on shared memory."""
+    sock = tmp_path / "restart.sock"
+    prefix = f"/tensorprep-test-{os.getpid()}-r-"
+    first = start_server(shm_prefix=prefix, uds=str(sock))
+    x = np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3)
+    with tp.Client(f"unix:{sock}", metrics=False, timeout=30) as c:
+        assert c.call(x, [tp.add(1)]).transport == "shm"
+        assert first.stop() == 0
+        start_server(shm_prefix=prefix, uds=str(sock))
+        c.wait_ready(30)
+        res = c.call(x, [tp.add(1)])
+        assert res.transport == "shm" and c.transport == "shm"
+        np.testing.assert_array_equal(res.images, x + 1)
 
 
 def test_server_with_shm_disabled(server):

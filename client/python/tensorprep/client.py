@@ -23,10 +23,12 @@ generator that one thread consumes.
 """
 
 import dataclasses
+import ipaddress
 import itertools
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 
@@ -89,6 +91,51 @@ def _channel_target(address):
     if "," in address and "://" not in address and not address.startswith(("ipv4:", "ipv6:")):
         return "ipv4:" + address
     return address
+
+
+def _several_servers(address):
+    """None when ``address`` reaches one server, else why it may reach several. Shared memory
+    is registered with one server: round-robin over several would send requests to servers that
+    never saw the registration. Several addresses that are all this machine's own are one server
+    (a port on one host is one listener)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return None
+    if "," in address:
+        return "the address names several servers"
+    target = address
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme):]
+            break
+    if "/" in target:  # dns://authority/name:port
+        target = target.rsplit("/", 1)[1]
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None  # the call itself will say what is wrong with the address
+    addrs = {info[4][0].split("%")[0] for info in infos}
+    if len(addrs) <= 1 or all(_is_local(a) for a in addrs):
+        return None
+    return "the address resolves to several servers"
+
+
+def _is_local(addr):
+    try:
+        if ipaddress.ip_address(addr).is_loopback:
+            return True
+    except ValueError:
+        return False
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((addr, 0))  # succeeds only for an address of this machine
+        return True
+    except OSError:
+        return False
 
 
 def _device_enum(device):
@@ -320,6 +367,9 @@ class Client:
         """-> (transport or None when undecided, reason, pool)."""
         if not _shm.supported():
             return "inline", "this machine has no POSIX shared memory (/dev/shm)", None
+        several = _several_servers(self.address)
+        if several is not None:
+            return "inline", f"{several} (shared memory is registered with one)", None
         try:
             info = self.list_ops(timeout=timeout).shared_memory
         except TensorprepError as e:
@@ -368,6 +418,17 @@ class Client:
                                              metadata=self._call_metadata)
         return {r.region: r.requests_in_use for r in resp.regions}
 
+    def _forget_shm(self, pool):
+        """The server no longer knows this client's regions (it restarted, or the connection
+        now reaches another server): retire the pool; the next call decides afresh."""
+        with self._decide_lock:
+            if self._pool is not pool or pool is None:
+                return
+            self._pool = None
+            self.transport = None
+            self.shm_reason = None
+        pool.close(unmap=False)  # requests on other threads may still finish into it
+
     def _plan(self, images, aux_items, pipeline, timeout):
         """(ShmRequest, None) for the shared-memory path, or (None, why inline)."""
         self._decide(timeout)
@@ -415,6 +476,16 @@ class Client:
             seed = secrets.randbits(64) if has_random(pipeline) else 0
         rid = request_id if request_id is not None else f"u{next(self._ids)}"
         device = _device_enum(device) if device is not None else self.device
+        try:
+            return self._call_once(images, pipeline, aux_items, seed, sample_offset, device,
+                                   timeout, rid, workload, copy)
+        except _StaleRegions:
+            # The server forgot our regions (a restart): once more, after deciding afresh.
+            return self._call_once(images, pipeline, aux_items, seed, sample_offset, device,
+                                   timeout, rid, workload, copy, retry=False)
+
+    def _call_once(self, images, pipeline, aux_items, seed, sample_offset, device, timeout, rid,
+                   workload, copy, retry=True):
         plan, reason = self._plan(images, aux_items, pipeline, timeout)
         try:
             if plan is not None:
@@ -435,6 +506,10 @@ class Client:
         except grpc.RpcError as e:
             if plan is not None:
                 plan.discard() if e.code() in _REFUSED else plan.abandon()
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    self._forget_shm(plan.pool)
+                    if retry:
+                        raise _StaleRegions() from None
             raise from_rpc_error(e) from None
         except BaseException:
             if plan is not None:
@@ -620,6 +695,8 @@ class Client:
         if meta.HasField("error"):
             if plan is not None:
                 plan.discard()
+                if meta.error.code == grpc.StatusCode.NOT_FOUND.value[0]:
+                    self._forget_shm(plan.pool)  # later batches decide afresh
             return rid, (meta.error.code, meta.error.message)
         if plan is not None:
             if msg is None:
@@ -664,6 +741,10 @@ class Client:
                       timings=_timings(meta.timings), request_id=meta.request_id, round_trip_s=rtt,
                       transport="inline", transport_reason=reason,
                       transfer=_transfer(meta.transfer))
+
+
+class _StaleRegions(Exception):
+    """A shared-memory request was NOT_FOUND: the server does not know our regions."""
 
 
 def _copied(res):

@@ -279,14 +279,20 @@ class Pool:
             _unlink(path)
         return Region(handle, size, mm)
 
-    def close(self):
+    def close(self, unmap=True):
         """Unregisters every region and unmaps those no array uses (the others are unmapped
-        when their last array is collected). Idempotent."""
+        when their last array is collected). Idempotent.
+
+        ``unmap=False`` retires the pool instead: it hands out nothing more, but requests still
+        running on other threads may finish into their slots; each map goes when the last
+        object using it (the pool, a request, an array) is collected."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            regions, self._regions = self._regions, []
+            regions = list(self._regions)
+            if unmap:
+                self._regions = []
             self._quarantine = []
             self._released.clear()
         for region in regions:
@@ -294,6 +300,8 @@ class Pool:
                 self._unregister(region.handle)
             except Exception:  # noqa: BLE001 - the server forgets the region with the client
                 pass
+            if not unmap:
+                continue
             try:
                 region.mm.close()
             except BufferError:
