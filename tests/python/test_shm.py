@@ -634,6 +634,29 @@ def test_result_lifetime_and_copy(clients):
     assert via_shm.shm_stats["in_use_bytes"] == base
 
 
+def test_threads_sharing_a_client_get_their_own_results(shm_server):
+    errors = []
+    with tp.Client(shm_server.uds_address, shm=True, metrics=False, timeout=60) as c:
+        def worker(k):
+            rng = np.random.default_rng(k)
+            for i in range(8):
+                x = rng.integers(0, 100, (2, 16, 12, 3)).astype(np.int32)
+                y = rng.integers(0, 9, (2, 16, 12)).astype(np.uint8)
+                out, labels = c.process(x, [tp.flip("vertical"), tp.add(k)], labels=y)
+                if not (np.array_equal(out, x[:, ::-1] + k)
+                        and np.array_equal(labels, y[:, ::-1])):
+                    errors.append((k, i))
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        gc.collect()
+        assert c.shm_stats["in_use_bytes"] == 0
+
+
 def test_a_call_that_does_not_fit_goes_inline(shm_server):
     x = np.ones((1, 512, 1024), np.float32)  # 2 MB in and 2 MB out
     with tp.Client(shm_server.uds_address, metrics=False, shm_pool_mb=1, shm_max_mb=1) as c:
