@@ -217,7 +217,9 @@ class Client:
         this client's memory (same host), else inline bytes, silently; True: require shared
         memory (``connect`` and calls raise FailedPreconditionError with the reason when it is
         not possible, ResourceExhaustedError when a call does not fit the pool); False: inline
-        bytes only. "unix:PATH" addresses (the server's --uds socket) suit it best.
+        bytes only. "unix:PATH" addresses (the server's --uds socket) suit it best. An address
+        that reaches several servers stays inline (regions are registered with one server); a
+        call that meets NOT_FOUND (a restarted server) registers afresh and is sent again.
       shm_pool_mb: size of the first shared-memory region; more are registered as needed.
       shm_max_mb: all of this client's regions together (default 2048, at least shm_pool_mb;
         also capped by the server's limits).
