@@ -47,6 +47,20 @@ class InternalError(TensorprepError):
     """The server broke an invariant; report it."""
 
 
+class DataLossError(TensorprepError):
+    """Data went missing on the way: a stream that ended early, a response cut short or garbled."""
+
+
+class MalformedResponseError(DataLossError, ValueError):
+    """The client could not decode a response (tensorprep.wire): truncated or garbled bytes, a
+    length past the end of the data, a tensor whose bytes do not match its dtype and shape. The
+    message says what was wrong and at which byte. Also a ValueError, which the decoder raised for
+    some of these before it had its own class."""
+
+    def __init__(self, details):
+        super().__init__(grpc.StatusCode.DATA_LOSS, details)
+
+
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
@@ -55,6 +69,7 @@ _BY_CODE = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,
     grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
 }
 _CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
 

@@ -8,9 +8,9 @@ copy is several milliseconds, as long as the server's kernels. So:
 - encode: the small fields are serialised by the generated classes, and each tensor's ``data`` field
   is appended as a length-delimited field straight from the array's buffer (one copy, into the
   message bytes that gRPC sends).
-- decode: the response bytes are walked at the top level; tensor ``data`` fields become NumPy views
-  into the received bytes (no copy, read-only), and everything else is parsed by the generated
-  classes.
+- decode: the response bytes are walked down to the tensors; tensor ``data`` fields become NumPy
+  views into the received bytes (no copy, read-only), and everything else is parsed by the
+  generated classes. Bytes that are not a well-formed response raise MalformedResponseError.
 
 Protobuf's wire format allows fields in any order, and the field numbers come from the generated
 descriptors, so the output is an ordinary message that any protobuf library parses (the tests check
@@ -18,10 +18,13 @@ that both ways against the generated classes).
 """
 
 import dataclasses
+import math
 
 import numpy as np
+from google.protobuf.message import DecodeError as _DecodeError
 
 from ._stubs import pb
+from .errors import MalformedResponseError
 from .ops import DTYPES
 
 _DTYPE_BY_ENUM = {v: k.newbyteorder("<") for k, v in DTYPES.items()}
@@ -60,20 +63,6 @@ def _varint(value):
 
 def _key(field, wire_type):
     return _varint((field << 3) | wire_type)
-
-
-def _read_varint(buf, pos):
-    result = 0
-    shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("malformed varint in response")
 
 
 def as_wire_array(array, what="images"):
@@ -136,105 +125,174 @@ def encode_request(images, pipeline, *, aux=(), request_id="", device=pb.DEVICE_
     return b"".join(parts)
 
 
-def _skip(buf, pos, wire_type):
-    if wire_type == _WIRE_VARINT:
-        _, pos = _read_varint(buf, pos)
-        return pos
-    if wire_type == _WIRE_I64:
-        return pos + 8
-    if wire_type == _WIRE_I32:
-        return pos + 4
-    if wire_type == _WIRE_LEN:
-        length, pos = _read_varint(buf, pos)
-        return pos + length
-    raise ValueError(f"unsupported wire type {wire_type} in response")
+# --- decoding -------------------------------------------------------------------------------------
+# The decoder walks only what it must to find tensor bytes: the response's top level, each
+# AuxTensor, and each Tensor. Every other field is copied out verbatim and parsed by the generated
+# classes, so protobuf itself decides their values and validity (UTF-8, enums, unknown fields,
+# repeated and merged fields). What the walk reads itself (keys, lengths, skipped values) is checked
+# against the end of the message that holds it: a malformed or truncated response raises
+# MalformedResponseError naming what was wrong and where, never IndexError or a view past the data.
+#
+# Protobuf merges repeated occurrences of a singular message field (the response's ``images``, an
+# AuxTensor's ``tensor``); parsing the concatenation of the occurrences is that merge, and the last
+# ``data`` field of all of them is the one protobuf keeps. The decoder does the same, so whatever it
+# decodes equals what protobuf's own parser gives (tests/python/test_wire_decode.py checks this on
+# random, truncated and corrupted messages). It is stricter in a few places protobuf allows and
+# this API never produces: groups (wire types 3 and 4) in the walked messages, and two aux tensors
+# with the same name (the result is a dict).
+
+_MAX_VARINT_BYTES = 10  # a 64-bit value; protobuf rejects longer varints too
+_MAX_TAG = (1 << 32) - 1  # tags are 32-bit: field number (29 bits) and wire type
 
 
-def _decode_tensor(buf, start, end, what):
-    dtype_enum = pb.DTYPE_UNSPECIFIED
-    shape = []
-    data = (0, 0)
-    pos = start
-    while pos < end:
-        key, pos = _read_varint(buf, pos)
-        field, wire_type = key >> 3, key & 7
-        if field == _TENSOR_DTYPE and wire_type == _WIRE_VARINT:
-            dtype_enum, pos = _read_varint(buf, pos)
-        elif field == _TENSOR_SHAPE and wire_type == _WIRE_LEN:  # packed
-            length, pos = _read_varint(buf, pos)
-            stop = pos + length
-            while pos < stop:
-                dim, pos = _read_varint(buf, pos)
-                shape.append(dim)
-        elif field == _TENSOR_SHAPE and wire_type == _WIRE_VARINT:
-            dim, pos = _read_varint(buf, pos)
-            shape.append(dim)
-        elif field == _TENSOR_DATA and wire_type == _WIRE_LEN:
-            length, pos = _read_varint(buf, pos)
-            data = (pos, length)
-            pos += length
-        else:
-            pos = _skip(buf, pos, wire_type)
-    if dtype_enum not in _DTYPE_BY_ENUM:
-        raise ValueError(f"{what}: response tensor has unknown dtype {dtype_enum}")
-    dtype = _DTYPE_BY_ENUM[dtype_enum]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if count * dtype.itemsize != data[1]:
-        raise ValueError(f"{what}: response tensor of shape {shape} x {dtype} needs "
-                         f"{count * dtype.itemsize} bytes, got {data[1]}")
-    return np.frombuffer(buf, dtype=dtype, count=count, offset=data[0]).reshape(shape)
+class _Walk:
+    """Reads keys and lengths of one serialised response; raises MalformedResponseError."""
 
+    def __init__(self, buf):
+        self.buf = buf
+        self.size = len(buf)
 
-def _decode_aux(buf, start, end):
-    rest = []
-    tensor = None
-    pos = start
-    while pos < end:
-        field_start = pos
-        key, pos = _read_varint(buf, pos)
-        field, wire_type = key >> 3, key & 7
-        if field == _AUX_TENSOR and wire_type == _WIRE_LEN:
-            length, pos = _read_varint(buf, pos)
-            tensor = (pos, pos + length)
-            pos += length
-        else:
-            pos = _skip(buf, pos, wire_type)
-            rest.append(buf[field_start:pos])
-    meta = pb.AuxTensor.FromString(b"".join(rest))
-    array = _decode_tensor(buf, tensor[0], tensor[1], f"aux {meta.name!r}") if tensor else None
-    return meta.name, array
+    def error(self, what, pos, context):
+        where = f" (at byte {pos})" if pos is not None else ""
+        return MalformedResponseError(
+            f"malformed response ({self.size} bytes), in {context}: {what}{where}")
+
+    def varint(self, pos, end, context, what="varint"):
+        buf = self.buf
+        start = pos
+        result = 0
+        shift = 0
+        while True:
+            if pos >= end:
+                raise self.error(f"truncated {what}, cut off by the end of the message at byte "
+                                 f"{end}", start, context)
+            if pos - start >= _MAX_VARINT_BYTES:
+                raise self.error(f"{what} longer than {_MAX_VARINT_BYTES} bytes", start, context)
+            b = buf[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result, pos
+            shift += 7
+
+    def fields(self, start, end, context):
+        """Yields (field number, wire type, field start, payload start, field end) of each field in
+        buf[start:end]; for a length-delimited field the payload is its bytes, else its value."""
+        pos = start
+        while pos < end:
+            field_start = pos
+            key, pos = self.varint(pos, end, context, "field key")
+            field, wire_type = key >> 3, key & 7
+            if key > _MAX_TAG or field == 0:
+                raise self.error(f"invalid field key {key} (field number {field})", field_start,
+                                 context)
+            if wire_type == _WIRE_VARINT:
+                payload = pos
+                _, pos = self.varint(pos, end, context, f"value of field {field}")
+            elif wire_type in (_WIRE_I64, _WIRE_I32):
+                payload = pos
+                pos += 8 if wire_type == _WIRE_I64 else 4
+                if pos > end:
+                    raise self.error(f"truncated fixed-size value of field {field} (needs "
+                                     f"{pos - payload} bytes, {end - payload} left)", payload,
+                                     context)
+            elif wire_type == _WIRE_LEN:
+                length, payload = self.varint(pos, end, context, f"length of field {field}")
+                if length > end - payload:
+                    raise self.error(f"field {field} declares {length} bytes but only "
+                                     f"{end - payload} are left", pos, context)
+                pos = payload + length
+            else:
+                raise self.error(f"field {field} has wire type {wire_type}, which this API does "
+                                 "not use", field_start, context)
+            yield field, wire_type, field_start, payload, pos
+
+    def parse(self, message_class, parts, context):
+        """The generated class parses the fields the walk did not take."""
+        try:
+            return message_class.FromString(b"".join(parts))
+        except _DecodeError as e:
+            raise self.error(f"protobuf cannot parse the fields besides the tensors ({e})", None,
+                             context) from None
+
+    def tensor(self, spans, context):
+        """The array held by the Tensor message whose occurrences are ``spans``: a read-only view
+        into the buffer."""
+        rest = []
+        data = (0, 0)
+        for start, end in spans:
+            for field, wire_type, field_start, payload, field_end in self.fields(start, end,
+                                                                                 context):
+                if field == _TENSOR_DATA and wire_type == _WIRE_LEN:
+                    data = (payload, field_end - payload)  # the last occurrence wins
+                else:
+                    rest.append(self.buf[field_start:field_end])
+        meta = self.parse(pb.Tensor, rest, context)
+        if meta.HasField("shm"):
+            raise self.error(f"the tensor lies in shared-memory region {meta.shm.region!r}; "
+                             "wire.decode_response reads tensors sent inside the message only",
+                             None, context)
+        dtype = _DTYPE_BY_ENUM.get(meta.dtype)
+        if dtype is None:
+            raise self.error(f"response tensor has unknown dtype {meta.dtype}", None, context)
+        shape = list(meta.shape)
+        if any(d < 0 for d in shape):
+            raise self.error(f"response tensor has a negative dimension in shape {shape}", None,
+                             context)
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        if nbytes != data[1]:
+            raise self.error(f"response tensor of shape {shape} x {dtype} needs {nbytes} bytes, "
+                             f"got {data[1]}", None, context)
+        try:
+            return np.frombuffer(self.buf, dtype=dtype, count=nbytes // dtype.itemsize,
+                                 offset=data[0]).reshape(shape)
+        except ValueError as e:  # e.g. more dimensions than NumPy supports
+            raise self.error(f"response tensor of shape {shape} cannot be an array ({e})", None,
+                             context) from None
+
+    def aux(self, start, end, context):
+        rest = []
+        spans = []
+        for field, wire_type, field_start, payload, field_end in self.fields(start, end, context):
+            if field == _AUX_TENSOR and wire_type == _WIRE_LEN:
+                spans.append((payload, field_end))
+            else:
+                rest.append(self.buf[field_start:field_end])
+        meta = self.parse(pb.AuxTensor, rest, context)
+        return meta.name, self.tensor(spans, f"{context} ({meta.name!r})") if spans else None
 
 
 @dataclasses.dataclass
 class DecodedResponse:
     meta: "pb.ProcessResponse"  # every field but the tensors
     images: np.ndarray  # None when the response carries no images (an error on a stream)
-    aux: dict  # name -> ndarray, in response order
+    aux: dict  # name -> ndarray (None for an aux entry without a tensor), in response order
 
 
 def decode_response(buf):
-    """Parses a serialised ProcessResponse; tensors are read-only views into ``buf``."""
+    """Parses a serialised ProcessResponse; tensors are read-only views into ``buf``.
+
+    Raises MalformedResponseError (a DataLossError, and a ValueError) when the bytes are not a
+    well-formed ProcessResponse or a tensor's bytes do not match its dtype and shape.
+    """
+    walk = _Walk(buf)
     rest = []
-    images = None
-    aux = {}
-    pos = 0
-    end = len(buf)
-    while pos < end:
-        field_start = pos
-        key, pos = _read_varint(buf, pos)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == _WIRE_LEN and field in (_RESP_IMAGES, _RESP_AUX):
-            length, pos = _read_varint(buf, pos)
-            if field == _RESP_IMAGES:
-                images = _decode_tensor(buf, pos, pos + length, "images")
-            else:
-                name, array = _decode_aux(buf, pos, pos + length)
-                aux[name] = array
-            pos += length
+    images = []
+    aux_spans = []
+    for field, wire_type, field_start, payload, field_end in walk.fields(0, walk.size,
+                                                                         "the response"):
+        if wire_type == _WIRE_LEN and field == _RESP_IMAGES:
+            images.append((payload, field_end))
+        elif wire_type == _WIRE_LEN and field == _RESP_AUX:
+            aux_spans.append((payload, field_end))
         else:
-            pos = _skip(buf, pos, wire_type)
-            rest.append(buf[field_start:pos])
-    if pos != end:
-        raise ValueError("truncated response")
-    meta = pb.ProcessResponse.FromString(b"".join(rest))
+            rest.append(buf[field_start:field_end])
+    meta = walk.parse(pb.ProcessResponse, rest, "the response")
+    aux = {}
+    for i, (start, end) in enumerate(aux_spans):
+        name, array = walk.aux(start, end, f"aux entry {i}")
+        if name in aux:
+            raise walk.error(f"a second aux tensor named {name!r}", None, f"aux entry {i}")
+        aux[name] = array
+    images = walk.tensor(images, "images") if images else None
     return DecodedResponse(meta=meta, images=images, aux=aux)
