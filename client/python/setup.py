@@ -1,7 +1,9 @@
 """Build hook: generates the protobuf/gRPC modules from <repo>/proto before packaging.
 
 The generated code must run against a protobuf and grpcio at least as new as the generator that
-wrote it, so the runtime dependencies are floored at the versions found in the build environment.
+wrote it, so the runtime dependencies are floored at the versions the generated code checks for.
+The stamp written beside the modules lets tensorprep._stubs regenerate them when the package is
+used from the source tree by an environment with other versions.
 Everything else about the package is declared in pyproject.toml.
 """
 
@@ -21,17 +23,15 @@ def _load_protogen():
     return module
 
 
-def _floor(version):
-    parts = version.split(".")
-    return ".".join(parts[:2])
+protogen = _load_protogen()
+protogen.generate(HERE)
+# The generated code's own import-time checks, read back from it: grpc needs grpcio at least as
+# new as the generator, protobuf a runtime at least as new as the gencode and of the same major
+# version (one major newer only warns, two fail).
+pb_gencode, grpc_gencode = protogen.gencode_versions(HERE)
+requires = ["numpy>=1.22"]
+requires.append("grpcio>=" + ".".join(map(str, grpc_gencode)) if grpc_gencode else "grpcio")
+requires.append(f"protobuf>={'.'.join(map(str, pb_gencode))},<{pb_gencode[0] + 1}"
+                if pb_gencode else "protobuf")
 
-
-versions = _load_protogen().generate(HERE)
-
-setup(
-    install_requires=[
-        f"grpcio>={_floor(versions['grpcio_tools'])}",
-        f"protobuf>={_floor(versions['protobuf'])}",
-        "numpy>=1.22",
-    ],
-)
+setup(install_requires=requires)
