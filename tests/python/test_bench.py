@@ -190,7 +190,7 @@ def test_targets_table_marks_pass_and_miss():
                                                     "inflight": 4, "pool": 64},
                           "rows": rows, "targets": targets})
     assert "| W2 batch 64: ≥ 5× seed callback | 4.99× **miss** |" in md
-    assert "| W2 batch 64: training-process CPU ≤ 0.1 ms per image | 0.15 ms **miss** |" in md
+    assert "| W2 batch 64: training-process CPU ≤ 0.1 ms per image | 0.150 ms **miss** |" in md
     assert "vs OpenCV callback" in md and "vs DALI CPU" in md and "| 1.50 |" in md
 
 

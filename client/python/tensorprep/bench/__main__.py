@@ -368,8 +368,11 @@ def run(args):
                "load_average": {"start": load_average()}}
     results["config"].update(address=address, shm_address=shm_address, malloc_tuned=tuned)
     if server:
+        # The socket's temporary directory says nothing about the run: name it generically.
+        shown = [a.replace(server.tmpdir, "TMPDIR") if server.tmpdir else a
+                 for a in server.args[1:]]
         results["server"] = (f"{server.ready_line} GLIBC_TUNABLES={server.tunables} "
-                             f"args: {' '.join(server.args[1:])}")
+                             f"args: {' '.join(shown)}")
     with contextlib.suppress(ImportError):
         import skimage
         versions["skimage"] = skimage.__version__

@@ -166,7 +166,7 @@ def markdown(results):
                     cells.append("–")
                     continue
                 value = (_ratio(t["value"]) if kind == "ratio"
-                         else f"{t['value'] / 1000:.2f} ms")
+                         else f"{t['value'] / 1000:.3f} ms")
                 cells.append(f"{value} {'pass' if t['met'] else '**miss**'}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -193,7 +193,7 @@ def chart(results, path):
             ways.append(r["way"])
     labels = {r["way"]: r["label"] for r in rows}
     width = 0.8 / max(len(ways), 1)
-    fig, ax = plt.subplots(figsize=(max(9, 0.35 * len(groups) * len(ways) + 2), 5.2))
+    fig, ax = plt.subplots(figsize=(min(16, max(9, 0.22 * len(groups) * len(ways) + 2)), 5.6))
     for i, way in enumerate(ways):
         xs, ys = [], []
         for j, g in enumerate(groups):

@@ -278,9 +278,9 @@ W2_TOLERANCE = 1e-4  # max |difference| between any two ways, on images in [0, 1
 # warpAffine quantises sample positions to 1/32 pixel, so a sample can move by up to ~1/32 of
 # a neighbour difference (measured: max 0.026, mean 0.0032). DALI's CPU rotate's source
 # positions differ slightly from exact ones (measured: max 5.0e-4, mean 4.3e-5); its centre,
-# direction and edge border are the seed's. The bounds are a few times what was measured and far below what
-# a mistake gives (measured with OpenCV: centre (w/2, h/2) max 0.41 / mean 0.088; angle -30
-# 0.96 / 0.23; angle 31 0.97 / 0.21; constant border 1.0 / 0.080).
+# direction and edge border are the seed's. The bounds are a few times what was measured and far
+# below what a mistake gives (measured with OpenCV: centre (w/2, h/2) max 0.41 / mean 0.088;
+# angle -30 0.96 / 0.23; angle 31 0.97 / 0.21; constant border 1.0 / 0.080).
 W2_ROUGH = {"cv": (0.1, 0.01), "dali": (0.005, 5e-4)}
 
 
