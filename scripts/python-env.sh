@@ -67,14 +67,15 @@ fi
 py="${venv}/bin/python"
 "${py}" -m pip install -q --disable-pip-version-check -r "${req}" -r "${deploy_req}"
 # Editable install, so the tests exercise the checked-out sources; its build step (setup.py)
-# generates the protobuf/gRPC modules from proto/ into client/python/tensorprep/_proto/.
+# generates the protobuf/gRPC modules from proto/ into client/python/tensorprep/v1/ (with the stamp
+# that lets tensorprep._stubs regenerate them when another environment changed them).
 "${py}" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
   --force-reinstall -e "${repo}/client/python"
 "${py}" - <<'PY'
-import numpy, grpc, google.protobuf, tensorflow, skimage, tensorprep
+import numpy, grpc, google.protobuf, tensorflow, skimage, hypothesis, atheris, tensorprep
 print("numpy", numpy.__version__, "grpcio", grpc.__version__,
       "protobuf", google.protobuf.__version__, "tensorflow", tensorflow.__version__,
-      "skimage", skimage.__version__)
+      "skimage", skimage.__version__, "hypothesis", hypothesis.__version__)
 try:
     import torch, torchvision
     print("torch", torch.__version__, "torchvision", torchvision.__version__)
