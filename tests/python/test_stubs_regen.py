@@ -6,6 +6,7 @@ where they cannot be regenerated, import fails with a message that says what to 
 Each case runs in a temporary copy of the package and the proto tree, in a fresh interpreter.
 """
 
+import hashlib
 import os
 import pathlib
 import re
@@ -68,7 +69,6 @@ def test_missing_modules_are_generated_with_a_stamp(tree):
     assert "ok Tensor" in run(tree, IMPORT % str(v1(tree)))
     s = stamp(tree)
     assert s["protobuf"] == google.protobuf.__version__
-    import hashlib
     want = hashlib.sha256((tree / "proto/tensorprep/v1/tensorprep.proto").read_bytes()).hexdigest()
     assert s["proto_sha256"] == want
 
