@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "handlers/backend.h"
 #include "handlers/tensor_codec.h"
+#include "kernels/common/checks.h"
 #include "kernels/common/status.h"
 #include "kernels/elementwise/elementwise_program.h"
 #include "kernels/flip/flip_rows.h"
@@ -115,17 +116,19 @@ absl::Status RunFused(const Step& geo, const Step& ew, const ConstTensorView& in
                       const TensorView& out, kernels::ThreadPool* pool,
                       std::vector<StepTiming>* timings) {
   const auto start = Clock::now();
+  // The kernels' own precondition checks (kernels/common/checks.h), as their entry points make
+  // them: the row-band entry points below check nothing.
+  constexpr char kFn[] = "fused step";
   if (geo.kind == KernelKind::kWarp) {
-    TP_RETURN_IF_ERROR(kernels::ValidateWarpSource(in, geo.inverse, geo.params));
+    TP_RETURN_IF_ERROR(kernels::CheckWarpSource(kFn, in, geo.inverse, geo.params));
   } else {
-    TP_RETURN_IF_ERROR(kernels::ValidateFlipSource(in, geo.flags));
+    TP_RETURN_IF_ERROR(kernels::CheckFlipSource(kFn, in, geo.flags));
   }
   TP_ASSIGN_OR_RETURN(const kernels::ElementwiseProgram program,
-                      kernels::ElementwiseProgram::Make(in.dtype, in.shape.c, ew.chain));
+                      kernels::ElementwiseProgram::Make(kFn, in.dtype, in.shape.c, ew.chain));
+  TP_RETURN_IF_ERROR(kernels::CheckDestinationView(kFn, in, out, program.output_dtype(),
+                                                   kernels::Aliasing::kDistinct));
   const kernels::BatchShape& s = in.shape;
-  if (!(out.shape == s) || out.dtype != program.output_dtype() || out.data == nullptr) {
-    return absl::InternalError("fused step: output view does not match the plan");
-  }
   const size_t row_elems = static_cast<size_t>(s.w * s.c);
   const size_t in_row_bytes = row_elems * kernels::DTypeSize(in.dtype);
   const size_t out_row_bytes = row_elems * kernels::DTypeSize(out.dtype);

@@ -4,9 +4,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "handlers/tensor_codec.h"
 #include "kernels/common/philox.h"
 #include "kernels/common/status.h"
+#include "kernels/elementwise/elementwise.h"
 
 namespace tensorprep::handlers {
 
@@ -192,32 +194,35 @@ absl::Status CheckAxis(int v, const std::string& path) {
                                            : absl::StrCat("unknown value ", v)));
 }
 
-// A per-channel vector: 1 entry (scalar) or one per channel, all finite (and non-zero if asked).
+// A per-channel vector under the kernels' operand rules (kernels::CheckOperand, the one statement
+// of them; kernels/common/checks.h says who checks what), worded for the client.
 absl::Status CheckChannelVector(const google::protobuf::RepeatedField<double>& v,
                                 const BatchState& state, const std::string& path,
                                 bool nonzero) {
-  const int64_t c = state.shape.c;
-  if (v.size() != 1 && v.size() != c) {
-    return Invalid(path, absl::StrCat("expected 1 value or ", c, " (one per channel), got ",
-                                      v.size()));
-  }
-  // Floating batches compute with each value rounded to float32 (kernels/elementwise): it must
-  // stay finite, and non-zero where asked, after that rounding too.
-  const bool floating = kernels::IsFloating(state.dtype);
-  for (int i = 0; i < v.size(); ++i) {
-    const std::string item = absl::StrCat(path, "[", i, "]");
-    TP_RETURN_IF_ERROR(CheckFinite(v[i], item));
-    if (nonzero && v[i] == 0) return Invalid(item, "expected a non-zero value, got 0");
-    if (floating && !std::isfinite(static_cast<float>(v[i]))) {
+  const kernels::OperandProblem p = kernels::CheckOperand(
+      absl::MakeConstSpan(v.data(), static_cast<size_t>(v.size())), state.shape.c, state.dtype,
+      nonzero);
+  const std::string item = absl::StrCat(path, "[", p.index, "]");
+  switch (p.kind) {
+    case kernels::OperandProblem::kNone:
+      return absl::OkStatus();
+    case kernels::OperandProblem::kLength:
+      return Invalid(path, absl::StrCat("expected 1 value or ", state.shape.c,
+                                        " (one per channel), got ", v.size()));
+    case kernels::OperandProblem::kNotFinite:
+      return CheckFinite(v[static_cast<int>(p.index)], item);
+    case kernels::OperandProblem::kZero:
+      return Invalid(item, "expected a non-zero value, got 0");
+    case kernels::OperandProblem::kNotFiniteInFloat32:
       return Invalid(item, absl::StrCat("expected a value finite in float32 (the batch is ",
-                                        kernels::DTypeName(state.dtype), "), got ", v[i]));
-    }
-    if (floating && nonzero && static_cast<float>(v[i]) == 0.0f) {
+                                        kernels::DTypeName(state.dtype), "), got ",
+                                        v[static_cast<int>(p.index)]));
+    case kernels::OperandProblem::kZeroInFloat32:
       return Invalid(item, absl::StrCat("expected a value non-zero in float32 (the batch is ",
-                                        kernels::DTypeName(state.dtype), "), got ", v[i]));
-    }
+                                        kernels::DTypeName(state.dtype), "), got ",
+                                        v[static_cast<int>(p.index)]));
   }
-  return absl::OkStatus();
+  return absl::InternalError("unknown operand problem");
 }
 
 kernels::Interp MainInterp(int v) {

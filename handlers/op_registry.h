@@ -62,7 +62,10 @@ struct OpSpec {
   bool geometric = false;
   std::vector<ArgSpec> args;
   // Checks the op's arguments for a batch in `state`; INVALID_ARGUMENT names the field under
-  // `path` (e.g. "pipeline.ops[2].rotate.angle_deg"), what was expected and what came.
+  // `path` (e.g. "pipeline.ops[2].rotate.angle_deg"), what was expected and what came. This is
+  // the one validation of a request: the kernels only check their own invariants and answer
+  // INTERNAL when one is broken (kernels/common/checks.h), so every rule a client must follow is
+  // enforced here, with rules on kernel operands taken from kernels (kernels::CheckOperand).
   absl::Status (*validate)(const pb::Op& op, const BatchState& state, const std::string& path);
   // Appends the op's kernel work; per-sample random parameters are drawn here.
   void (*lower)(const pb::Op& op, int op_index, PlanBuilder& builder);

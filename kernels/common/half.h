@@ -1,4 +1,7 @@
-// IEEE 754 binary16 storage type with conversions, identical on host and device.
+// IEEE 754 binary16 storage type with its conversions to and from float, identical on host and
+// device: the one binary16 encoder and decoder of the project (kernels/common/numerics.h rounds
+// doubles onto the binary16 grid). Tested against the format's definition and known values in
+// tests/kernels/half_test.cc.
 #ifndef TENSORPREP_KERNELS_COMMON_HALF_H_
 #define TENSORPREP_KERNELS_COMMON_HALF_H_
 
@@ -75,6 +78,14 @@ TP_HD Half FloatToHalf(float f) {
   if (rem > 0x1000u || (rem == 0x1000u && (v & 1u))) ++v;  // may carry into the exponent: fine
   return Half{static_cast<uint16_t>(sign | v)};
 }
+
+// `f` rounded to the nearest binary16 value (ties to even, overflow to +-inf), kept in a float:
+// what one float16 op stores after computing in float32.
+TP_HD float RoundFloatToHalf(float f) { return HalfToFloat(FloatToHalf(f)); }
+
+// HalfToFloat of every bit pattern, built on first use (thread-safe) and kept for the process:
+// host loops widen with one load instead of a branchy decode. Host only.
+const float* HalfToFloatTable();
 
 }  // namespace tensorprep::kernels
 

@@ -6,8 +6,9 @@
 //
 // Errors: no function here throws, aborts or exits. A failed CUDA call becomes
 // INTERNAL "cuda: <call>: <cudaGetErrorString>"; a call made where no usable device exists becomes
-// FAILED_PRECONDITION carrying Probe().detail; malformed views or arguments become
-// INVALID_ARGUMENT. After a kernel fault (an illegal address, say) the CUDA context is unusable and
+// FAILED_PRECONDITION carrying Probe().detail; a buffer copy of a size that does not fit becomes
+// INVALID_ARGUMENT; a launcher whose views or arguments break its preconditions returns INTERNAL
+// (kernels/common/checks.h: the op registry validates requests, kernels only check invariants). After a kernel fault (an illegal address, say) the CUDA context is unusable and
 // every later call fails with INTERNAL: the caller fails that request (or falls back to the CPU
 // backend).
 //
@@ -143,8 +144,8 @@ absl::Status CheckContext();
 // ---- Kernel launchers -------------------------------------------------------------------------
 // Each mirrors its CPU counterpart exactly (same arguments, same semantics, same validation, same
 // results; see warp.h, flip.h, elementwise.h) with views whose `data` are DEVICE pointers
-// (cudaMalloc'd or managed memory; anything else is INVALID_ARGUMENT, checked on the first byte of
-// each view). The per-sample arguments are copied to the device as part of the call, so the spans
+// (cudaMalloc'd or managed memory; anything else is INTERNAL, checked on the first byte of each
+// view). The per-sample arguments are copied to the device as part of the call, so the spans
 // may be freed when it returns. One kernel launch covers the whole batch. Height, width and
 // channels must each be below 2^31.
 

@@ -4,72 +4,38 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/common/checks.h"
+#include "kernels/common/numerics.h"
 #include "kernels/common/status.h"
 
 namespace tensorprep::kernels::cuda::detail {
 namespace {
 
-std::string ShapeText(const BatchShape& s) {
-  return absl::StrCat("(", s.n, ", ", s.h, ", ", s.w, ", ", s.c, ")");
-}
-
-absl::Status CheckView(const char* function, const char* what, const BatchShape& shape,
-                       DType dtype, const void* data) {
+// What only the device needs on top of the shared view checks (kernels/common/checks.h): the
+// kernels index rows, columns and channels with 32-bit integers, and a misaligned access is a
+// sticky error on the device that would lose the context.
+absl::Status CheckDeviceView(const char* function, const char* what, const BatchShape& shape,
+                             DType dtype, const void* data) {
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  if (shape.n < 1 || shape.h < 1 || shape.w < 1 || shape.c < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        function, ": ", what, " shape ", ShapeText(shape), "; expected every dimension >= 1"));
-  }
   if (shape.h > kMax || shape.w > kMax || shape.c > kMax) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(function, ": ", what, " shape ", ShapeText(shape),
-                     "; expected height, width and channels below 2^31"));
+    return PreconditionError(function,
+                             absl::StrCat(what, " shape ", ShapeString(shape),
+                                          "; expected height, width and channels below 2^31"));
   }
-  if (data == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(function, ": ", what, " data is null; expected device memory"));
-  }
-  // A misaligned access is a sticky error on the device: it would lose the context.
   if (reinterpret_cast<uintptr_t>(data) % DTypeSize(dtype) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(function, ": ", what, " data is not aligned to ",
-                                                   DTypeSize(dtype), " bytes (its element size)"));
+    return PreconditionError(function, absl::StrCat(what, " data is not aligned to ",
+                                                    DTypeSize(dtype), " bytes (its element size)"));
   }
   return absl::OkStatus();
 }
 
-// Both views well formed, shapes equal, and the byte ranges disjoint or (when `allow_same` and
-// the element sizes match) identical.
-absl::Status CheckPair(const char* function, const ConstTensorView& src, const TensorView& dst,
-                       bool allow_same) {
-  TP_RETURN_IF_ERROR(CheckView(function, "src", src.shape, src.dtype, src.data));
-  TP_RETURN_IF_ERROR(CheckView(function, "dst", dst.shape, dst.dtype, dst.data));
-  if (!(src.shape == dst.shape)) {
-    return absl::InvalidArgumentError(absl::StrCat(function, ": dst shape ", ShapeText(dst.shape),
-                                                   "; expected src shape ", ShapeText(src.shape)));
-  }
-  const auto s = reinterpret_cast<uintptr_t>(src.data);
-  const auto d = reinterpret_cast<uintptr_t>(dst.data);
-  const bool overlap = s < d + dst.bytes() && d < s + src.bytes();
-  const bool same = s == d && DTypeSize(src.dtype) == DTypeSize(dst.dtype);
-  if (overlap && !(allow_same && same)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        function, allow_same ? ": src and dst overlap; expected distinct memory or an exact "
-                               "in-place use with dtypes of the same size"
-                             : ": src and dst overlap; expected distinct memory"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckPerSample(const char* function, const char* what, size_t entries, int64_t n) {
-  if (entries == 1 || static_cast<int64_t>(entries) == n) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat(function, ": ", entries, " ", what, "; expected 1 or ", n, " (one per sample)"));
-}
-
-absl::Status CheckDType(const char* function, DType got, DType expected) {
-  if (got == expected) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat(function, ": dst dtype ", DTypeName(got), "; expected ", DTypeName(expected)));
+// The destination checks shared with the CPU kernels, then the device's own on both views. `src`
+// has passed its op's source check (CheckWarpSource, CheckFlipSource or CheckSourceView).
+absl::Status CheckViews(const char* function, const ConstTensorView& src, const TensorView& dst,
+                        DType dst_dtype, Aliasing aliasing) {
+  TP_RETURN_IF_ERROR(CheckDestinationView(function, src, dst, dst_dtype, aliasing));
+  TP_RETURN_IF_ERROR(CheckDeviceView(function, "src", src.shape, src.dtype, src.data));
+  return CheckDeviceView(function, "dst", dst.shape, dst.dtype, dst.data);
 }
 
 template <typename T>
@@ -86,15 +52,15 @@ void SetGeometry(const BatchShape& s, int64_t* n, int32_t* h, int32_t* w, int32_
 
 }  // namespace
 
-absl::StatusOr<ChainTable> BuildChainTable(DType in, int64_t channels,
+absl::StatusOr<ChainTable> BuildChainTable(const char* function, DType in, int64_t channels,
                                            absl::Span<const ElementwiseOp> ops) {
-  TP_RETURN_IF_ERROR(ValidateElementwise(in, channels, ops));
+  TP_RETURN_IF_ERROR(CheckElementwiseChain(function, in, channels, ops));
   ChainTable table;
   DType current = in;
   for (const ElementwiseOp& op : ops) {
     if (table.values.size() + op.a.size() + op.b.size() >
         static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-      return absl::InvalidArgumentError("element-wise chain: too many per-channel values");
+      return PreconditionError(function, "element-wise chain: too many per-channel values");
     }
     DeviceOp d;
     d.kind = op.kind;
@@ -121,20 +87,10 @@ absl::StatusOr<WarpLaunch> PrepareWarp(const char* function, const ConstTensorVi
                                        const TensorView& dst, absl::Span<const Affine> inverse,
                                        const WarpParams& params,
                                        absl::Span<const ElementwiseOp> post_ops) {
-  TP_RETURN_IF_ERROR(CheckPair(function, src, dst, /*allow_same=*/false));
-  TP_RETURN_IF_ERROR(CheckPerSample(function, "affine maps", inverse.size(), src.shape.n));
-  if (params.interp != Interp::kNearest && params.interp != Interp::kBilinear) {
-    return absl::InvalidArgumentError(absl::StrCat(function, ": interpolation ",
-                                                   static_cast<int>(params.interp),
-                                                   "; expected nearest or bilinear"));
-  }
-  if (static_cast<int>(params.border) > static_cast<int>(Border::kWrap)) {
-    return absl::InvalidArgumentError(absl::StrCat(function, ": border ",
-                                                   static_cast<int>(params.border),
-                                                   "; expected one of Border's values"));
-  }
-  TP_ASSIGN_OR_RETURN(ChainTable table, BuildChainTable(src.dtype, src.shape.c, post_ops));
-  TP_RETURN_IF_ERROR(CheckDType(function, dst.dtype, table.out));
+  TP_RETURN_IF_ERROR(CheckWarpSource(function, src, inverse, params));
+  TP_ASSIGN_OR_RETURN(ChainTable table,
+                      BuildChainTable(function, src.dtype, src.shape.c, post_ops));
+  TP_RETURN_IF_ERROR(CheckViews(function, src, dst, table.out, Aliasing::kDistinct));
 
   WarpLaunch launch;
   launch.in = src.dtype;
@@ -166,9 +122,8 @@ void WarpLaunch::Bind(const void* base) {
 absl::StatusOr<FlipLaunch> PrepareFlip(const ConstTensorView& src, const TensorView& dst,
                                        absl::Span<const FlipFlags> flags) {
   constexpr char kFn[] = "FlipCuda";
-  TP_RETURN_IF_ERROR(CheckPair(kFn, src, dst, /*allow_same=*/false));
-  TP_RETURN_IF_ERROR(CheckDType(kFn, dst.dtype, src.dtype));
-  TP_RETURN_IF_ERROR(CheckPerSample(kFn, "flip flags", flags.size(), src.shape.n));
+  TP_RETURN_IF_ERROR(CheckFlipSource(kFn, src, flags));
+  TP_RETURN_IF_ERROR(CheckViews(kFn, src, dst, src.dtype, Aliasing::kDistinct));
   FlipLaunch launch;
   std::vector<uint8_t> packed;
   packed.reserve(flags.size() * 2);
@@ -192,9 +147,9 @@ absl::StatusOr<ElementwiseLaunch> PrepareElementwise(const ConstTensorView& src,
                                                      const TensorView& dst,
                                                      absl::Span<const ElementwiseOp> ops) {
   constexpr char kFn[] = "ElementwiseCuda";
-  TP_RETURN_IF_ERROR(CheckPair(kFn, src, dst, /*allow_same=*/true));
-  TP_ASSIGN_OR_RETURN(ChainTable table, BuildChainTable(src.dtype, src.shape.c, ops));
-  TP_RETURN_IF_ERROR(CheckDType(kFn, dst.dtype, table.out));
+  TP_RETURN_IF_ERROR(CheckSourceView(kFn, src));
+  TP_ASSIGN_OR_RETURN(ChainTable table, BuildChainTable(kFn, src.dtype, src.shape.c, ops));
+  TP_RETURN_IF_ERROR(CheckViews(kFn, src, dst, table.out, Aliasing::kSameAllowed));
   ElementwiseLaunch launch;
   launch.in = src.dtype;
   launch.out = dst.dtype;

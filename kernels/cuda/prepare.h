@@ -1,5 +1,6 @@
-// Internal to the CUDA backend (host code, no CUDA headers): validates a launcher's arguments
-// exactly as the CPU backend does and prepares the kernel's arguments, with every per-launch
+// Internal to the CUDA backend (host code, no CUDA headers): checks a launcher's preconditions with
+// the functions the CPU kernels use (kernels/common/checks.h), plus the device's own (32-bit
+// geometry, alignment), and prepares the kernel's arguments, with every per-launch
 // parameter (matrices, flags, op tables) packed into one blob that is uploaded with one copy.
 // The tests run the same preparation with the blob left in host memory and the kernels' per-element
 // functions (kernel_math.h) on the host.
@@ -27,10 +28,10 @@ struct ChainTable {
   DType out = DType::kFloat32;  // ElementwiseOutputDType(in, ops)
 };
 
-// Validates `ops` for an input of dtype `in` with `channels` channels (ValidateElementwise, so the
-// errors are the CPU backend's) and builds its table: each op records the dtype entering it, and
-// clamp bounds are converted to that dtype up front.
-absl::StatusOr<ChainTable> BuildChainTable(DType in, int64_t channels,
+// Checks `ops` for an input of dtype `in` with `channels` channels (CheckElementwiseChain, the
+// CPU backend's precondition check, named `function` in errors) and builds its table: each op
+// records the dtype entering it, and clamp bounds are converted to that dtype up front.
+absl::StatusOr<ChainTable> BuildChainTable(const char* function, DType in, int64_t channels,
                                            absl::Span<const ElementwiseOp> ops);
 
 // Arrays appended at 16-byte aligned offsets into one byte buffer, uploaded with one copy.
@@ -75,8 +76,9 @@ struct ElementwiseLaunch {
   void Bind(const void* base);
 };
 
-// Validation (INVALID_ARGUMENT, messages prefixed with `function`) and preparation for
-// WarpElementwiseCuda, FlipCuda and ElementwiseCuda (cuda_api.h). Pointers are not dereferenced.
+// Precondition checks (INTERNAL "<function>: <what>", kernels/common/checks.h) and preparation
+// for WarpElementwiseCuda, FlipCuda and ElementwiseCuda (cuda_api.h). Pointers are not
+// dereferenced.
 absl::StatusOr<WarpLaunch> PrepareWarp(const char* function, const ConstTensorView& src,
                                        const TensorView& dst, absl::Span<const Affine> inverse,
                                        const WarpParams& params,

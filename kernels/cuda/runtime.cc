@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/common/checks.h"
 #include "kernels/common/status.h"
 #include "kernels/cuda/cuda_api.h"
 #include "kernels/cuda/launch.h"
@@ -82,8 +83,7 @@ absl::Status RequireDevicePointer(const void* ptr, const char* what) {
   if (attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged) {
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat(what, ": expected device memory, got a host or unknown pointer"));
+  return PreconditionError(what, "expected device memory, got a host or unknown pointer");
 }
 
 }  // namespace detail

@@ -48,7 +48,8 @@ absl::Status RequireStream(const Stream& stream, const char* function);
 // makes safe. `host` may be freed when this returns. Null for bytes == 0.
 absl::StatusOr<void*> UploadParams(Stream& stream, const void* host, size_t bytes);
 
-// INVALID_ARGUMENT unless `ptr` is device (or managed) memory.
+// INTERNAL (a broken launcher precondition, kernels/common/checks.h) unless `ptr` is device (or
+// managed) memory.
 absl::Status RequireDevicePointer(const void* ptr, const char* what);
 
 }  // namespace detail

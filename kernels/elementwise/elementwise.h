@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/common/tensor.h"
 #include "kernels/common/thread_pool.h"
@@ -44,15 +45,43 @@ struct ElementwiseOp {
 // The dtype a chain produces from `in` (each kCast changes it).
 DType ElementwiseOutputDType(DType in, absl::Span<const ElementwiseOp> ops);
 
-// Checks a chain against an input dtype and channel count: vector lengths 1 or C, normalize on a
-// floating dtype, non-zero divisors and stds, finite values. INVALID_ARGUMENT naming the op index
-// (`ops[i]`) and what was expected otherwise.
-absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const ElementwiseOp> ops);
+// What, if anything, is wrong with one per-channel operand vector (an arithmetic op's value, a
+// normalize op's mean or std) for a batch of `dtype` with `channels` channels. The rules, checked
+// in this order: 1 entry (broadcast) or `channels` entries; each entry finite; non-zero when
+// `nonzero` (divisors, stds); on a floating dtype, which computes with each entry rounded to
+// float32, still finite and (when `nonzero`) still non-zero after that rounding.
+//
+// The one statement of these rules (kernels/common/checks.h): the op registry applies it to a
+// request and words the client's INVALID_ARGUMENT; CheckElementwiseChain applies it as the
+// kernels' precondition. Pure; thread-safe.
+struct OperandProblem {
+  enum Kind : uint8_t {
+    kNone,                // the vector is fine
+    kLength,              // neither 1 nor `channels` entries
+    kNotFinite,           // entry `index` is NaN or infinite
+    kZero,                // entry `index` is 0 where `nonzero`
+    kNotFiniteInFloat32,  // entry `index` overflows float32 on a floating dtype
+    kZeroInFloat32,       // entry `index` underflows to 0 in float32 where `nonzero`
+  };
+  Kind kind = kNone;
+  size_t index = 0;  // the offending entry, for the kinds after kLength
+  bool ok() const { return kind == kNone; }
+};
+OperandProblem CheckOperand(absl::Span<const double> values, int64_t channels, DType dtype,
+                            bool nonzero);
+
+// The preconditions of a chain for an input dtype and channel count (kernels/common/checks.h):
+// valid dtypes and kinds, operand vectors as CheckOperand requires, normalize on a floating dtype.
+// Clamp bounds are not checked here: any bounds give a defined result (the registry requires them
+// finite and ordered). INTERNAL "<function>: ops[i] (<kind>): <what>" otherwise.
+absl::Status CheckElementwiseChain(absl::string_view function, DType in, int64_t channels,
+                                   absl::Span<const ElementwiseOp> ops);
 
 // dst = ops applied in order to src. dst.dtype must equal ElementwiseOutputDType(src.dtype, ops)
 // and dst.shape src.shape. dst may be the same memory as src when the dtypes have the same size
 // (in-place); otherwise they must not overlap. An empty chain copies. Spreads tiles over `pool`
-// (null: inline). INVALID_ARGUMENT on a bad chain or mismatched views; never throws.
+// (null: inline). INTERNAL when the chain or the views break these preconditions
+// (kernels/common/checks.h); never throws.
 absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
                             absl::Span<const ElementwiseOp> ops, ThreadPool* pool);
 

@@ -17,7 +17,9 @@
 #endif
 
 #include "absl/strings/str_cat.h"
+#include "kernels/common/checks.h"
 #include "kernels/common/half.h"
+#include "kernels/common/numerics.h"
 #include "kernels/common/status.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/elementwise/elementwise_program.h"
@@ -51,53 +53,11 @@ const char* KindName(ElementwiseKind k) {
 
 bool ValidDType(DType t) { return static_cast<int>(t) <= static_cast<int>(DType::kFloat16); }
 
-const float* HalfTable() {
-  static const float* const table = [] {
-    static float t[65536];
-    for (uint32_t i = 0; i < 65536; ++i) t[i] = HalfToFloat(Half{static_cast<uint16_t>(i)});
-    return t;
-  }();
-  return table;
-}
-
-// Round to nearest, ties to even, for |v| <= 2^51 in the default rounding mode.
-inline double RoundEven(double v) { return (v + 6755399441055744.0) - 6755399441055744.0; }
-inline float RoundEvenF(float v) { return (v + 12582912.0f) - 12582912.0f; }  // |v| <= 2^22
-
-inline uint8_t SaturateU8(double v) {  // v not NaN
-  v = v < 0.0 ? 0.0 : (v > 255.0 ? 255.0 : v);
-  return static_cast<uint8_t>(static_cast<int32_t>(RoundEven(v)));
-}
-inline int32_t SaturateI32(double v) {  // v not NaN
-  v = v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v);
-  return static_cast<int32_t>(RoundEven(v));
-}
+// kCast to float16 of a float: finite values saturate at +-65504 (CastDouble's rule, numerics.h,
+// on the float fast path; for a float, rounding once to binary16 is what CastDouble does).
 inline uint16_t SaturateHalf(float v) {  // kCast to float16: finite values saturate
   if (std::fabs(v) > kHalfMaxF && std::isfinite(v)) v = std::copysign(kHalfMaxF, v);
   return FloatToHalf(v).bits;
-}
-
-// A double converted as kCast converts, for clamp bounds.
-double CastBound(double v, DType to) {
-  switch (to) {
-    case DType::kUInt8:
-      return std::isnan(v) ? 0 : SaturateU8(v);
-    case DType::kInt32:
-      return std::isnan(v) ? 0 : SaturateI32(v);
-    case DType::kFloat32:
-      return static_cast<float>(v);
-    case DType::kFloat16: {
-      if (!std::isfinite(v)) return v;
-      v = std::clamp(v, -65504.0, 65504.0);
-      // Round on binary16's grid in double: rounding through float first could round twice.
-      const double mag = std::fabs(v);
-      int e;
-      std::frexp(mag, &e);
-      const int q = std::max(e - 11, -24);
-      return std::copysign(std::ldexp(std::nearbyint(std::ldexp(mag, -q)), q), v);
-    }
-  }
-  return 0;
 }
 
 // One op, ready to run: operands expanded to tile-length patterns in the representation the
@@ -169,7 +129,7 @@ void IntegerArithmetic(ElementwiseKind k, const T* x, const double* a, T* y, int
 
 // float16 ops run in float32 and round back to binary16 once per op. `wide` is n floats.
 void WidenHalf(const uint16_t* x, float* wide, int64_t n) {
-  const float* table = HalfTable();
+  const float* table = HalfToFloatTable();
   for (int64_t i = 0; i < n; ++i) wide[i] = table[x[i]];
 }
 // float -> binary16 for n elements, as FloatToHalf (saturate: as SaturateHalf).
@@ -223,16 +183,12 @@ void NarrowHalf(const float* wide, uint16_t* x, int64_t n) { FloatsToHalf(wide, 
 
 // float -> uint8 as kCast: NaN -> 0, saturate, round to nearest even.
 void FloatsToU8Scalar(const float* x, uint8_t* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i] != x[i] ? 0.0f : x[i];  // NaN -> 0
-    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
-    y[i] = static_cast<uint8_t>(static_cast<int32_t>(RoundEvenF(v)));
-  }
+  for (int64_t i = 0; i < n; ++i) y[i] = SaturateU8(x[i] != x[i] ? 0.0f : x[i]);  // NaN -> 0
 }
 
 #if defined(__x86_64__)
 // The same 8 at a time: after clamping to [0, 255] the conversion instruction rounds to nearest
-// even in the default MXCSR, as RoundEvenF does.
+// even in the default MXCSR, as SaturateU8 (numerics.h) does.
 __attribute__((target("avx2"))) void FloatsToU8Avx2(const float* x, uint8_t* y, int64_t n) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256 top = _mm256_set1_ps(255.0f);
@@ -456,10 +412,6 @@ void RunTile(const std::vector<Prepared>& chain, DType start, const void* x, voi
   }
 }
 
-std::string ShapeString(const BatchShape& s) {
-  return absl::StrCat("(", s.n, ", ", s.h, ", ", s.w, ", ", s.c, ")");
-}
-
 }  // namespace
 
 DType ElementwiseOutputDType(DType in, absl::Span<const ElementwiseOp> ops) {
@@ -469,86 +421,98 @@ DType ElementwiseOutputDType(DType in, absl::Span<const ElementwiseOp> ops) {
   return in;
 }
 
-absl::Status ValidateElementwise(DType in, int64_t channels, absl::Span<const ElementwiseOp> ops) {
+OperandProblem CheckOperand(absl::Span<const double> values, int64_t channels, DType dtype,
+                            bool nonzero) {
+  if (values.size() != 1 && static_cast<int64_t>(values.size()) != channels) {
+    return {OperandProblem::kLength, 0};
+  }
+  const bool floating = IsFloating(dtype);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const double v = values[i];
+    if (!std::isfinite(v)) return {OperandProblem::kNotFinite, i};
+    if (nonzero && v == 0) return {OperandProblem::kZero, i};
+    if (floating && !std::isfinite(static_cast<float>(v))) {
+      return {OperandProblem::kNotFiniteInFloat32, i};
+    }
+    if (floating && nonzero && static_cast<float>(v) == 0.0f) {
+      return {OperandProblem::kZeroInFloat32, i};
+    }
+  }
+  return {};
+}
+
+absl::Status CheckElementwiseChain(absl::string_view function, DType in, int64_t channels,
+                                   absl::Span<const ElementwiseOp> ops) {
   if (!ValidDType(in)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("input dtype ", static_cast<int>(in), "; expected a DType value"));
+    return PreconditionError(function, absl::StrCat("input dtype ", static_cast<int>(in),
+                                                    "; expected a DType value"));
   }
   if (channels < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("channels is ", channels, "; expected >= 1"));
+    return PreconditionError(function,
+                             absl::StrCat("channels is ", channels, "; expected >= 1"));
   }
   DType t = in;
   for (size_t i = 0; i < ops.size(); ++i) {
     const ElementwiseOp& op = ops[i];
     const std::string where = absl::StrCat("ops[", i, "] (", KindName(op.kind), "): ");
-    // Checks one operand vector: its length and each value. `what` names it in messages.
-    auto check_vector = [&](const std::vector<double>& v, const char* what,
-                            bool nonzero) -> absl::Status {
-      if (v.size() != 1 && static_cast<int64_t>(v.size()) != channels) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, what, " has ", v.size(), " values; expected 1 or ", channels, " (channels)"));
+    auto operand = [&](const std::vector<double>& v, const char* what,
+                       bool nonzero) -> absl::Status {
+      const OperandProblem p = CheckOperand(v, channels, t, nonzero);
+      if (p.ok()) return absl::OkStatus();
+      std::string problem;
+      switch (p.kind) {
+        case OperandProblem::kLength:
+          problem = absl::StrCat(what, " has ", v.size(), " values; expected 1 or ", channels,
+                                 " (channels)");
+          break;
+        case OperandProblem::kNotFinite:
+          problem = absl::StrCat(what, "[", p.index, "] is ", v[p.index],
+                                 "; expected a finite number");
+          break;
+        case OperandProblem::kZero:
+          problem = absl::StrCat(what, "[", p.index, "] is 0; expected non-zero");
+          break;
+        case OperandProblem::kNotFiniteInFloat32:
+          problem = absl::StrCat(what, "[", p.index, "] is ", v[p.index],
+                                 "; expected a value finite in float32");
+          break;
+        default:
+          problem = absl::StrCat(what, "[", p.index, "] is ", v[p.index],
+                                 ", 0 in float32; expected non-zero");
+          break;
       }
-      for (size_t j = 0; j < v.size(); ++j) {
-        if (!std::isfinite(v[j])) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, what, "[", j, "] is ", v[j], "; expected a finite number"));
-        }
-        // Floating dtypes compute with the operand rounded to float32; it must survive that.
-        const bool floating = IsFloating(t);
-        if (floating && !std::isfinite(static_cast<float>(v[j]))) {
-          return absl::InvalidArgumentError(absl::StrCat(where, what, "[", j, "] is ", v[j],
-                                                         "; expected a value finite in float32"));
-        }
-        if (nonzero && v[j] == 0) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, what, "[", j, "] is 0; expected non-zero"));
-        }
-        if (nonzero && floating && static_cast<float>(v[j]) == 0.0f) {
-          return absl::InvalidArgumentError(absl::StrCat(where, what, "[", j, "] is ", v[j],
-                                                         ", 0 in float32; expected non-zero"));
-        }
-      }
-      return absl::OkStatus();
+      return PreconditionError(function, absl::StrCat(where, problem));
     };
     switch (op.kind) {
       case ElementwiseKind::kAdd:
       case ElementwiseKind::kSubtract:
       case ElementwiseKind::kMultiply:
       case ElementwiseKind::kDivide:
-        TP_RETURN_IF_ERROR(check_vector(op.a, "value", op.kind == ElementwiseKind::kDivide));
+        TP_RETURN_IF_ERROR(operand(op.a, "value", op.kind == ElementwiseKind::kDivide));
         break;
       case ElementwiseKind::kNormalize:
         if (!IsFloating(t)) {
-          return absl::InvalidArgumentError(absl::StrCat(where, "input dtype is ", DTypeName(t),
-                                                         "; expected float32 or float16"));
+          return PreconditionError(function,
+                                   absl::StrCat(where, "input dtype is ", DTypeName(t),
+                                                "; expected float32 or float16"));
         }
-        TP_RETURN_IF_ERROR(check_vector(op.a, "mean", false));
-        TP_RETURN_IF_ERROR(check_vector(op.b, "std", true));
+        TP_RETURN_IF_ERROR(operand(op.a, "mean", false));
+        TP_RETURN_IF_ERROR(operand(op.b, "std", true));
         break;
       case ElementwiseKind::kClamp:
-        if (op.has_lo && !std::isfinite(op.lo)) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, "lo is ", op.lo, "; expected a finite number"));
-        }
-        if (op.has_hi && !std::isfinite(op.hi)) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, "hi is ", op.hi, "; expected a finite number"));
-        }
-        if (op.has_lo && op.has_hi && op.lo > op.hi) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, "lo is ", op.lo, " and hi is ", op.hi, "; expected lo <= hi"));
-        }
         break;
       case ElementwiseKind::kCast:
         if (!ValidDType(op.to)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, "target dtype ", static_cast<int>(op.to), "; expected a DType value"));
+          return PreconditionError(function,
+                                   absl::StrCat(where, "target dtype ", static_cast<int>(op.to),
+                                                "; expected a DType value"));
         }
         t = op.to;
         break;
       default:
-        return absl::InvalidArgumentError(absl::StrCat(
-            "ops[", i, "]: kind ", static_cast<int>(op.kind), "; expected an ElementwiseKind"));
+        return PreconditionError(function,
+                                 absl::StrCat("ops[", i, "]: kind ", static_cast<int>(op.kind),
+                                              "; expected an ElementwiseKind"));
     }
   }
   return absl::OkStatus();
@@ -561,9 +525,10 @@ struct ElementwiseProgram::Impl {
   std::vector<Prepared> chain;
 };
 
-absl::StatusOr<ElementwiseProgram> ElementwiseProgram::Make(DType in, int64_t channels,
+absl::StatusOr<ElementwiseProgram> ElementwiseProgram::Make(absl::string_view function,
+                                                            DType in, int64_t channels,
                                                             absl::Span<const ElementwiseOp> ops) {
-  TP_RETURN_IF_ERROR(ValidateElementwise(in, channels, ops));
+  TP_RETURN_IF_ERROR(CheckElementwiseChain(function, in, channels, ops));
   auto impl = std::make_shared<Impl>();
   impl->in = in;
   impl->out = ElementwiseOutputDType(in, ops);
@@ -597,8 +562,8 @@ absl::StatusOr<ElementwiseProgram> ElementwiseProgram::Make(DType in, int64_t ch
             t == DType::kUInt8 ? 0.0 : (t == DType::kInt32 ? -2147483648.0 : -inf);
         const double type_hi =
             t == DType::kUInt8 ? 255.0 : (t == DType::kInt32 ? 2147483647.0 : inf);
-        p.lo = op.has_lo ? CastBound(op.lo, t) : type_lo;
-        p.hi = op.has_hi ? CastBound(op.hi, t) : type_hi;
+        p.lo = op.has_lo ? CastDouble(op.lo, t) : type_lo;
+        p.hi = op.has_hi ? CastDouble(op.hi, t) : type_hi;
         break;
       }
       case ElementwiseKind::kCast:
@@ -642,39 +607,18 @@ void ElementwiseProgram::Run(const void* in, void* out, int64_t count) const {
 
 absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
                             absl::Span<const ElementwiseOp> ops, ThreadPool* pool) {
+  constexpr char kFn[] = "ElementwiseCpu";
   const BatchShape& s = src.shape;
-  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("elementwise: src shape ", ShapeString(s), "; expected every dimension >= 1"));
-  }
+  TP_RETURN_IF_ERROR(CheckSourceView(kFn, src));
   TP_ASSIGN_OR_RETURN(const ElementwiseProgram program,
-                      ElementwiseProgram::Make(src.dtype, s.c, ops));
-  if (!(dst.shape == s)) {
-    return absl::InvalidArgumentError(absl::StrCat("elementwise: dst shape ",
-                                                   ShapeString(dst.shape), "; expected src shape ",
-                                                   ShapeString(s)));
-  }
+                      ElementwiseProgram::Make(kFn, src.dtype, s.c, ops));
   const DType out_dtype = program.output_dtype();
-  if (dst.dtype != out_dtype) {
-    return absl::InvalidArgumentError(absl::StrCat("elementwise: dst dtype ", DTypeName(dst.dtype),
-                                                   "; expected ", DTypeName(out_dtype),
-                                                   " (what the chain produces)"));
-  }
-  if (src.data == nullptr || dst.data == nullptr) {
-    return absl::InvalidArgumentError(
-        "elementwise: null data pointer; expected src and dst memory");
-  }
+  TP_RETURN_IF_ERROR(CheckDestinationView(kFn, src, dst, out_dtype, Aliasing::kSameAllowed));
   const auto* in = static_cast<const unsigned char*>(src.data);
   auto* out = static_cast<unsigned char*>(dst.data);
   const size_t in_size = DTypeSize(src.dtype);
   const size_t out_size = DTypeSize(out_dtype);
-  const bool in_place = in == out && in_size == out_size;
-  if (!in_place && in < out + dst.bytes() && out < in + src.bytes()) {
-    return absl::InvalidArgumentError(
-        "elementwise: src and dst overlap; expected the same memory with equal element sizes, "
-        "or distinct memory");
-  }
-  if (ops.empty() && in_place) return absl::OkStatus();
+  if (ops.empty() && in == out) return absl::OkStatus();  // in place (CheckDestinationView)
 
   // Tasks of whole tiles, each at least kMinTaskElements: a small batch is one task and runs on
   // the calling thread.

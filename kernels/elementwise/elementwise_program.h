@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/common/tensor.h"
 #include "kernels/elementwise/elementwise.h"
@@ -17,9 +18,10 @@ namespace tensorprep::kernels {
 // Immutable once made; thread-safe (Run may be called from many threads at once). Cheap to copy.
 class ElementwiseProgram {
  public:
-  // Validates `ops` for input dtype `in` with `channels` channels (as ValidateElementwise) and
-  // expands their operands. INVALID_ARGUMENT as ValidateElementwise.
-  static absl::StatusOr<ElementwiseProgram> Make(DType in, int64_t channels,
+  // Checks `ops` for input dtype `in` with `channels` channels (CheckElementwiseChain, named
+  // `function` in errors) and expands their operands. INTERNAL as CheckElementwiseChain.
+  static absl::StatusOr<ElementwiseProgram> Make(absl::string_view function, DType in,
+                                                 int64_t channels,
                                                  absl::Span<const ElementwiseOp> ops);
 
   DType input_dtype() const;

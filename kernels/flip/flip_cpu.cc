@@ -6,7 +6,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
+#include "kernels/common/checks.h"
+#include "kernels/common/status.h"
 #include "kernels/flip/flip.h"
 #include "kernels/flip/flip_rows.h"
 #include "kernels/flip/reverse_row.h"
@@ -163,10 +164,6 @@ ReverseRowFn Avx2Kernel(int64_t pixel) {
 }
 #endif  // defined(__x86_64__)
 
-std::string ShapeString(const BatchShape& s) {
-  return absl::StrCat("(", s.n, ", ", s.h, ", ", s.w, ", ", s.c, ")");
-}
-
 }  // namespace
 
 bool FlipIsaSupported(FlipIsa isa) {
@@ -205,20 +202,10 @@ ReverseRowFn FlipRowKernel(int64_t pixel) {
   return ReverseRowKernel(FlipIsa::kPortable, pixel);
 }
 
-absl::Status ValidateFlipSource(const ConstTensorView& src, absl::Span<const FlipFlags> flags) {
-  const BatchShape& s = src.shape;
-  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("flip: src shape ", ShapeString(s), "; expected every dimension >= 1"));
-  }
-  if (src.data == nullptr) {
-    return absl::InvalidArgumentError("flip: null data pointer; expected src and dst memory");
-  }
-  if (flags.size() != 1 && static_cast<int64_t>(flags.size()) != s.n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "flip: ", flags.size(), " flag sets; expected 1 or ", s.n, " (one per sample)"));
-  }
-  return absl::OkStatus();
+absl::Status CheckFlipSource(absl::string_view function, const ConstTensorView& src,
+                             absl::Span<const FlipFlags> flags) {
+  TP_RETURN_IF_ERROR(CheckSourceView(function, src));
+  return CheckPerSampleCount(function, "flag sets", flags.size(), src.shape.n);
 }
 
 void FlipRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
@@ -246,30 +233,11 @@ void FlipRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t
 
 absl::Status FlipCpu(const ConstTensorView& src, const TensorView& dst,
                      absl::Span<const FlipFlags> flags, ThreadPool* pool) {
+  constexpr char kFn[] = "FlipCpu";
+  TP_RETURN_IF_ERROR(CheckFlipSource(kFn, src, flags));
+  TP_RETURN_IF_ERROR(CheckDestinationView(kFn, src, dst, src.dtype, Aliasing::kDistinct));
   const BatchShape& s = src.shape;
-  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("flip: src shape ", ShapeString(s), "; expected every dimension >= 1"));
-  }
-  if (!(dst.shape == s)) {
-    return absl::InvalidArgumentError(absl::StrCat("flip: dst shape ", ShapeString(dst.shape),
-                                                   "; expected src shape ", ShapeString(s)));
-  }
-  if (dst.dtype != src.dtype) {
-    return absl::InvalidArgumentError(absl::StrCat("flip: dst dtype ", DTypeName(dst.dtype),
-                                                   "; expected src dtype ", DTypeName(src.dtype)));
-  }
-  if (src.data == nullptr || dst.data == nullptr) {
-    return absl::InvalidArgumentError("flip: null data pointer; expected src and dst memory");
-  }
-  const absl::Status valid = ValidateFlipSource(src, flags);
-  if (!valid.ok()) return valid;
-  const auto* in = static_cast<const unsigned char*>(src.data);
   auto* out = static_cast<unsigned char*>(dst.data);
-  if (in < out + dst.bytes() && out < in + src.bytes()) {
-    return absl::InvalidArgumentError("flip: src and dst overlap; expected distinct memory");
-  }
-
   const int64_t pixel = s.c * static_cast<int64_t>(DTypeSize(src.dtype));
   const int64_t row = s.w * pixel;
   const int64_t band_rows = std::max<int64_t>(1, kMinTaskBytes / row);

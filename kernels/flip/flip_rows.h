@@ -13,13 +13,9 @@
 
 namespace tensorprep::kernels {
 
-// The checks FlipCpu makes on everything but its destination: src shape and data, `flags` count
-// (1 or src.shape.n). INVALID_ARGUMENT otherwise.
-absl::Status ValidateFlipSource(const ConstTensorView& src, absl::Span<const FlipFlags> flags);
-
 // Writes output rows [y_begin, y_end) of sample `n` of FlipCpu(src, ..., flags) to `rows`, packed
 // ((y_end - y_begin) * w * c elements of src.dtype), not overlapping src; `flags` is sample n's.
-// Runs on the calling thread. Preconditions (unchecked): ValidateFlipSource passed,
+// Runs on the calling thread. Preconditions (unchecked): CheckFlipSource (flip.h) passed,
 // 0 <= n < src.shape.n, 0 <= y_begin < y_end <= src.shape.h. Thread-safe for distinct `rows`.
 void FlipRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
                  const FlipFlags& flags, void* rows);

@@ -1,7 +1,11 @@
 // Deliberately plain: one element, one tap, one border lookup at a time, all in double precision.
-// Nothing here is shared with the fast kernels except the public types and the Affine maps that
-// callers pass in; half precision is decoded and encoded by hand, so that the oracle also checks
-// kernels/common/half.h.
+// The scalar rules every backend shares (kernels/common/numerics.h and half.h: kCast's conversions,
+// rounding onto the binary16 grid, binary16 encoding; kernels/warp/sampling.h: border resolution,
+// the far-position rule, the nearest tap) are used here too, not written a second time: each is tested once against
+// independent expectations (tests/kernels/numerics_test.cc, half_test.cc). What the reference adds
+// is the composition: every tap, weight and op of a kernel spelled out per element in double, in
+// the order the semantics in warp.h and elementwise.h prescribe, with none of the fast kernels'
+// tiling, tables, vector paths or blend types.
 #include "kernels/reference/reference.h"
 
 #include <cmath>
@@ -9,60 +13,19 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/common/half.h"
+#include "kernels/common/numerics.h"
+#include "kernels/warp/sampling.h"
+
 namespace tensorprep::kernels::reference {
 namespace {
 
-constexpr double kHalfMax = 65504.0;
-
-// binary16 bits -> value, from the format's definition.
-double DecodeHalf(uint16_t bits) {
-  const int sign = (bits >> 15) & 1;
-  const int exponent = (bits >> 10) & 0x1f;
-  const int mantissa = bits & 0x3ff;
-  double magnitude;
-  if (exponent == 0x1f) {
-    magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity()
-                              : std::numeric_limits<double>::quiet_NaN();
-  } else if (exponent == 0) {
-    magnitude = std::ldexp(static_cast<double>(mantissa), -24);
-  } else {
-    magnitude = std::ldexp(1024.0 + mantissa, exponent - 25);
-  }
-  return sign ? -magnitude : magnitude;
-}
-
 // Rounds `x` to the nearest binary16 value, ties to even; beyond the largest finite value the
-// result is +-infinity (IEEE overflow). Returns the rounded value as a double.
+// result is +-infinity (IEEE overflow, unlike kCast's saturation).
 double RoundToHalf(double x) {
   if (std::isnan(x) || std::isinf(x)) return x;
-  const double a = std::fabs(x);
-  double quantum;  // spacing of binary16 values around a
-  if (a < std::ldexp(1.0, -14)) {
-    quantum = std::ldexp(1.0, -24);
-  } else {
-    int e;
-    std::frexp(a, &e);  // a = f * 2^e, f in [0.5, 1): the leading bit is 2^(e-1)
-    quantum = std::ldexp(1.0, e - 1 - 10);
-  }
-  double r = std::nearbyint(a / quantum) * quantum;  // power-of-two scaling: exact
-  if (r > kHalfMax) r = std::numeric_limits<double>::infinity();
-  return std::copysign(r, x);
-}
-
-// A value representable in binary16 -> its bits.
-uint16_t EncodeHalf(double v) {
-  uint16_t sign = std::signbit(v) ? 0x8000 : 0;
-  const double a = std::fabs(v);
-  if (std::isnan(v)) return static_cast<uint16_t>(sign | 0x7e00);
-  if (std::isinf(v)) return static_cast<uint16_t>(sign | 0x7c00);
-  if (a < std::ldexp(1.0, -14)) {
-    return static_cast<uint16_t>(sign | static_cast<uint16_t>(a * std::ldexp(1.0, 24)));
-  }
-  int e;
-  const double f = std::frexp(a, &e);  // a = f * 2^e
-  const int exponent = e - 1 + 15;
-  const int mantissa = static_cast<int>((f * 2.0 - 1.0) * 1024.0);
-  return static_cast<uint16_t>(sign | (exponent << 10) | mantissa);
+  const double r = RoundToHalfGrid(x);
+  return std::fabs(r) > 65504.0 ? std::copysign(std::numeric_limits<double>::infinity(), x) : r;
 }
 
 double RoundToFloat(double x) { return static_cast<double>(static_cast<float>(x)); }
@@ -76,51 +39,21 @@ double ReadElement(const ConstTensorView& t, int64_t i) {
     case DType::kFloat32:
       return t.as<float>()[i];
     case DType::kFloat16: {
-      uint16_t bits;
-      std::memcpy(&bits, static_cast<const unsigned char*>(t.data) + 2 * i, 2);
-      return DecodeHalf(bits);
+      Half h;
+      std::memcpy(&h.bits, static_cast<const unsigned char*>(t.data) + 2 * i, 2);
+      return ToDouble(h);
     }
   }
   return 0;
-}
-
-// Maps a possibly outside index to an inside one, or -1 when the border supplies `fill`.
-int64_t BorderIndex(int64_t i, int64_t n, Border border) {
-  if (i >= 0 && i < n) return i;
-  switch (border) {
-    case Border::kConstant:
-      return -1;
-    case Border::kEdge:
-      return i < 0 ? 0 : n - 1;
-    case Border::kReflect: {  // period 2n: 0 1 .. n-1 n-1 .. 1 0
-      const int64_t period = 2 * n;
-      int64_t r = i % period;
-      if (r < 0) r += period;
-      return r < n ? r : period - 1 - r;
-    }
-    case Border::kReflect101: {  // period 2n-2: 0 1 .. n-1 n-2 .. 1
-      if (n == 1) return 0;
-      const int64_t period = 2 * n - 2;
-      int64_t r = i % period;
-      if (r < 0) r += period;
-      return r < n ? r : period - r;
-    }
-    case Border::kWrap: {
-      int64_t r = i % n;
-      if (r < 0) r += n;
-      return r;
-    }
-  }
-  return -1;
 }
 
 // The value of channel c at integer position (ix, iy) of sample n, through the border.
 double Tap(const ConstTensorView& src, int64_t n, int64_t ix, int64_t iy, int64_t c,
            const WarpParams& params) {
   const BatchShape& s = src.shape;
-  const int64_t x = BorderIndex(ix, s.w, params.border);
-  const int64_t y = BorderIndex(iy, s.h, params.border);
-  if (x < 0 || y < 0) return CastValue(params.fill, src.dtype);
+  const int64_t x = ResolveBorder(ix, s.w, params.border);
+  const int64_t y = ResolveBorder(iy, s.h, params.border);
+  if (x < 0 || y < 0) return CastDouble(params.fill, src.dtype);
   return ReadElement(src, ((n * s.h + y) * s.w + x) * s.c + c);
 }
 
@@ -132,7 +65,7 @@ double RoundBlend(double v, DType dtype) {
     case DType::kFloat16:
       return RoundToHalf(v);
     default:
-      return CastValue(v, dtype);
+      return CastDouble(v, dtype);
   }
 }
 
@@ -160,8 +93,8 @@ double Arithmetic(ElementwiseKind kind, double x, double v, DType t) {
   // One operation on two float32 values, done in double and rounded once to float32, equals the
   // float32 operation (double has more than 2 * 24 + 2 bits).
   if (t == DType::kFloat32) return RoundToFloat(r);
-  if (t == DType::kFloat16) return RoundToHalf(RoundToFloat(r));
-  return CastValue(r, t);
+  if (t == DType::kFloat16) return RoundFloatToHalf(static_cast<float>(r));
+  return CastDouble(r, t);
 }
 
 double PerChannel(const std::vector<double>& v, int64_t c) { return v.size() == 1 ? v[0] : v[c]; }
@@ -176,7 +109,7 @@ std::vector<double> ToDoubles(const ConstTensorView& t) {
 
 void FromDoubles(const std::vector<double>& v, const TensorView& t) {
   for (int64_t i = 0; i < t.shape.elements(); ++i) {
-    const double x = CastValue(v[i], t.dtype);
+    const double x = CastDouble(v[i], t.dtype);
     switch (t.dtype) {
       case DType::kUInt8:
         t.as<uint8_t>()[i] = static_cast<uint8_t>(x);
@@ -188,42 +121,18 @@ void FromDoubles(const std::vector<double>& v, const TensorView& t) {
         t.as<float>()[i] = static_cast<float>(x);
         break;
       case DType::kFloat16: {
-        const uint16_t bits = EncodeHalf(x);
-        std::memcpy(static_cast<unsigned char*>(t.data) + 2 * i, &bits, 2);
+        const Half h = FromDouble<Half>(x);
+        std::memcpy(static_cast<unsigned char*>(t.data) + 2 * i, &h.bits, 2);
         break;
       }
     }
   }
 }
 
-double CastValue(double x, DType to) {
-  switch (to) {
-    case DType::kUInt8:
-    case DType::kInt32: {
-      if (std::isnan(x)) return 0;
-      const double lo = to == DType::kUInt8 ? 0.0 : -2147483648.0;
-      const double hi = to == DType::kUInt8 ? 255.0 : 2147483647.0;
-      const double r = std::nearbyint(x);  // default rounding mode: to nearest, ties to even
-      return r < lo ? lo : (r > hi ? hi : r);
-    }
-    case DType::kFloat32:
-      return RoundToFloat(x);
-    case DType::kFloat16: {
-      if (std::isnan(x) || std::isinf(x)) return x;
-      const double r = RoundToHalf(x);
-      if (r > kHalfMax) return kHalfMax;
-      if (r < -kHalfMax) return -kHalfMax;
-      return r;
-    }
-  }
-  return 0;
-}
-
 std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affine> inverse,
                                const WarpParams& params) {
   const BatchShape& s = src.shape;
   std::vector<double> out(static_cast<size_t>(s.elements()));
-  const double far = 4503599627370496.0;  // 2^52: see warp.h
   for (int64_t n = 0; n < s.n; ++n) {
     const Affine& a = inverse.size() == 1 ? inverse[0] : inverse[n];
     for (int64_t i = 0; i < s.h; ++i) {
@@ -232,14 +141,14 @@ std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affi
         const double y = static_cast<double>(i);
         const double sx = a.m[0] * x + a.m[1] * y + a.m[2];
         const double sy = a.m[3] * x + a.m[4] * y + a.m[5];
-        const bool is_far = !(std::fabs(sx) < far && std::fabs(sy) < far);
+        const bool is_far = IsFarPosition(sx, sy);
         for (int64_t c = 0; c < s.c; ++c) {
           double v;
           if (is_far) {
-            v = CastValue(params.fill, src.dtype);
+            v = CastDouble(params.fill, src.dtype);
           } else if (params.interp == Interp::kNearest) {
-            const auto ix = static_cast<int64_t>(std::floor(sx + 0.5));
-            const auto iy = static_cast<int64_t>(std::floor(sy + 0.5));
+            const int64_t ix = NearestIndex(sx);
+            const int64_t iy = NearestIndex(sy);
             v = Tap(src, n, ix, iy, c, params);
           } else {
             const double x0 = std::floor(sx);
@@ -299,18 +208,18 @@ std::vector<double> Elementwise(const ConstTensorView& src, absl::Span<const Ele
         case ElementwiseKind::kNormalize: {
           const double centred = RoundToFloat(x - RoundToFloat(PerChannel(op.a, c)));
           const double scaled = RoundToFloat(centred / RoundToFloat(PerChannel(op.b, c)));
-          x = t == DType::kFloat16 ? RoundToHalf(scaled) : scaled;
+          x = t == DType::kFloat16 ? RoundFloatToHalf(static_cast<float>(scaled)) : scaled;
           break;
         }
         case ElementwiseKind::kClamp: {
           const double inf = std::numeric_limits<double>::infinity();
-          const double lo = op.has_lo ? CastValue(op.lo, t) : -inf;
-          const double hi = op.has_hi ? CastValue(op.hi, t) : inf;
+          const double lo = op.has_lo ? CastDouble(op.lo, t) : -inf;
+          const double hi = op.has_hi ? CastDouble(op.hi, t) : inf;
           x = x < lo ? lo : (x > hi ? hi : x);
           break;
         }
         case ElementwiseKind::kCast:
-          x = CastValue(x, op.to);
+          x = CastDouble(x, op.to);
           t = op.to;
           break;
       }

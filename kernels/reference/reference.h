@@ -1,5 +1,7 @@
 // The one test oracle: plain double-precision implementations of every kernel, written for
-// clarity, not speed. Every backend's tests (CPU, CUDA) compare against these functions, and only
+// clarity, not speed. It shares the scalar numerics of kernels/common/numerics.h, half.h and
+// kernels/warp/sampling.h with the kernels (each tested on its own against independent
+// expectations) and spells out everything else per element. Every backend's tests (CPU, CUDA) compare against these functions, and only
 // these. Linked into tests and benchmarks, never into the server.
 #ifndef TENSORPREP_KERNELS_REFERENCE_REFERENCE_H_
 #define TENSORPREP_KERNELS_REFERENCE_REFERENCE_H_
@@ -18,11 +20,8 @@ namespace tensorprep::kernels::reference {
 std::vector<double> ToDoubles(const ConstTensorView& t);
 
 // Converts `v` (in memory order, v.size() == t.shape.elements()) into `t`'s dtype with kCast's
-// rules (see elementwise.h) and writes it.
+// rules (CastDouble, kernels/common/numerics.h) and writes it.
 void FromDoubles(const std::vector<double>& v, const TensorView& t);
-
-// The value kCast would produce for `x` converted to `to`, as a double.
-double CastValue(double x, DType to);
 
 // Expected output of WarpAffineCpu for the same arguments, as doubles in memory order (already
 // rounded and saturated to src.dtype).

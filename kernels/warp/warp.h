@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/common/host_device.h"
 #include "kernels/common/tensor.h"
@@ -59,10 +60,18 @@ struct WarpParams {
 //
 // `inverse` has src.shape.n entries, or 1 entry used for every sample. src and dst have the same
 // dtype and shape and do not overlap. Spreads (sample, row band) tasks over `pool` (null: inline).
-// Returns INVALID_ARGUMENT on mismatched views; never throws. Thread-safe for distinct outputs.
+// Returns INTERNAL when these preconditions are broken (kernels/common/checks.h); never throws.
+// Thread-safe for distinct outputs.
 absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
                            absl::Span<const Affine> inverse, const WarpParams& params,
                            ThreadPool* pool);
+
+// The preconditions every warp entry point (CPU, CUDA, the CPU backend's fused path) checks on
+// its source and arguments, before its own checks of the destination (kernels/common/checks.h):
+// src shape and data, `inverse` count (1 or src.shape.n), interpolation and border in their
+// enums. INTERNAL "<function>: <what>" otherwise. Thread-safe.
+absl::Status CheckWarpSource(absl::string_view function, const ConstTensorView& src,
+                             absl::Span<const Affine> inverse, const WarpParams& params);
 
 TP_HD Affine Affine::Then(const Affine& f) const {
   Affine r;

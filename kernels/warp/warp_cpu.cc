@@ -7,7 +7,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/common/checks.h"
 #include "kernels/common/half.h"
+#include "kernels/common/numerics.h"
+#include "kernels/common/status.h"
+#include "kernels/warp/sampling.h"
 #include "kernels/warp/warp.h"
 #include "kernels/warp/warp_rows.h"
 
@@ -61,131 +65,26 @@ Affine FlipInverse(bool horizontal, bool vertical, int64_t h, int64_t w) {
 
 namespace {
 
-constexpr double kFar = 4503599627370496.0;  // 2^52, see warp.h
 // Smallest task worth a hand-off to another thread.
 constexpr int64_t kMinTaskPixels = 16384;
 // Output columns per block (see BilinearRows).
 constexpr int64_t kBlockCols = 64;
 
-// binary16 -> float for every bit pattern: one load instead of a branchy decode per tap.
-const float* HalfTable() {
-  static const float* const table = [] {
-    static float t[65536];
-    for (uint32_t i = 0; i < 65536; ++i) t[i] = HalfToFloat(Half{static_cast<uint16_t>(i)});
-    return t;
-  }();
-  return table;
-}
-
-// Per-dtype loading into the blend type and storing back with the rounding warp.h specifies.
+// Loading widens binary16 through the table (one load instead of a branchy decode per tap); the
+// blend type and the rounding back are the shared ones (sampling.h).
 template <typename T>
-struct Pixel;
-
-template <>
-struct Pixel<uint8_t> {
-  using Acc = float;
-  static float Load(uint8_t v, const float*) { return v; }
-  static uint8_t Store(float a) {
-    a = a < 0.0f ? 0.0f : (a > 255.0f ? 255.0f : a);
-    // Adding and removing 1.5 * 2^23 rounds to nearest, ties to even, in the default mode.
-    const float r = (a + 12582912.0f) - 12582912.0f;
-    return static_cast<uint8_t>(static_cast<int>(r));
-  }
-};
-
-template <>
-struct Pixel<int32_t> {
-  using Acc = double;  // float cannot hold every int32
-  static double Load(int32_t v, const float*) { return v; }
-  static int32_t Store(double a) {
-    a = a < -2147483648.0 ? -2147483648.0 : (a > 2147483647.0 ? 2147483647.0 : a);
-    const double r = (a + 6755399441055744.0) - 6755399441055744.0;  // 1.5 * 2^52
-    return static_cast<int32_t>(r);
-  }
-};
-
-template <>
-struct Pixel<float> {
-  using Acc = float;
-  static float Load(float v, const float*) { return v; }
-  static float Store(float a) { return a; }
+struct Pixel {
+  using Acc = typename BlendAccumulator<T>::Type;
+  static Acc Load(T v, const float*) { return static_cast<Acc>(v); }
+  static T Store(Acc a) { return RoundBlend<T>(a); }
 };
 
 template <>
 struct Pixel<Half> {
   using Acc = float;
   static float Load(Half v, const float* table) { return table[v.bits]; }
-  static Half Store(float a) { return FloatToHalf(a); }
+  static Half Store(float a) { return RoundBlend<Half>(a); }
 };
-
-// `fill` converted as kCast converts (elementwise.h).
-template <typename T>
-T FillAs(double fill);
-template <>
-uint8_t FillAs<uint8_t>(double v) {
-  if (std::isnan(v)) return 0;
-  v = std::nearbyint(v);
-  return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
-}
-template <>
-int32_t FillAs<int32_t>(double v) {
-  if (std::isnan(v)) return 0;
-  v = std::nearbyint(v);
-  return static_cast<int32_t>(v < -2147483648.0 ? -2147483648.0
-                                                : (v > 2147483647.0 ? 2147483647.0 : v));
-}
-template <>
-float FillAs<float>(double v) {
-  return static_cast<float>(v);
-}
-template <>
-Half FillAs<Half>(double v) {
-  if (!std::isfinite(v)) return FloatToHalf(static_cast<float>(v));
-  v = std::clamp(v, -65504.0, 65504.0);
-  // Round on binary16's grid in double (through float would round twice), then convert exactly.
-  const double mag = std::fabs(v);
-  int e;
-  std::frexp(mag, &e);
-  const int q = std::max(e - 11, -24);  // exponent of the spacing; -24 below the normal range
-  const double r = std::ldexp(std::nearbyint(std::ldexp(mag, -q)), q);
-  return FloatToHalf(static_cast<float>(std::copysign(r, v)));
-}
-
-// Index through the border; -1 when the border supplies `fill`.
-inline int64_t Resolve(int64_t i, int64_t n, Border border) {
-  if (static_cast<uint64_t>(i) < static_cast<uint64_t>(n)) return i;
-  switch (border) {
-    case Border::kConstant:
-      return -1;
-    case Border::kEdge:
-      return i < 0 ? 0 : n - 1;
-    case Border::kReflect: {
-      const int64_t p = 2 * n;
-      int64_t r = i % p;
-      if (r < 0) r += p;
-      return r < n ? r : p - 1 - r;
-    }
-    case Border::kReflect101: {
-      if (n == 1) return 0;
-      const int64_t p = 2 * n - 2;
-      int64_t r = i % p;
-      if (r < 0) r += p;
-      return r < n ? r : p - r;
-    }
-    case Border::kWrap: {
-      int64_t r = i % n;
-      if (r < 0) r += n;
-      return r;
-    }
-  }
-  return -1;
-}
-
-// floor for |v| < 2^52 without a libm call.
-inline int64_t FloorToInt(double v) {
-  int64_t i = static_cast<int64_t>(v);
-  return static_cast<double>(i) > v ? i - 1 : i;
-}
 
 struct Geometry {
   int64_t h;
@@ -235,7 +134,7 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
                   int64_t y_end, Border border, T fill, double* sxs, double* sys) {
   using P = Pixel<T>;
   using Acc = typename P::Acc;
-  const float* table = HalfTable();
+  const float* table = HalfToFloatTable();
   const int64_t cn = kC > 0 ? kC : g.c;
   const int64_t row = g.w * cn;
   // Column blocks: the source footprint of a block of rows stays in L1 from one row to the
@@ -258,7 +157,7 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
       for (int64_t i = 0; i < cols; ++i, j += dj, out += step) {
         const double sx = sxs[j];
         const double sy = sys[j];
-        if (!(std::fabs(sx) < kFar && std::fabs(sy) < kFar)) {
+        if (IsFarPosition(sx, sy)) {
           for (int64_t c = 0; c < cn; ++c) out[c] = fill;
           continue;
         }
@@ -266,24 +165,21 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
         const int64_t iy = FloorToInt(sy);
         const double fx = sx - static_cast<double>(ix);
         const double fy = sy - static_cast<double>(iy);
-        const Acc w00 = static_cast<Acc>((1 - fx) * (1 - fy));
-        const Acc w01 = static_cast<Acc>(fx * (1 - fy));
-        const Acc w10 = static_cast<Acc>((1 - fx) * fy);
-        const Acc w11 = static_cast<Acc>(fx * fy);
+        const BilinearWeights<Acc> wt = MakeBilinearWeights<Acc>(fx, fy);
         if (static_cast<uint64_t>(ix) < static_cast<uint64_t>(g.w - 1) &&
             static_cast<uint64_t>(iy) < static_cast<uint64_t>(g.h - 1)) {
           const T* p0 = src + (iy * g.w + ix) * cn;
           const T* p1 = p0 + row;
           for (int64_t c = 0; c < cn; ++c) {
-            out[c] = P::Store(P::Load(p0[c], table) * w00 + P::Load(p0[c + cn], table) * w01 +
-                              P::Load(p1[c], table) * w10 + P::Load(p1[c + cn], table) * w11);
+            out[c] = P::Store(BlendTaps(P::Load(p0[c], table), P::Load(p0[c + cn], table),
+                                        P::Load(p1[c], table), P::Load(p1[c + cn], table), wt));
           }
           continue;
         }
-        const int64_t x0 = Resolve(ix, g.w, border);
-        const int64_t x1 = Resolve(ix + 1, g.w, border);
-        const int64_t y0 = Resolve(iy, g.h, border);
-        const int64_t y1 = Resolve(iy + 1, g.h, border);
+        const int64_t x0 = ResolveBorder(ix, g.w, border);
+        const int64_t x1 = ResolveBorder(ix + 1, g.w, border);
+        const int64_t y0 = ResolveBorder(iy, g.h, border);
+        const int64_t y1 = ResolveBorder(iy + 1, g.h, border);
         const T* t00 = (x0 < 0 || y0 < 0) ? nullptr : src + (y0 * g.w + x0) * cn;
         const T* t01 = (x1 < 0 || y0 < 0) ? nullptr : src + (y0 * g.w + x1) * cn;
         const T* t10 = (x0 < 0 || y1 < 0) ? nullptr : src + (y1 * g.w + x0) * cn;
@@ -294,7 +190,7 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
           const Acc v01 = t01 ? P::Load(t01[c], table) : f;
           const Acc v10 = t10 ? P::Load(t10[c], table) : f;
           const Acc v11 = t11 ? P::Load(t11[c], table) : f;
-          out[c] = P::Store(v00 * w00 + v01 * w01 + v10 * w10 + v11 * w11);
+          out[c] = P::Store(BlendTaps(v00, v01, v10, v11, wt));
         }
       }
     }
@@ -327,13 +223,13 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
         const double sx = sxs[j];
         const double sy = sys[j];
         const T* p = nullptr;
-        if (std::fabs(sx) < kFar && std::fabs(sy) < kFar) {
-          int64_t ix = FloorToInt(sx + 0.5);
-          int64_t iy = FloorToInt(sy + 0.5);
+        if (!IsFarPosition(sx, sy)) {
+          int64_t ix = NearestIndex(sx);
+          int64_t iy = NearestIndex(sy);
           if (static_cast<uint64_t>(ix) >= static_cast<uint64_t>(g.w) ||
               static_cast<uint64_t>(iy) >= static_cast<uint64_t>(g.h)) {
-            ix = Resolve(ix, g.w, border);
-            iy = Resolve(iy, g.h, border);
+            ix = ResolveBorder(ix, g.w, border);
+            iy = ResolveBorder(iy, g.h, border);
           }
           if (ix >= 0 && iy >= 0) p = src + (iy * g.w + ix) * cn;
         }
@@ -353,7 +249,8 @@ void RowsTyped(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y
                const Affine& a, const WarpParams& params, T* rows) {
   const BatchShape& s = src.shape;
   const Geometry g{s.h, s.w, s.c};
-  const T fill = FillAs<T>(params.fill);
+  // `fill` converted as kCast converts (elementwise.h).
+  const T fill = FromDouble<T>(CastDouble(params.fill, DTypeOf<T>::kValue));
   const T* in = src.as<T>() + n * s.sample_elements();
   // Source positions of one row; reused by this thread's later bands.
   thread_local std::vector<double> positions;
@@ -382,33 +279,20 @@ void RowsChannels(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_
   }
 }
 
-std::string ShapeString(const BatchShape& s) {
-  return absl::StrCat("(", s.n, ", ", s.h, ", ", s.w, ", ", s.c, ")");
-}
-
 }  // namespace
 
-absl::Status ValidateWarpSource(const ConstTensorView& src, absl::Span<const Affine> inverse,
-                                const WarpParams& params) {
-  const BatchShape& s = src.shape;
-  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("warp: src shape ", ShapeString(s), "; expected every dimension >= 1"));
-  }
-  if (src.data == nullptr) {
-    return absl::InvalidArgumentError("warp: null data pointer; expected src and dst memory");
-  }
-  if (inverse.size() != 1 && static_cast<int64_t>(inverse.size()) != s.n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "warp: ", inverse.size(), " affine maps; expected 1 or ", s.n, " (one per sample)"));
-  }
+absl::Status CheckWarpSource(absl::string_view function, const ConstTensorView& src,
+                             absl::Span<const Affine> inverse, const WarpParams& params) {
+  TP_RETURN_IF_ERROR(CheckSourceView(function, src));
+  TP_RETURN_IF_ERROR(CheckPerSampleCount(function, "affine maps", inverse.size(), src.shape.n));
   if (params.interp != Interp::kNearest && params.interp != Interp::kBilinear) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "warp: interpolation ", static_cast<int>(params.interp), "; expected nearest or bilinear"));
+    return PreconditionError(function, absl::StrCat("interpolation ",
+                                                    static_cast<int>(params.interp),
+                                                    "; expected nearest or bilinear"));
   }
   if (static_cast<int>(params.border) > static_cast<int>(Border::kWrap)) {
-    return absl::InvalidArgumentError(absl::StrCat("warp: border ", static_cast<int>(params.border),
-                                                   "; expected one of Border's values"));
+    return PreconditionError(function, absl::StrCat("border ", static_cast<int>(params.border),
+                                                    "; expected one of Border's values"));
   }
   return absl::OkStatus();
 }
@@ -430,29 +314,10 @@ void WarpAffineRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, i
 absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
                            absl::Span<const Affine> inverse, const WarpParams& params,
                            ThreadPool* pool) {
+  constexpr char kFn[] = "WarpAffineCpu";
+  TP_RETURN_IF_ERROR(CheckWarpSource(kFn, src, inverse, params));
+  TP_RETURN_IF_ERROR(CheckDestinationView(kFn, src, dst, src.dtype, Aliasing::kDistinct));
   const BatchShape& s = src.shape;
-  if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("warp: src shape ", ShapeString(s), "; expected every dimension >= 1"));
-  }
-  if (!(dst.shape == s)) {
-    return absl::InvalidArgumentError(absl::StrCat("warp: dst shape ", ShapeString(dst.shape),
-                                                   "; expected src shape ", ShapeString(s)));
-  }
-  if (dst.dtype != src.dtype) {
-    return absl::InvalidArgumentError(absl::StrCat("warp: dst dtype ", DTypeName(dst.dtype),
-                                                   "; expected src dtype ", DTypeName(src.dtype)));
-  }
-  if (src.data == nullptr || dst.data == nullptr) {
-    return absl::InvalidArgumentError("warp: null data pointer; expected src and dst memory");
-  }
-  const absl::Status valid = ValidateWarpSource(src, inverse, params);
-  if (!valid.ok()) return valid;
-  const auto* s0 = static_cast<const unsigned char*>(src.data);
-  const auto* d0 = static_cast<const unsigned char*>(dst.data);
-  if (s0 < d0 + dst.bytes() && d0 < s0 + src.bytes()) {
-    return absl::InvalidArgumentError("warp: src and dst overlap; expected distinct memory");
-  }
   // (sample, row band) tasks; a small image is one task and runs on the calling thread.
   const int64_t band_rows = std::max<int64_t>(1, (kMinTaskPixels + s.w - 1) / s.w);
   const int64_t bands = (s.h + band_rows - 1) / band_rows;

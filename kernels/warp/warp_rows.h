@@ -13,15 +13,10 @@
 
 namespace tensorprep::kernels {
 
-// The checks WarpAffineCpu makes on everything but its destination: src shape and data,
-// `inverse` count (1 or src.shape.n), params. INVALID_ARGUMENT otherwise.
-absl::Status ValidateWarpSource(const ConstTensorView& src, absl::Span<const Affine> inverse,
-                                const WarpParams& params);
-
 // Writes output rows [y_begin, y_end) of sample `n` of WarpAffineCpu(src, ..., inverse, params)
 // to `rows`: (y_end - y_begin) rows of src.shape.w * src.shape.c elements of src.dtype, packed,
 // aligned to the dtype, not overlapping src. `inverse` is sample n's map. Runs on the calling
-// thread. Preconditions (unchecked): ValidateWarpSource passed, 0 <= n < src.shape.n,
+// thread. Preconditions (unchecked): CheckWarpSource (warp.h) passed, 0 <= n < src.shape.n,
 // 0 <= y_begin < y_end <= src.shape.h. Thread-safe for distinct `rows`.
 void WarpAffineRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
                        const Affine& inverse, const WarpParams& params, void* rows);

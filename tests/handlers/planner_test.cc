@@ -3,6 +3,7 @@
 // rounding for bilinear).
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "handlers/backend.h"
 #include "handlers/op_registry.h"
 #include "handlers/processor.h"
+#include "kernels/elementwise/elementwise.h"
 #include "kernels/reference/reference.h"
 #include "tests/handlers/request_util.h"
 #include "tests/kernels/test_util.h"
@@ -137,6 +139,92 @@ TEST_P(FusionEquivalenceTest, FusedEqualsUnfusedOnRandomPipelines) {
 
 INSTANTIATE_TEST_SUITE_P(Sampling, FusionEquivalenceTest, ::testing::Values(true, false),
                          [](const auto& info) { return info.param ? "Nearest" : "Bilinear"; });
+
+// The registry words the kernels' operand rules (kernels::CheckOperand) for the client, naming
+// the field: one case per rule.
+TEST(PlannerTest, OperandRulesAreInvalidArgumentNamingTheField) {
+  struct Case {
+    DType dtype;
+    std::vector<double> value;
+    bool divide;
+    std::string message;
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (const Case& c : {
+           Case{DType::kFloat32, {1, 2}, false,
+                "pipeline.ops[0].add.value: expected 1 value or 3 (one per channel), got 2"},
+           Case{DType::kUInt8, {1, nan, 2}, false,
+                "pipeline.ops[0].add.value[1]: expected a finite number, got nan"},
+           Case{DType::kInt32, {0}, true,
+                "pipeline.ops[0].divide.value[0]: expected a non-zero value, got 0"},
+           Case{DType::kFloat16, {1, 1, 1e39}, false,
+                "pipeline.ops[0].add.value[2]: expected a value finite in float32 (the batch is "
+                "float16), got 1e+39"},
+           Case{DType::kFloat32, {1e-60}, true,
+                "pipeline.ops[0].divide.value[0]: expected a value non-zero in float32 (the "
+                "batch is float32), got 1e-60"},
+       }) {
+    v1::Pipeline p;
+    auto* op = c.divide ? p.add_ops()->mutable_divide() : p.add_ops()->mutable_add();
+    for (double v : c.value) op->add_value(v);
+    auto plan = BuildPlan(p, State({1, 2, 2, 3}, c.dtype), 0, 0, {}, PlanOptions{});
+    ASSERT_FALSE(plan.ok()) << c.message;
+    EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(plan.status().message(), c.message);
+  }
+}
+
+// The level split (kernels/common/checks.h): every element-wise chain the registry accepts meets
+// the kernels' preconditions, so a kernel's INTERNAL can only mean a bug, never a bad request.
+TEST(PlannerTest, AcceptedChainsMeetTheKernelsPreconditions) {
+  const double candidates[] = {0,    1,    -2.5, 1e-60, 1e39, 65504,
+                               1e300, std::numeric_limits<double>::quiet_NaN(),
+                               std::numeric_limits<double>::infinity()};
+  int accepted = 0;
+  for (DType dtype : {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16}) {
+    for (int kind = 0; kind < 5; ++kind) {
+      for (double a : candidates) {
+        for (double b : candidates) {
+          v1::Pipeline p;
+          v1::Op* op = p.add_ops();
+          switch (kind) {
+            case 0:
+              op->mutable_add()->add_value(a);
+              break;
+            case 1:
+              op->mutable_divide()->add_value(a);
+              op->mutable_divide()->add_value(b);
+              op->mutable_divide()->add_value(a);
+              break;
+            case 2:
+              op->mutable_normalize()->add_mean(a);
+              op->mutable_normalize()->add_std(b);
+              break;
+            case 3:
+              op->mutable_clamp()->set_min(a);
+              op->mutable_clamp()->set_max(b);
+              break;
+            default:
+              op->mutable_cast()->set_dtype(v1::DTYPE_FLOAT16);
+              p.add_ops()->mutable_multiply()->add_value(a);
+              break;
+          }
+          auto plan = BuildPlan(p, State({1, 2, 2, 3}, dtype), 0, 0, {}, PlanOptions{});
+          if (!plan.ok()) continue;
+          ++accepted;
+          DType t = dtype;
+          for (const Step& step : plan->steps) {
+            const absl::Status st = kernels::CheckElementwiseChain("test", t, 3, step.chain);
+            EXPECT_TRUE(st.ok()) << st << " (dtype " << kernels::DTypeName(dtype) << ", op "
+                                 << kind << ", " << a << ", " << b << ")";
+            t = kernels::ElementwiseOutputDType(t, step.chain);
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(accepted, 100);
+}
 
 TEST(CodecTest, MisalignedWireBytesAreCopiedIntoAlignedMemory) {
   // Strings of under 16 bytes live inside the std::string object; make one start off a 4-byte
