@@ -3,6 +3,15 @@
 // in microseconds). Beyond the sanitizers' checks it asserts the contract: a refusal carries one
 // of the documented codes and a message, and an accepted request produces outputs of exactly
 // the size its shape and dtype promise. See docs/reliability.md for how to run it.
+//
+// Shared memory is in play too: the environment registers one 1 MiB region, and every reference
+// whose region is "fuzz" is pointed at its real handle before validation (handles are random,
+// so the fuzzer could never guess one), so offsets, sizes, alignment and overlaps of inputs and
+// outputs in shared memory are fuzzed like any other field.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -12,6 +21,7 @@
 
 #include "handlers/backend.h"
 #include "handlers/processor.h"
+#include "handlers/shm_regions.h"
 #include "kernels/common/tensor.h"
 #include "kernels/common/thread_pool.h"
 #include "tensorprep/v1/tensorprep.pb.h"
@@ -28,10 +38,28 @@ using tensorprep::handlers::ProcessorOptions;
   std::abort();
 }
 
+constexpr uint64_t kRegionBytes = 1 << 20;
+
 struct Env {
-  Env() : pool(2), cpu(&pool), processor(Options(), &cpu, nullptr) {
+  Env() : pool(2), cpu(&pool), shm(ShmOptions()), processor(Options(), &cpu, nullptr, &shm) {
     // Invalid UTF-8 in string fields is logged by protobuf on every such input; not a finding.
     google::protobuf::SetLogHandler(nullptr);
+    const std::string key = "/tensorprep-fuzz-" + std::to_string(getpid());
+    const int fd = shm_open(key.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 || ftruncate(fd, kRegionBytes) != 0) Fail("fuzz set-up", "shm object");
+    close(fd);
+    pb::RegisterSharedMemoryRequest r;
+    r.set_key(key);
+    r.set_byte_size(kRegionBytes);
+    auto h = shm.Register(r, "fuzzer");
+    shm_unlink(key.c_str());  // the registry keeps its mapping
+    if (!h.ok()) Fail("fuzz set-up", h.status().ToString());
+    handle = *h;
+  }
+  static tensorprep::handlers::ShmOptions ShmOptions() {
+    tensorprep::handlers::ShmOptions o;
+    o.key_prefix = "/tensorprep-fuzz-";
+    return o;
   }
   static ProcessorOptions Options() {
     ProcessorOptions o;
@@ -40,8 +68,14 @@ struct Env {
   }
   tensorprep::kernels::ThreadPool pool;
   CpuBackend cpu;
+  tensorprep::handlers::SharedMemoryRegions shm;
   Processor processor;
+  std::string handle;
 };
+
+void PointAtRegion(pb::SharedMemoryRef* ref, const std::string& handle) {
+  if (ref->region() == "fuzz") ref->set_region(handle);
+}
 
 uint64_t ExpectedBytes(const pb::Tensor& t) {
   uint64_t n = 1;
@@ -59,17 +93,30 @@ uint64_t ExpectedBytes(const pb::Tensor& t) {
   }
 }
 
+// Bytes of an output tensor: in data, or in shared memory (then its reference must hold them).
+uint64_t OutputBytes(const pb::Tensor& t) {
+  if (!t.has_shm()) return t.data().size();
+  if (!t.data().empty() || t.shm().byte_size() < ExpectedBytes(t)) Fail("shm output", "size");
+  return ExpectedBytes(t);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Env* env = new Env();  // lives for the whole run
   pb::ProcessRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
+  if (request.images().has_shm()) PointAtRegion(request.mutable_images()->mutable_shm(), env->handle);
+  if (request.has_images_output()) PointAtRegion(request.mutable_images_output(), env->handle);
+  for (pb::AuxTensor& a : *request.mutable_aux()) {
+    if (a.tensor().has_shm()) PointAtRegion(a.mutable_tensor()->mutable_shm(), env->handle);
+    if (a.has_output()) PointAtRegion(a.mutable_output(), env->handle);
+  }
   auto prepared = env->processor.Prepare(request);
   if (!prepared.ok()) {
     const absl::StatusCode c = prepared.status().code();
     if (c != absl::StatusCode::kInvalidArgument && c != absl::StatusCode::kResourceExhausted &&
-        c != absl::StatusCode::kFailedPrecondition) {
+        c != absl::StatusCode::kFailedPrecondition && c != absl::StatusCode::kNotFound) {
       Fail("refusal code", prepared.status().ToString());
     }
     if (prepared.status().message().empty()) Fail("refusal message", "empty");
@@ -84,14 +131,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int i = 0; i < 3; ++i) {
     if (response.images().shape(i) != request.images().shape(i)) Fail("output shape", "N/H/W");
   }
-  if (response.images().data().size() != ExpectedBytes(response.images())) {
+  if (OutputBytes(response.images()) != ExpectedBytes(response.images())) {
     Fail("output bytes", std::to_string(response.images().data().size()));
   }
   if (response.aux_size() != request.aux_size()) Fail("aux count", "");
   for (int j = 0; j < response.aux_size(); ++j) {
     const pb::Tensor& out = response.aux(j).tensor();
     if (out.dtype() != request.aux(j).tensor().dtype() ||
-        out.data().size() != request.aux(j).tensor().data().size()) {
+        OutputBytes(out) != ExpectedBytes(request.aux(j).tensor())) {
       Fail("aux output", response.aux(j).name());
     }
   }

@@ -23,7 +23,9 @@ GRPC_CODES = {
     "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
 }
 # The closed label names of the server's families (docs/metrics.md); `le` is the bucket bound.
-SERVER_LABELS = {"rpc", "code", "stage", "device", "op", "version", "le"}
+SERVER_LABELS = {"rpc", "code", "stage", "device", "op", "version", "le", "transport",
+                 "direction"}
+TRANSPORTS = {"inline", "shm", "mixed"}
 STAGES = ("decode", "queue", "kernel", "encode")
 
 # Grafana's $__rate_interval, replaced for the test: longer than the whole test, so every window
@@ -77,6 +79,10 @@ def test_series_are_created_up_front_and_never_carry_request_data(stack, traffic
         assert set(labels) <= SERVER_LABELS, series
         if "code" in labels:
             assert labels["code"] in GRPC_CODES, series
+        if "transport" in labels:
+            assert labels["transport"] in TRANSPORTS, series
+        if "direction" in labels:
+            assert labels["direction"] in ("in", "out"), series
         for value in labels.values():
             assert "127.0.0.1" not in value and "[" not in value, series
 
