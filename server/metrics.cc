@@ -113,6 +113,32 @@ Metrics::Metrics(prometheus::Registry& registry, const std::vector<std::string>&
     }
   }
 
+  // Every accepted request ends in exactly one of answered or cancelled (docs/reliability.md),
+  // so accepted - answered - cancelled is what is still in progress, and 0 when idle.
+  auto& accepted = prometheus::BuildCounter()
+                       .Name("tensorprep_requests_accepted_total")
+                       .Help(
+                           "Requests that reached the service, by RPC: unary calls, stream "
+                           "messages (valid or not), refused calls.")
+                       .Register(registry);
+  auto& answered = prometheus::BuildCounter()
+                       .Name("tensorprep_requests_answered_total")
+                       .Help(
+                           "Accepted requests whose response or error was handed to gRPC for a "
+                           "caller that was still there, by RPC.")
+                       .Register(registry);
+  auto& cancelled = prometheus::BuildCounter()
+                        .Name("tensorprep_requests_cancelled_total")
+                        .Help(
+                            "Accepted requests dropped because the caller cancelled, its "
+                            "deadline passed or it could no longer be written to, by RPC.")
+                        .Register(registry);
+  for (int r = 0; r < kRpcCount; ++r) {
+    accepted_[r] = &accepted.Add({{"rpc", kRpcNames[r]}});
+    answered_[r] = &answered.Add({{"rpc", kRpcNames[r]}});
+    cancelled_[r] = &cancelled.Add({{"rpc", kRpcNames[r]}});
+  }
+
   auto& stage_duration =
       prometheus::BuildHistogram()
           .Name("tensorprep_stage_duration_seconds")
@@ -226,6 +252,21 @@ void Metrics::RequestFinished(Rpc rpc, int grpc_code, double seconds) {
   in_flight_[Index(rpc)]->Decrement();
   request_duration_[Index(rpc)][code]->Observe(Sanitize(seconds));
   requests_[Index(rpc)][code]->Increment();
+}
+
+void Metrics::CountAccepted(Rpc rpc) {
+  if (!InRange(Index(rpc), kRpcCount)) return;
+  accepted_[Index(rpc)]->Increment();
+}
+
+void Metrics::CountAnswered(Rpc rpc, uint64_t n) {
+  if (!InRange(Index(rpc), kRpcCount) || n == 0) return;
+  answered_[Index(rpc)]->Increment(static_cast<double>(n));
+}
+
+void Metrics::CountCancelled(Rpc rpc, uint64_t n) {
+  if (!InRange(Index(rpc), kRpcCount) || n == 0) return;
+  cancelled_[Index(rpc)]->Increment(static_cast<double>(n));
 }
 
 void Metrics::ObserveStage(Stage stage, MetricDevice device, double seconds) {

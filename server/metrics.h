@@ -69,6 +69,14 @@ class Metrics {
   // observes `seconds`; tensorprep_requests_total{rpc,code} += 1. Failed requests land here too.
   // A code outside 0..16 counts as UNKNOWN.
   void RequestFinished(Rpc rpc, int grpc_code, double seconds);
+  // The outcome accounting (docs/reliability.md): tensorprep_requests_accepted_total{rpc} += 1
+  // when a request reaches the service; then exactly once per request either
+  // tensorprep_requests_answered_total{rpc} (its response or error was handed to gRPC for a
+  // caller still there) or tensorprep_requests_cancelled_total{rpc} (dropped: the caller
+  // cancelled, its deadline passed or it could no longer be written to) += n.
+  void CountAccepted(Rpc rpc);
+  void CountAnswered(Rpc rpc, uint64_t n = 1);
+  void CountCancelled(Rpc rpc, uint64_t n = 1);
   // tensorprep_stage_duration_seconds{stage,device}.
   void ObserveStage(Stage stage, MetricDevice device, double seconds);
   // tensorprep_kernel_duration_seconds{op,device}; `kernel_index` indexes the constructor's
@@ -97,6 +105,9 @@ class Metrics {
   std::array<prometheus::Gauge*, kRpcCount> in_flight_{};
   std::array<std::array<prometheus::Histogram*, kCodeCount>, kRpcCount> request_duration_{};
   std::array<std::array<prometheus::Counter*, kCodeCount>, kRpcCount> requests_{};
+  std::array<prometheus::Counter*, kRpcCount> accepted_{};
+  std::array<prometheus::Counter*, kRpcCount> answered_{};
+  std::array<prometheus::Counter*, kRpcCount> cancelled_{};
   std::array<std::array<prometheus::Histogram*, kDeviceCount>, kStageCount> stage_duration_{};
   std::vector<std::array<prometheus::Histogram*, kDeviceCount>> kernel_duration_;
   prometheus::Counter* received_bytes_ = nullptr;

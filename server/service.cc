@@ -10,9 +10,11 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include "absl/strings/str_cat.h"
+#include "handlers/error_text.h"
 #include "kernels/common/tensor.h"
 #include "server/security.h"
 #include "server/status_util.h"
+#include "server/stream_state.h"
 
 namespace tensorprep::server {
 
@@ -33,7 +35,7 @@ int CodeOf(const absl::Status& s) { return static_cast<int>(ToGrpcStatus(s).erro
 // Same prefix as the processor's errors, so a client can tell which request of many failed.
 absl::Status WithRequestId(const absl::Status& s, const std::string& id) {
   if (s.ok() || id.empty()) return s;
-  return absl::Status(s.code(), absl::StrCat("request '", id, "': ", s.message()));
+  return absl::Status(s.code(), absl::StrCat(handlers::RequestIdPrefix(id), s.message()));
 }
 
 }  // namespace
@@ -75,7 +77,8 @@ PreprocessorService::PreprocessorService(const handlers::Processor& processor, W
       queue_(queue),
       metrics_(metrics),
       options_(std::move(options)),
-      admission_(options_.admission) {}
+      admission_(options_.admission),
+      prepare_queue_(std::max(1, options_.prepare_threads)) {}
 
 uint64_t PreprocessorService::InFlightBytes(const pb::ProcessRequest& request,
                                             const handlers::PreparedRequest& prepared) {
@@ -136,51 +139,108 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
   return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* PreprocessorService::Process(grpc::CallbackServerContext* ctx,
-                                                       const grpc::ByteBuffer* request_bytes,
-                                                       grpc::ByteBuffer* response_bytes) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  const Clock::time_point arrival = Clock::now();
-  metrics_.RequestStarted(Rpc::kProcess);
-  CountAccepted();
-  auto fail = [&](const absl::Status& s) {
-    metrics_.RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(arrival));
-    reactor->Finish(ToGrpcStatus(s));
-    CountAnswered();
-    return reactor;
-  };
-  absl::Status auth = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
-  if (!auth.ok()) return fail(auth);
+void PreprocessorService::CountAccepted(Rpc rpc) {
+  accepted_.fetch_add(1);
+  metrics_.CountAccepted(rpc);
+}
+
+void PreprocessorService::CountAnswered(Rpc rpc, uint64_t n) {
+  answered_.fetch_add(n);
+  metrics_.CountAnswered(rpc, n);
+}
+
+void PreprocessorService::CountCancelled(Rpc rpc, uint64_t n) {
+  cancelled_.fetch_add(n);
+  metrics_.CountCancelled(rpc, n);
+}
+
+namespace {
+
+// True for the statuses RunJob gives work it dropped because its caller was gone or late.
+bool IsDropped(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kCancelled ||
+         s.code() == absl::StatusCode::kDeadlineExceeded;
+}
+
+// Ends a unary call: metrics, the outcome count (before Finish, so that a count read once the
+// server has stopped includes it), then the status. Exactly once per call.
+void FinishUnary(PreprocessorService* service, grpc::CallbackServerContext* ctx,
+                 grpc::ServerUnaryReactor* reactor, const absl::Status& s,
+                 Clock::time_point arrival) {
+  service->metrics().RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(arrival));
+  if (IsDropped(s) || ctx->IsCancelled()) {
+    service->CountCancelled(Rpc::kProcess);
+  } else {
+    service->CountAnswered(Rpc::kProcess);
+  }
+  reactor->Finish(ToGrpcStatus(s));
+}
+
+// Parses, validates and admits one unary request on a prepare thread, then queues it. gRPC
+// keeps ctx, the request and response buffers alive until Finish.
+void PrepareUnary(PreprocessorService* service, grpc::CallbackServerContext* ctx,
+                  grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* request_bytes,
+                  grpc::ByteBuffer* response_bytes, Clock::time_point arrival) {
+  if (ctx->IsCancelled()) {
+    return FinishUnary(service, ctx, reactor,
+                       absl::CancelledError("the client cancelled the call before it was read"),
+                       arrival);
+  }
   auto call = std::make_unique<UnaryCall>();
-  // gRPC allocated the buffer non-const and destroys it only after Finish; parsing empties it,
-  // so that the wire bytes are freed now, as gRPC's own decoder would, not after the response.
+  // Parsing empties the buffer, so that the wire bytes are freed now, as gRPC's own decoder
+  // would, not after the response.
   absl::Status parsed =
-      ParseRequest(const_cast<grpc::ByteBuffer*>(request_bytes), "the request", &call->request);
-  if (!parsed.ok()) return fail(parsed);
+      PreprocessorService::ParseRequest(request_bytes, "the request", &call->request);
+  if (!parsed.ok()) return FinishUnary(service, ctx, reactor, parsed, arrival);
   const pb::ProcessRequest& request = call->request;
-  auto prepared = processor_.Prepare(request);
-  if (!prepared.ok()) return fail(prepared.status());
-  auto ticket = admission_.Acquire(InFlightBytes(request, **prepared));
-  if (!ticket.ok()) return fail(WithRequestId(ticket.status(), request.request_id()));
-  call->job = std::make_unique<Job>();
-  Job& job = *call->job;
+  auto prepared = service->processor().Prepare(request);
+  if (!prepared.ok()) return FinishUnary(service, ctx, reactor, prepared.status(), arrival);
+  auto ticket =
+      service->admission().Acquire(PreprocessorService::InFlightBytes(request, **prepared));
+  if (!ticket.ok()) {
+    return FinishUnary(service, ctx, reactor, WithRequestId(ticket.status(), request.request_id()),
+                       arrival);
+  }
+  call->job = std::make_unique<PreprocessorService::Job>();
+  PreprocessorService::Job& job = *call->job;
   job.request = &request;
   job.prepared = std::move(*prepared);
   job.arrival = arrival;
   job.enqueued = Clock::now();
   job.deadline = ctx->deadline();
   job.ticket = std::move(*ticket);
-  metrics_.AddQueued(1);
-  // gRPC keeps ctx and response_bytes alive until Finish.
-  queue_.Submit([this, ctx, reactor, response_bytes, call = std::move(call)]() mutable {
-    metrics_.AddQueued(-1);
-    ResultBuffer result;
-    absl::Status s = RunJob(*call->job, &call->response, &result, ctx->IsCancelled());
-    if (s.ok()) s = SerializeResponse(call->response, std::move(result), response_bytes);
-    metrics_.RequestFinished(Rpc::kProcess, CodeOf(s), SecondsSince(call->job->arrival));
-    call.reset();  // gives the reservation back before the response leaves
-    reactor->Finish(ToGrpcStatus(s));
-    CountAnswered();
+  service->metrics().AddQueued(1);
+  service->queue().Submit(
+      [service, ctx, reactor, response_bytes, arrival, call = std::move(call)]() mutable {
+        service->metrics().AddQueued(-1);
+        ResultBuffer result;
+        absl::Status s =
+            service->RunJob(*call->job, &call->response, &result, ctx->IsCancelled());
+        if (s.ok()) s = SerializeResponse(call->response, std::move(result), response_bytes);
+        call.reset();  // gives the reservation back before the response leaves
+        FinishUnary(service, ctx, reactor, s, arrival);
+      });
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* PreprocessorService::Process(grpc::CallbackServerContext* ctx,
+                                                       const grpc::ByteBuffer* request_bytes,
+                                                       grpc::ByteBuffer* response_bytes) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const Clock::time_point arrival = Clock::now();
+  metrics_.RequestStarted(Rpc::kProcess);
+  CountAccepted(Rpc::kProcess);
+  absl::Status auth = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
+  if (!auth.ok()) {
+    FinishUnary(this, ctx, reactor, auth, arrival);
+    return reactor;
+  }
+  // Parsing and validation take time that grows with the message: not on this reaction thread.
+  // gRPC allocated the request buffer non-const and destroys it only after Finish.
+  prepare_queue_.Submit([this, ctx, reactor, request_bytes, response_bytes, arrival] {
+    PrepareUnary(this, ctx, reactor, const_cast<grpc::ByteBuffer*>(request_bytes),
+                 response_bytes, arrival);
   });
   return reactor;
 }
@@ -207,78 +267,92 @@ grpc::ServerUnaryReactor* PreprocessorService::ListOps(grpc::CallbackServerConte
 
 namespace {
 
-// One bidirectional stream. Reads one request at a time; each request is prepared on the
-// reaction thread (cheap checks) and run on the WorkQueue; finished responses are written one at
-// a time in completion order. Reading pauses while `stream_max_inflight` requests or
-// `stream_max_bytes` bytes are unsettled (running or waiting to be written), which is what gives
-// the client backpressure: a slow reader slows its own stream and holds a bounded amount.
-// A message that is not a ProcessRequest ends the stream: nothing more is read, the requests
-// before it are answered, and the stream finishes with INVALID_ARGUMENT naming the message.
+// One bidirectional stream: wires gRPC's events to a StreamState, which holds every rule of
+// its flow control, and carries out the actions it returns. A message is counted in flight the
+// moment its read completes; it is parsed and prepared on the service's prepare threads (work
+// that grows with the message stays off gRPC's reaction thread), run on the WorkQueue, and its
+// response is written in completion order, one write at a time. The next message is read once
+// the previous one is parsed and while the window (`stream_max_inflight` requests,
+// `stream_max_bytes` bytes unsettled) has room: a slow reader slows its own stream and holds a
+// bounded amount. A message that is not a ProcessRequest ends the stream: nothing more is read,
+// the requests before it are answered, and the stream finishes with INVALID_ARGUMENT naming it.
+//
+// Lifetime: gRPC deletes nothing; OnDone deletes this. Every task that refers to `this` holds
+// a request counted in flight, and StreamState hands out Finish only when none is, so OnDone
+// cannot come while such a task exists.
 class StreamReactor final : public RawBidiReactor {
  public:
   StreamReactor(PreprocessorService* service, grpc::CallbackServerContext* ctx)
       : service_(service),
         ctx_(ctx),
-        max_inflight_(std::max(1, service->options().stream_max_inflight)),
-        max_bytes_(std::max<uint64_t>(1, service->options().stream_max_bytes)) {
+        max_bytes_(std::max<uint64_t>(1, service->options().stream_max_bytes)),
+        state_(StreamLimits{service->options().stream_max_inflight, max_bytes_}) {
     service_->metrics().AddOpenStreams(1);
     absl::Status auth = CheckBearerToken(ctx->client_metadata(), service->options().auth_token);
     if (!auth.ok()) {
-      // Refused before anything is read; OnDone still comes and deletes this.
+      // Refused before anything is read: one request, answered with the refusal. OnDone still
+      // comes and deletes this.
       service_->metrics().RequestStarted(Rpc::kProcessStream);
+      service_->CountAccepted(Rpc::kProcessStream);
       service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(auth), 0);
-      finished_ = true;
-      Finish(ToGrpcStatus(auth));
+      service_->CountAnswered(Rpc::kProcessStream);
+      Apply(state_.Refuse(auth));
       return;
     }
-    ReadNext();
+    Apply(state_.Start());
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      bool finish;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        reads_done_ = true;
-        finish = ShouldFinishLocked();
-      }
-      if (finish) DoFinish();
+      Apply(state_.ReadsDone());
       return;
     }
+    // Counted in flight before anything else, so that nothing can finish the call under it.
+    std::unique_ptr<grpc::ByteBuffer> message = std::move(next_);
+    const uint64_t wire_bytes = message->Length();
+    const StreamState::Arrival arrival_state = state_.MessageArrived(wire_bytes);
+    if (!arrival_state.accepted) return;  // the stream is ending: discarded unread
     const Clock::time_point arrival = Clock::now();
     service_->metrics().RequestStarted(Rpc::kProcessStream);
+    service_->CountAccepted(Rpc::kProcessStream);
+    service_->prepare_queue().Submit(
+        [this, message = std::move(message), index = arrival_state.index, wire_bytes,
+         arrival]() mutable { Prepare(std::move(message), index, wire_bytes, arrival); });
+  }
+
+  void OnWriteDone(bool ok) override { Apply(state_.WriteDone(ok)); }
+
+  void OnCancel() override { Apply(state_.Cancelled()); }
+
+  void OnDone() override {
+    service_->metrics().AddOpenStreams(-1);
+    delete this;
+  }
+
+ private:
+  struct Pending final : StreamState::Outgoing {
+    std::unique_ptr<grpc::ByteBuffer> wire;  // the serialised response
+    AdmissionTicket ticket;  // its server-wide reservation (empty for refused requests)
+  };
+
+  // On a prepare thread: parse, validate, admit, queue. The message is in flight throughout.
+  void Prepare(std::unique_ptr<grpc::ByteBuffer> message, uint64_t index, uint64_t wire_bytes,
+               Clock::time_point arrival) {
     auto request = std::make_unique<pb::ProcessRequest>();
-    ++messages_read_;
     const absl::Status parsed = PreprocessorService::ParseRequest(
-        next_.get(), absl::StrCat("message ", messages_read_, " of this stream"), request.get());
-    next_.reset();
+        message.get(), absl::StrCat("message ", index, " of this stream"), request.get());
+    message.reset();
     if (!parsed.ok()) {
       service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(parsed),
                                           SecondsSince(arrival));
-      bool finish;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        stream_error_ = parsed;
-        reads_done_ = true;  // read nothing after it: its request id is unknown
-        finish = ShouldFinishLocked();
-      }
-      if (finish) DoFinish();
+      Apply(state_.MessageInvalid(wire_bytes, parsed));
       return;
     }
-    service_->CountAccepted();
     auto prepared = service_->processor().Prepare(*request);
     const uint64_t bytes = prepared.ok()
                                ? PreprocessorService::InFlightBytes(*request, **prepared)
                                : request->ByteSizeLong();
-    bool read_more;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++in_flight_;
-      in_flight_bytes_ += bytes;
-      read_more = in_flight_ < max_inflight_ && in_flight_bytes_ < max_bytes_ && !cancelled_;
-      if (!read_more) read_paused_ = true;
-    }
-    if (read_more) ReadNext();
+    Apply(state_.MessagePrepared(wire_bytes, bytes));  // may start the next read
     if (!prepared.ok()) {
       Fail(*request, prepared.status(), arrival, bytes);
       return;
@@ -310,14 +384,10 @@ class StreamReactor final : public RawBidiReactor {
     service_->queue().Submit([this, arrival, bytes, request = std::move(request),
                               job = std::move(job)]() mutable {
       service_->metrics().AddQueued(-1);
-      bool cancelled;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        cancelled = cancelled_ || write_failed_;
-      }
       auto response = std::make_unique<pb::ProcessResponse>();
       ResultBuffer result;
-      const absl::Status s = service_->RunJob(*job, response.get(), &result, cancelled);
+      const absl::Status s =
+          service_->RunJob(*job, response.get(), &result, state_.ShouldDrop());
       if (!s.ok()) {
         SetError(*request, s, response.get());
         result = ResultBuffer();
@@ -330,64 +400,6 @@ class StreamReactor final : public RawBidiReactor {
     });
   }
 
-  void OnWriteDone(bool ok) override {
-    const grpc::ByteBuffer* next_write = nullptr;
-    bool resume = false;
-    bool finish = false;
-    std::deque<Pending> dropped;  // freed outside the lock
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      dropped.push_back(std::move(writes_.front()));
-      writes_.pop_front();
-      --in_flight_;
-      in_flight_bytes_ -= dropped.back().bytes;
-      if (ok) {
-        service_->CountAnswered();
-      } else {
-        // The client is gone: what is queued for writing can never be delivered.
-        write_failed_ = true;
-        for (Pending& p : writes_) {
-          --in_flight_;
-          in_flight_bytes_ -= p.bytes;
-          dropped.push_back(std::move(p));
-        }
-        writes_.clear();
-      }
-      if (!writes_.empty()) {
-        next_write = writes_.front().response.get();
-      } else {
-        writing_ = false;
-      }
-      resume = MaybeResumeLocked();
-      finish = ShouldFinishLocked();
-    }
-    if (next_write != nullptr) StartWrite(next_write);
-    if (resume) ReadNext();
-    if (finish) DoFinish();
-  }
-
-  void OnCancel() override {
-    bool finish;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancelled_ = true;
-      finish = ShouldFinishLocked();
-    }
-    if (finish) DoFinish();
-  }
-
-  void OnDone() override {
-    service_->metrics().AddOpenStreams(-1);
-    delete this;
-  }
-
- private:
-  struct Pending {
-    std::unique_ptr<grpc::ByteBuffer> response;  // serialised
-    uint64_t bytes = 0;  // this request's share of in_flight_bytes_
-    AdmissionTicket ticket;  // its server-wide reservation (empty for refused requests)
-  };
-
   static void SetError(const pb::ProcessRequest& request, const absl::Status& s,
                        pb::ProcessResponse* response) {
     SetErrorFor(request.request_id(), s, response);
@@ -396,6 +408,8 @@ class StreamReactor final : public RawBidiReactor {
                           pb::ProcessResponse* response) {
     const grpc::Status g = ToGrpcStatus(s);
     response->Clear();
+    // The id goes back whole (it is how the client matches the response); the message quotes
+    // it with a bound.
     response->set_request_id(std::move(request_id));
     response->mutable_error()->set_code(static_cast<int>(g.error_code()));
     response->mutable_error()->set_message(g.error_message());
@@ -409,96 +423,52 @@ class StreamReactor final : public RawBidiReactor {
     Complete(std::move(response), ResultBuffer(), s, arrival, bytes, AdmissionTicket());
   }
 
+  // Hands a settled request's response to the state: written in turn, or dropped if the client
+  // is gone. `result` holds the main result's bytes of a successful response.
+  void Complete(std::unique_ptr<pb::ProcessResponse> response, ResultBuffer result,
+                absl::Status s, Clock::time_point arrival, uint64_t bytes, AdmissionTicket ticket) {
+    auto pending = std::make_unique<Pending>();
+    pending->wire = std::make_unique<grpc::ByteBuffer>();
+    pending->bytes = bytes;
+    pending->ticket = std::move(ticket);
+    const absl::Status serialized =
+        SerializeResponse(*response, std::move(result), pending->wire.get());
+    if (!serialized.ok()) {
+      s = WithRequestId(serialized, response->request_id());
+      SetErrorFor(response->request_id(), s, response.get());
+      SerializeResponse(*response, ResultBuffer(), pending->wire.get()).IgnoreError();  // small
+    }
+    response.reset();
+    service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(s), SecondsSince(arrival));
+    Apply(state_.Completed(std::move(pending)));
+  }
+
   void ReadNext() {
     next_ = std::make_unique<grpc::ByteBuffer>();
     StartRead(next_.get());
   }
 
-  // Hands a settled request's response to the writer (or drops it if the client is gone).
-  // `result` holds the main result's bytes of a successful response.
-  void Complete(std::unique_ptr<pb::ProcessResponse> response, ResultBuffer result,
-                absl::Status s, Clock::time_point arrival, uint64_t bytes, AdmissionTicket ticket) {
-    auto wire = std::make_unique<grpc::ByteBuffer>();
-    const absl::Status serialized = SerializeResponse(*response, std::move(result), wire.get());
-    if (!serialized.ok()) {
-      s = WithRequestId(serialized, response->request_id());
-      SetErrorFor(response->request_id(), s, response.get());
-      SerializeResponse(*response, ResultBuffer(), wire.get()).IgnoreError();  // a few bytes
+  // Carries out what the state asked for, Finish last: after it OnDone may delete this.
+  void Apply(StreamState::Actions a) {
+    if (a.answered > 0) service_->CountAnswered(Rpc::kProcessStream, a.answered);
+    if (a.cancelled > 0) service_->CountCancelled(Rpc::kProcessStream, a.cancelled);
+    a.dropped.clear();  // frees responses and gives their reservations back
+    if (a.start_write != nullptr) StartWrite(static_cast<Pending*>(a.start_write)->wire.get());
+    if (a.start_read) {
+      ReadNext();
+      Apply(state_.ReadStarted());  // may finish; never asks for another read
+      return;
     }
-    response.reset();
-    service_->metrics().RequestFinished(Rpc::kProcessStream, CodeOf(s), SecondsSince(arrival));
-    const grpc::ByteBuffer* to_write = nullptr;
-    bool resume = false;
-    bool finish = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (write_failed_ || cancelled_) {
-        --in_flight_;
-        in_flight_bytes_ -= bytes;
-        resume = MaybeResumeLocked();
-        finish = ShouldFinishLocked();
-      } else {
-        writes_.push_back(Pending{std::move(wire), bytes, std::move(ticket)});
-        if (!writing_) {
-          writing_ = true;
-          to_write = writes_.front().response.get();
-        }
-      }
-    }
-    if (to_write != nullptr) StartWrite(to_write);
-    if (resume) ReadNext();
-    if (finish) DoFinish();
+    if (a.finish) Finish(ToGrpcStatus(a.finish_status));
   }
 
-  bool MaybeResumeLocked() {
-    if (read_paused_ && !reads_done_ && !write_failed_ && !cancelled_ &&
-        in_flight_ < max_inflight_ && in_flight_bytes_ < max_bytes_) {
-      read_paused_ = false;
-      return true;
-    }
-    return false;
-  }
-
-  // True exactly once: when nothing is running or waiting to be written and no more requests
-  // can come (the client closed its side, or can no longer be written to).
-  bool ShouldFinishLocked() {
-    if (finished_ || in_flight_ != 0 || writing_ || !writes_.empty()) return false;
-    if (!(reads_done_ || write_failed_ || (cancelled_ && read_paused_))) return false;
-    finished_ = true;
-    return true;
-  }
-
-  void DoFinish() {
-    grpc::Status status = grpc::Status::OK;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cancelled_) {
-        status = grpc::Status::CANCELLED;
-      } else if (!stream_error_.ok()) {
-        status = ToGrpcStatus(stream_error_);
-      }
-    }
-    Finish(status);
-  }
-
-  PreprocessorService* service_;
-  grpc::CallbackServerContext* ctx_;
-  const int max_inflight_;
+  PreprocessorService* const service_;
+  grpc::CallbackServerContext* const ctx_;
   const uint64_t max_bytes_;
-  std::unique_ptr<grpc::ByteBuffer> next_;  // the buffer of the one outstanding read
-  uint64_t messages_read_ = 0;               // only touched by OnReadDone, one at a time
-
-  std::mutex mu_;
-  int in_flight_ = 0;             // GUARDED_BY(mu_): read and not yet written or dropped
-  uint64_t in_flight_bytes_ = 0;  // GUARDED_BY(mu_): their InFlightBytes
-  std::deque<Pending> writes_;    // GUARDED_BY(mu_)
-  bool writing_ = false;          // GUARDED_BY(mu_): a StartWrite is outstanding
-  bool read_paused_ = false;      // GUARDED_BY(mu_)
-  bool reads_done_ = false;       // GUARDED_BY(mu_)
-  bool write_failed_ = false;     // GUARDED_BY(mu_)
-  bool cancelled_ = false;        // GUARDED_BY(mu_)
-  bool finished_ = false;         // GUARDED_BY(mu_)
-  absl::Status stream_error_;     // GUARDED_BY(mu_): ends the stream once the rest is written
+  // The buffer of the one outstanding read: written by ReadNext, taken by OnReadDone; the state
+  // asks for a read only when none is outstanding.
+  std::unique_ptr<grpc::ByteBuffer> next_;
+  StreamState state_;
 };
 
 }  // namespace

@@ -103,11 +103,17 @@ class PreprocessorService final
   static uint64_t InFlightBytes(const pb::ProcessRequest& request,
                                 const handlers::PreparedRequest& prepared);
 
-  // Request messages that reached a handler (unary calls, stream messages), and of those the
-  // ones whose response was handed over: a unary call finished, a stream response written. The
-  // two are equal once the server is idle; a difference after shutdown is a lost request.
+  // Requests of Process and ProcessStream (docs/reliability.md, "Request accounting"):
+  // accepted = every unary call and every stream message read (valid or not, refused calls
+  // included); each then ends in exactly one of answered (its response or error was handed to
+  // gRPC for a caller still there: a unary call finished, a stream response written) or
+  // cancelled (dropped: the caller cancelled, its deadline passed or it could no longer be
+  // written to). Once the server is idle accepted == answered + cancelled; a difference after
+  // shutdown is a lost request. The same counts are exported as
+  // tensorprep_requests_{accepted,answered,cancelled}_total{rpc}.
   uint64_t accepted() const { return accepted_.load(); }
   uint64_t answered() const { return answered_.load(); }
+  uint64_t cancelled() const { return cancelled_.load(); }
 
   const handlers::Processor& processor() const { return processor_; }
   WorkQueue& queue() { return queue_; }
@@ -115,9 +121,13 @@ class PreprocessorService final
   Admission& admission() { return admission_; }
   const ServiceOptions& options() const { return options_; }
 
-  // Internal, for the stream reactor.
-  void CountAccepted() { accepted_.fetch_add(1); }
-  void CountAnswered() { answered_.fetch_add(1); }
+  // Internal, for the RPC handlers: count in the service's totals and in the metrics. Each
+  // accepted request must be settled exactly once (answered or cancelled).
+  void CountAccepted(Rpc rpc);
+  void CountAnswered(Rpc rpc, uint64_t n = 1);
+  void CountCancelled(Rpc rpc, uint64_t n = 1);
+  // Where request messages are parsed and prepared (see ServiceOptions::prepare_threads).
+  WorkQueue& prepare_queue() { return prepare_queue_; }
 
  private:
   const handlers::Processor& processor_;
@@ -127,6 +137,9 @@ class PreprocessorService final
   Admission admission_;
   std::atomic<uint64_t> accepted_{0};
   std::atomic<uint64_t> answered_{0};
+  std::atomic<uint64_t> cancelled_{0};
+  // Last, so that it is destroyed first: its tasks use the members above.
+  WorkQueue prepare_queue_;
 };
 
 }  // namespace tensorprep::server

@@ -514,5 +514,52 @@ TEST_F(BadInputTest, MessageOverTheSizeLimitIsResourceExhausted) {
   ExpectStillServing();
 }
 
+// Issue 13, item 3: a caller's long string is quoted with a bound, so the status stays
+// INVALID_ARGUMENT instead of the client refusing the metadata (RESOURCE_EXHAUSTED "received
+// metadata size exceeds hard limit"), and a stream's error message is bounded the same way.
+TEST_F(BadInputTest, LongRequestIdsAndAuxNamesAreQuotedWithABound) {
+  const std::string long_id(20 << 10, 'i');
+  const std::string long_name(20 << 10, 'n');
+  const std::string id_quote = "request '" + std::string(64, 'i') + "...' (20480 bytes): ";
+  v1::ProcessRequest bad_id = Good();
+  bad_id.set_request_id(long_id);
+  bad_id.mutable_images()->set_shape(0, 3);  // 3 images declared, 2 sent
+  v1::ProcessRequest bad_name = Good();
+  AddLabel(bad_name, long_name, 2, 6, 5);
+  AddLabel(bad_name, long_name, 2, 6, 5);  // the same name twice
+  const std::string name_quote =
+      "aux[1].name: expected a unique name, got '" + std::string(64, 'n') +
+      "...' (20480 bytes) a second time";
+
+  auto r1 = client_.Process(bad_id);
+  ASSERT_FALSE(r1.ok());
+  EXPECT_EQ(r1.status().code(), Code::kInvalidArgument) << r1.status().message().substr(0, 200);
+  EXPECT_EQ(r1.status().message().rfind(id_quote, 0), 0u) << r1.status().message().substr(0, 200);
+  EXPECT_LT(r1.status().message().size(), 512u);
+  auto r2 = client_.Process(bad_name);
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.status().code(), Code::kInvalidArgument) << r2.status().message().substr(0, 200);
+  EXPECT_NE(r2.status().message().find(name_quote), std::string::npos)
+      << r2.status().message().substr(0, 300);
+  EXPECT_LT(r2.status().message().size(), 512u);
+
+  // On a stream: error responses (the id itself comes back whole, to match the response).
+  bad_name.set_request_id("named");
+  std::map<std::string, v1::ProcessResponse> got;
+  absl::Status s = client_.Stream({&bad_id, &bad_name}, 2,
+                                  [&](v1::ProcessResponse& r) { got[r.request_id()] = r; });
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(got.size(), 2u);
+  const v1::ProcessResponse& e1 = got[long_id];
+  EXPECT_EQ(e1.error().code(), static_cast<int>(Code::kInvalidArgument));
+  EXPECT_EQ(e1.error().message().rfind(id_quote, 0), 0u);
+  EXPECT_LT(e1.error().message().size(), 512u);
+  const v1::ProcessResponse& e2 = got["named"];
+  EXPECT_EQ(e2.error().code(), static_cast<int>(Code::kInvalidArgument));
+  EXPECT_NE(e2.error().message().find(name_quote), std::string::npos) << e2.error().message();
+  EXPECT_LT(e2.error().message().size(), 512u);
+  ExpectStillServing();
+}
+
 }  // namespace
 }  // namespace tensorprep::testing

@@ -407,5 +407,129 @@ TEST(CancellationTest, ExpiredAndCancelledWorkIsDroppedBeforeItRunsAndGaugesRetu
   EXPECT_EQ(MetricSum(reg, "tensorprep_stage_duration_seconds", {{"stage", "kernel"}}), 1);
 }
 
+// Issue 13, item 4: every accepted request ends answered or cancelled, exactly, whatever the
+// client did. Unary calls that expire or are cancelled while queued, one cancelled while it may be
+// running, streams cancelled with requests queued and with responses unread, a stream that ends
+// on a bad message, and plain successes; once the server is idle the service's counts and the
+// exported counters agree and add up.
+TEST(AccountingTest, AcceptedEqualsAnsweredPlusCancelledAfterCancellationsOnBothRpcs) {
+  TestServerOptions o;
+  o.threads = 1;
+  o.stream_inflight = 2;
+  TestServer server(o);
+  prometheus::Registry& reg = server.registry();
+  auto stub = v1::Preprocessor::NewStub(grpc::CreateChannel(server.address(),
+                                                            grpc::InsecureChannelCredentials()));
+  auto blocker = std::make_unique<Blocker>(server.queue());
+
+  // Unary: three expire in the queue, three are cancelled by the client there.
+  client::ClientOptions short_deadline;
+  short_deadline.timeout = std::chrono::milliseconds(200);
+  client::Client hasty = server.MakeClient(short_deadline);
+  std::vector<std::future<absl::Status>> expiring;
+  for (int i = 0; i < 3; ++i) {
+    expiring.push_back(std::async(std::launch::async, [&] {
+      return hasty.Process(AddOneRequest(1, 16, 16)).status();
+    }));
+  }
+  std::vector<std::unique_ptr<grpc::ClientContext>> unary_ctx;
+  std::vector<std::future<grpc::Status>> cancelled_unary;
+  for (int i = 0; i < 3; ++i) {
+    unary_ctx.push_back(std::make_unique<grpc::ClientContext>());
+    grpc::ClientContext* ctx = unary_ctx.back().get();
+    cancelled_unary.push_back(std::async(std::launch::async, [&stub, ctx] {
+      v1::ProcessResponse r;
+      return stub->Process(ctx, AddOneRequest(1, 16, 16), &r);
+    }));
+  }
+  // A stream with two requests queued (its window), cancelled by the client.
+  grpc::ClientContext queued_stream_ctx;
+  auto queued_stream = stub->ProcessStream(&queued_stream_ctx);
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(queued_stream->Write(AddOneRequest(1, 16, 16)));
+  ASSERT_TRUE(Eventually([&] { return server.queue().depth() == 8; }));
+  for (auto& ctx : unary_ctx) ctx->TryCancel();
+  queued_stream_ctx.TryCancel();
+  EXPECT_EQ(queued_stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  for (auto& f : cancelled_unary) EXPECT_EQ(f.get().error_code(), grpc::StatusCode::CANCELLED);
+  for (auto& f : expiring) EXPECT_EQ(f.get().code(), Code::kDeadlineExceeded);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the server's deadline too
+  blocker->Release();
+
+  // A stream whose client reads one response of several large ones, then cancels: responses
+  // are running, queued or being written when it goes.
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub->ProcessStream(&ctx);
+    for (int i = 0; i < 6; ++i) {
+      if (!stream->Write(AddOneRequest(4, 256, 256, "big" + std::to_string(i)))) break;
+      if (i == 1) {
+        v1::ProcessResponse r;
+        EXPECT_TRUE(stream->Read(&r));
+      }
+    }
+    ctx.TryCancel();
+    stream->Finish().IgnoreError();
+  }
+  // A unary call cancelled while it is queued or running (either is accounted).
+  {
+    grpc::ClientContext ctx;
+    v1::ProcessResponse r;
+    auto f = std::async(std::launch::async,
+                        [&] { return stub->Process(&ctx, AddOneRequest(8, 512, 512), &r); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ctx.TryCancel();
+    f.get().IgnoreError();
+  }
+  // A stream with a request that fails validation (answered with an error response).
+  {
+    const v1::ProcessRequest good = AddOneRequest(1, 8, 8, "good");
+    v1::ProcessRequest bad = AddOneRequest(1, 8, 8, "bad");
+    bad.mutable_images()->mutable_shape()->Clear();  // invalid, answered with an error
+    std::map<std::string, v1::ProcessResponse> got;
+    absl::Status s = server.MakeClient().Stream(
+        {&good, &bad}, 2, [&](v1::ProcessResponse& r) { got[r.request_id()] = r; });
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_EQ(got.size(), 2u);
+  }
+  // And plain successes on both RPCs.
+  ASSERT_TRUE(server.MakeClient().Process(AddOneRequest(1, 8, 8)).ok());
+
+  auto& svc = server.service();
+  ASSERT_TRUE(Eventually([&] {
+    return MetricSum(reg, "tensorprep_requests_in_flight") == 0 &&
+           MetricSum(reg, "tensorprep_streams_open") == 0 && server.queue().depth() == 0 &&
+           svc.accepted() == svc.answered() + svc.cancelled();
+  })) << "accepted=" << svc.accepted() << " answered=" << svc.answered()
+      << " cancelled=" << svc.cancelled();
+  std::printf("accepted=%llu answered=%llu cancelled=%llu\n",
+              static_cast<unsigned long long>(svc.accepted()),
+              static_cast<unsigned long long>(svc.answered()),
+              static_cast<unsigned long long>(svc.cancelled()));
+  // 6 + 3 unary in the queue, 2 stream messages, 1 + 2 successes at least.
+  EXPECT_GE(svc.accepted(), 14u);
+  EXPECT_GE(svc.cancelled(), 3u + 3u + 2u);
+  // The exported counters say the same, per RPC and in total.
+  double accepted = 0, answered = 0, cancelled = 0, finished = 0;
+  for (const char* rpc : {"Process", "ProcessStream"}) {
+    SCOPED_TRACE(rpc);
+    const double a = MetricSum(reg, "tensorprep_requests_accepted_total", {{"rpc", rpc}});
+    const double n = MetricSum(reg, "tensorprep_requests_answered_total", {{"rpc", rpc}});
+    const double c = MetricSum(reg, "tensorprep_requests_cancelled_total", {{"rpc", rpc}});
+    const double f = MetricSum(reg, "tensorprep_requests_total", {{"rpc", rpc}});
+    EXPECT_EQ(a, n + c);
+    EXPECT_EQ(f, a) << "every accepted request is finished once in the by-code counter";
+    EXPECT_GT(c, 0);
+    accepted += a;
+    answered += n;
+    cancelled += c;
+    finished += f;
+  }
+  EXPECT_EQ(accepted, static_cast<double>(svc.accepted()));
+  EXPECT_EQ(answered, static_cast<double>(svc.answered()));
+  EXPECT_EQ(cancelled, static_cast<double>(svc.cancelled()));
+  EXPECT_EQ(server.service().admission().requests_in_use(), 0);
+  EXPECT_EQ(server.service().admission().bytes_in_use(), 0u);
+}
+
 }  // namespace
 }  // namespace tensorprep::testing

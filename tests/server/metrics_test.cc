@@ -151,6 +151,9 @@ TEST_F(MetricsTest, EverySeriesExistsAtZeroBeforeAnyRequest) {
   const size_t expected = kRpcCount * kCodeCount * histogram_lines            // request duration
                           + kRpcCount * kCodeCount                            // requests_total
                           + kRpcCount                                         // in flight
+                          + kRpcCount * 3  // accepted, answered, cancelled
+                          + kTransportCount + 2 * 2  // transport requests, bytes (in/out)
+                          + 2                        // shm regions, mapped bytes
                           + kStageCount * kDeviceCount * histogram_lines      // stage duration
                           + kKernels.size() * kDeviceCount * histogram_lines  // kernel duration
                           + 2                                                 // bytes
@@ -184,6 +187,13 @@ TEST_F(MetricsTest, NamesFollowPrometheusConventions) {
       {"tensorprep_stage_duration_seconds", "histogram"},
       {"tensorprep_kernel_duration_seconds", "histogram"},
       {"tensorprep_requests_total", "counter"},
+      {"tensorprep_requests_accepted_total", "counter"},
+      {"tensorprep_requests_answered_total", "counter"},
+      {"tensorprep_requests_cancelled_total", "counter"},
+      {"tensorprep_transport_requests_total", "counter"},
+      {"tensorprep_transport_bytes_total", "counter"},
+      {"tensorprep_shm_regions", "gauge"},
+      {"tensorprep_shm_mapped_bytes", "gauge"},
       {"tensorprep_received_bytes_total", "counter"},
       {"tensorprep_sent_bytes_total", "counter"},
       {"tensorprep_samples_total", "counter"},
@@ -371,7 +381,7 @@ TEST(MetricsConstructionTest, NoKernelsStillBuildsEveryOtherFamily) {
   const Scrape s = Collect(registry);
   // A family without series is not exposed at all; every other family is.
   EXPECT_EQ(s.types.count("tensorprep_kernel_duration_seconds"), 0u);
-  EXPECT_EQ(s.types.size(), 11u);
+  EXPECT_EQ(s.types.size(), 18u);
 }
 
 }  // namespace
