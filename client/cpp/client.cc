@@ -121,6 +121,14 @@ absl::StatusOr<std::string> Client::Health(const std::string& service) const {
 absl::Status Client::Stream(const std::vector<const v1::ProcessRequest*>& requests, int inflight,
                             const std::function<void(v1::ProcessResponse&)>& on_response,
                             const std::function<void(size_t)>& on_send) const {
+  return Stream(
+      requests.size(), [&](size_t i) -> const v1::ProcessRequest& { return *requests[i]; },
+      inflight, on_response, on_send);
+}
+
+absl::Status Client::Stream(size_t count, const RequestSource& next, int inflight,
+                            const std::function<void(v1::ProcessResponse&)>& on_response,
+                            const std::function<void(size_t)>& on_send) const {
   grpc::ClientContext ctx;
   Prepare(&ctx);
   auto stream = stub_->ProcessStream(&ctx);
@@ -132,22 +140,24 @@ absl::Status Client::Stream(const std::vector<const v1::ProcessRequest*>& reques
   int outstanding = 0;
   bool reader_done = false;
   std::thread writer([&] {
-    for (size_t i = 0; i < requests.size(); ++i) {
-      const v1::ProcessRequest* r = requests[i];
+    for (size_t i = 0; i < count; ++i) {
       {
         std::unique_lock<std::mutex> lock(mu);
         cv.wait(lock, [&] { return outstanding < inflight || reader_done; });
         if (reader_done) break;
         ++outstanding;
       }
+      // The synchronous Write returns only once gRPC no longer needs the message, which is what
+      // lets the source reuse a request's buffer as soon as it is asked for the next one.
+      const v1::ProcessRequest& r = next(i);
       if (on_send) on_send(i);
-      if (!stream->Write(*r)) break;
+      if (!stream->Write(r)) break;
     }
     stream->WritesDone();
   });
   v1::ProcessResponse response;
   size_t received = 0;
-  while (received < requests.size() && stream->Read(&response)) {
+  while (received < count && stream->Read(&response)) {
     ++received;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -164,9 +174,9 @@ absl::Status Client::Stream(const std::vector<const v1::ProcessRequest*>& reques
   writer.join();
   grpc::Status s = stream->Finish();
   if (!s.ok()) return FromGrpc(s);
-  if (received != requests.size()) {
-    return absl::DataLossError(absl::StrCat("stream ended after ", received, " of ",
-                                            requests.size(), " responses"));
+  if (received != count) {
+    return absl::DataLossError(
+        absl::StrCat("stream ended after ", received, " of ", count, " responses"));
   }
   return absl::OkStatus();
 }

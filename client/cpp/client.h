@@ -50,10 +50,23 @@ class Client {
   // grpc.health.v1 Check for `service` ("" = the whole server): "SERVING", "NOT_SERVING", ...
   absl::StatusOr<std::string> Health(const std::string& service = "") const;
 
-  // Sends `requests` on one ProcessStream keeping at most `inflight` unanswered, calling
-  // `on_response` (from this thread) for each response as it arrives, in arrival order. Returns
-  // the stream's final status. Per-request errors come as responses with `error` set.
-  // `on_send(i)`, when given, is called (from a writer thread) just before request i is written.
+  // Hands out request i of a stream (i = 0, 1, ... in order, from Stream's writer thread). The
+  // caller keeps ownership; the request must stay valid and unchanged until the source is called
+  // for i + 1 (or Stream returns): Stream has finished writing request i by then, so a source may
+  // hand out a few buffers in turn, rewriting each one's request_id before it goes out again.
+  using RequestSource = std::function<const v1::ProcessRequest&(size_t i)>;
+
+  // Sends `count` requests from `next` on one ProcessStream keeping at most `inflight`
+  // unanswered, calling `on_response` (from this thread) for each response as it arrives, in
+  // arrival order. Returns the stream's final status, or DATA_LOSS when it ended early.
+  // Per-request errors come as responses with `error` set. `on_send(i)`, when given, is called
+  // (from the writer thread) just before request i is written. Stream copies no request and
+  // reuses one response object, so its memory does not grow with `count` (gRPC buffers up to
+  // about `inflight` serialised requests and responses besides).
+  absl::Status Stream(size_t count, const RequestSource& next, int inflight,
+                      const std::function<void(v1::ProcessResponse&)>& on_response,
+                      const std::function<void(size_t)>& on_send = nullptr) const;
+  // The same for requests the caller holds all at once (none may be null).
   absl::Status Stream(const std::vector<const v1::ProcessRequest*>& requests, int inflight,
                       const std::function<void(v1::ProcessResponse&)>& on_response,
                       const std::function<void(size_t)>& on_send = nullptr) const;

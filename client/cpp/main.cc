@@ -8,8 +8,6 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <mutex>
-#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -17,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/cpp/bench.h"
 #include "client/cpp/client.h"
 #include "client/cpp/npy.h"
 
@@ -37,9 +36,19 @@ Commands:
                               '{"ops":[{"rotate":{"angleDeg":30,"border":"BORDER_EDGE"}}]}'
                               (a bare JSON list of ops is accepted too)
   bench [--workload W1|W2|W3|small] [--batch N] [--mode unary|stream] [--requests N]
-        [--warmup N] [--inflight N] [--device D] [--json]
+        [--warmup N] [--inflight N] [--device D] [--json] [--distinct N]
+        [--progress-seconds S|off] [--max-memory-mb N]
                               random data through a seed workload: images/s, p50/p99 latency,
-                              and the split of the round trip into server stages and network
+                              and the split of the round trip into server stages and network.
+                              Defaults: W2, batch 1, unary, 50 requests after 5 warm-up ones,
+                              4 in flight on a stream. Only --distinct batches of random data
+                              are held (default --inflight + 4, so 8; at most warm-up +
+                              requests); request i is sent in batch i mod N with its own id and
+                              sample offset, so memory does not grow with --requests. Progress
+                              goes to stderr every S seconds (default 5; 0 = after every
+                              request). The run fails before generating any data when it would
+                              need more memory than is available (MemAvailable, or a cgroup
+                              limit) or than --max-memory-mb
 
 Global flags: --address (default 127.0.0.1:50051; several joined by commas are balanced
 round-robin), --timeout-ms (per call; default none), --max-message-mb (default 256).
@@ -201,179 +210,41 @@ int CmdProcess(const Client& client, const Args& a) {
 
 // ---- bench ------------------------------------------------------------------------------------
 
-struct Workload {
-  v1::ProcessRequest request;  // images and aux filled with random data
-};
-
-void FillRandom(v1::Tensor* t, v1::DType dtype, std::vector<int64_t> shape, std::mt19937& rng,
-                int label_classes = 0) {
-  t->set_dtype(dtype);
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    t->add_shape(d);
-    n *= d;
-  }
-  std::string* data = t->mutable_data();
-  if (dtype == v1::DTYPE_FLOAT32) {
-    std::vector<float> v(n);
-    std::uniform_real_distribution<float> u(0.f, 1.f);
-    for (auto& x : v) x = u(rng);
-    data->assign(reinterpret_cast<const char*>(v.data()), n * 4);
-  } else if (dtype == v1::DTYPE_INT32) {
-    std::vector<int32_t> v(n);
-    std::uniform_int_distribution<int32_t> u(0, label_classes > 0 ? label_classes - 1 : 1000000);
-    for (auto& x : v) x = u(rng);
-    data->assign(reinterpret_cast<const char*>(v.data()), n * 4);
-  } else {
-    std::vector<uint8_t> v(n);
-    std::uniform_int_distribution<int> u(0, 255);
-    for (auto& x : v) x = static_cast<uint8_t>(u(rng));
-    data->assign(reinterpret_cast<const char*>(v.data()), n);
-  }
-}
-
-absl::StatusOr<v1::ProcessRequest> MakeWorkload(const std::string& name, int64_t batch) {
-  std::mt19937 rng(42);
-  v1::ProcessRequest r;
-  if (name == "W1") {
-    FillRandom(r.mutable_images(), v1::DTYPE_INT32, {batch, 1, 100000}, rng);
-    r.mutable_pipeline()->add_ops()->mutable_add()->add_value(1);
-  } else if (name == "W2") {
-    FillRandom(r.mutable_images(), v1::DTYPE_FLOAT32, {batch, 256, 256, 3}, rng);
-    auto* rot = r.mutable_pipeline()->add_ops()->mutable_rotate();
-    rot->set_angle_deg(30);
-    rot->set_interpolation(v1::INTERPOLATION_BILINEAR);
-    rot->set_border(v1::BORDER_EDGE);
-  } else if (name == "W3") {
-    FillRandom(r.mutable_images(), v1::DTYPE_FLOAT32, {batch, 256, 256, 3}, rng);
-    auto* aux = r.add_aux();
-    aux->set_name("label");
-    FillRandom(aux->mutable_tensor(), v1::DTYPE_INT32, {batch, 256, 256}, rng, 21);
-    auto* f = r.mutable_pipeline()->add_ops()->mutable_random_flip();
-    f->set_axis(v1::FLIP_AXIS_HORIZONTAL);
-    f->set_p(0.5);
-  } else if (name == "small") {
-    FillRandom(r.mutable_images(), v1::DTYPE_UINT8, {batch, 64, 64, 3}, rng);
-    r.mutable_pipeline()->add_ops()->mutable_flip()->set_axis(v1::FLIP_AXIS_HORIZONTAL);
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--workload: expected W1, W2, W3 or small, got '", name, "'"));
-  }
-  return r;
-}
-
-double Percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5));
-  return v[i];
-}
-
-int CmdBench(const Client& client, const Args& a) {
-  const std::string workload = Flag(a, "workload", "W2");
-  const int64_t batch = IntFlag(a, "batch", 1);
+int CmdBench(const Client& client, const Args& a, int max_message_mb) {
+  BenchOptions o;
+  o.workload = Flag(a, "workload", o.workload);
+  o.batch = IntFlag(a, "batch", o.batch);
   const std::string mode = Flag(a, "mode", "unary");
-  const int64_t requests = IntFlag(a, "requests", 50);
-  const int64_t warmup = IntFlag(a, "warmup", 5);
-  const int inflight = static_cast<int>(IntFlag(a, "inflight", 4));
-  if (batch < 1 || requests < 1 || warmup < 0 || (mode != "unary" && mode != "stream")) {
-    std::cerr << "tensorprep bench: need --batch >= 1, --requests >= 1, --mode unary|stream\n";
+  o.stream = mode == "stream";
+  o.requests = IntFlag(a, "requests", o.requests);
+  o.warmup = IntFlag(a, "warmup", o.warmup);
+  o.inflight = static_cast<int>(std::clamp<int64_t>(IntFlag(a, "inflight", o.inflight), -1, 1 << 20));
+  o.distinct = IntFlag(a, "distinct", o.distinct);
+  o.max_memory_mb = IntFlag(a, "max-memory-mb", o.max_memory_mb);
+  o.max_message_mb = max_message_mb;
+  o.json = Flag(a, "json") == "true";
+  const std::string progress = Flag(a, "progress-seconds");
+  if (progress == "off") {
+    o.progress_seconds = -1;
+  } else if (!progress.empty() && (!absl::SimpleAtod(progress, &o.progress_seconds) ||
+                                   !(o.progress_seconds >= 0))) {
+    std::cerr << "tensorprep bench: --progress-seconds: expected seconds >= 0 or 'off', got '"
+              << progress << "'\n";
     return 2;
   }
-  auto base = MakeWorkload(workload, batch);
-  if (!base.ok()) return Fail(base.status());
+  absl::Status valid = ValidateBenchOptions(o);
+  if (!valid.ok() || (mode != "unary" && mode != "stream")) {
+    std::cerr << "tensorprep bench: "
+              << (valid.ok() ? std::string("--mode: expected unary or stream")
+                             : std::string(valid.message()))
+              << "\n";
+    return 2;
+  }
   auto device = ParseDevice(Flag(a, "device"));
   if (!device.ok()) return Fail(device.status());
-  base->set_device(*device);
-  base->set_seed(7);
-
-  const int64_t total = warmup + requests;
-  std::vector<v1::ProcessRequest> reqs(total, *base);
-  for (int64_t i = 0; i < total; ++i) {
-    reqs[i].set_request_id(std::to_string(i));
-    reqs[i].set_sample_offset(static_cast<uint64_t>(i * batch));
-  }
-  std::vector<double> rtt(total, 0), server(total, 0), kernel(total, 0), queue(total, 0);
-  std::vector<std::chrono::steady_clock::time_point> sent(total);
-  std::string device_used;
-  double wall = 0;
-  if (mode == "unary") {
-    for (int64_t i = 0; i < total; ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      if (i == warmup) sent[0] = start;
-      auto r = client.Process(reqs[i]);
-      if (!r.ok()) return Fail(r.status());
-      rtt[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      server[i] = r->timings().total_ns() * 1e-9;
-      kernel[i] = r->timings().kernel_ns() * 1e-9;
-      queue[i] = r->timings().queue_ns() * 1e-9;
-      device_used = v1::Device_Name(r->device()).substr(7);
-    }
-    wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent[0]).count();
-  } else {
-    // Warm-up on its own stream, then the measured stream.
-    std::vector<const v1::ProcessRequest*> warm, measured;
-    for (int64_t i = 0; i < total; ++i) (i < warmup ? warm : measured).push_back(&reqs[i]);
-    absl::Status err = absl::OkStatus();
-    auto collect = [&](v1::ProcessResponse& r) {
-      const int64_t i = std::stoll(r.request_id());
-      if (r.has_error()) {
-        err = absl::Status(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
-        return;
-      }
-      rtt[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent[i]).count();
-      server[i] = r.timings().total_ns() * 1e-9;
-      kernel[i] = r.timings().kernel_ns() * 1e-9;
-      queue[i] = r.timings().queue_ns() * 1e-9;
-      device_used = v1::Device_Name(r.device()).substr(7);
-    };
-    std::mutex sent_mu;
-    if (!warm.empty()) {
-      absl::Status s = client.Stream(warm, inflight, collect, [&](size_t k) {
-        std::lock_guard<std::mutex> lock(sent_mu);
-        sent[k] = std::chrono::steady_clock::now();
-      });
-      if (!s.ok()) return Fail(s);
-    }
-    const auto start = std::chrono::steady_clock::now();
-    absl::Status s = client.Stream(measured, inflight, collect, [&](size_t k) {
-      std::lock_guard<std::mutex> lock(sent_mu);
-      sent[warmup + k] = std::chrono::steady_clock::now();
-    });
-    wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!s.ok()) return Fail(s);
-    if (!err.ok()) return Fail(err);
-  }
-  auto tail = [&](const std::vector<double>& v) {
-    return std::vector<double>(v.begin() + warmup, v.end());
-  };
-  std::vector<double> network(total);
-  for (int64_t i = 0; i < total; ++i) network[i] = rtt[i] - server[i];
-  const double images_per_s = static_cast<double>(requests * batch) / wall;
-  const double p50 = Percentile(tail(rtt), 0.5), p99 = Percentile(tail(rtt), 0.99);
-  const double mb_per_s = static_cast<double>(requests) * base->ByteSizeLong() / wall / 1e6;
-  if (Flag(a, "json") == "true") {
-    std::printf(
-        "{\"workload\":\"%s\",\"batch\":%lld,\"mode\":\"%s\",\"requests\":%lld,\"device\":\"%s\","
-        "\"images_per_s\":%.3f,\"request_mb_per_s\":%.3f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,"
-        "\"server_p50_ms\":%.4f,\"kernel_p50_ms\":%.4f,\"queue_p50_ms\":%.4f,"
-        "\"network_p50_ms\":%.4f}\n",
-        workload.c_str(), static_cast<long long>(batch), mode.c_str(),
-        static_cast<long long>(requests), device_used.c_str(), images_per_s, mb_per_s, p50 * 1e3,
-        p99 * 1e3, Percentile(tail(server), 0.5) * 1e3, Percentile(tail(kernel), 0.5) * 1e3,
-        Percentile(tail(queue), 0.5) * 1e3, Percentile(tail(network), 0.5) * 1e3);
-  } else {
-    std::printf("%s batch=%lld mode=%s requests=%lld device=%s\n", workload.c_str(),
-                static_cast<long long>(batch), mode.c_str(), static_cast<long long>(requests),
-                device_used.c_str());
-    std::printf("  throughput   %.1f images/s  (%.1f MB/s of requests)\n", images_per_s, mb_per_s);
-    std::printf("  round trip   p50 %.3f ms  p99 %.3f ms\n", p50 * 1e3, p99 * 1e3);
-    std::printf("  server       p50 %.3f ms  (kernel %.3f ms, queue %.3f ms)\n",
-                Percentile(tail(server), 0.5) * 1e3, Percentile(tail(kernel), 0.5) * 1e3,
-                Percentile(tail(queue), 0.5) * 1e3);
-    std::printf("  network+client p50 %.3f ms  (round trip minus server time)\n",
-                Percentile(tail(network), 0.5) * 1e3);
-  }
+  o.device = *device;
+  absl::Status s = RunBench(client, o, stdout, stderr);
+  if (!s.ok()) return Fail(s);
   return 0;
 }
 
@@ -429,7 +300,7 @@ int main(int argc, char** argv) {
   if (cmd == "ops") return CmdOps(client);
   if (cmd == "health") return CmdHealth(client, a);
   if (cmd == "process") return CmdProcess(client, a);
-  if (cmd == "bench") return CmdBench(client, a);
+  if (cmd == "bench") return CmdBench(client, a, options.max_message_mb);
   std::cerr << "tensorprep: unknown command '" << cmd << "'\n" << kUsage;
   return 2;
 }
