@@ -201,7 +201,8 @@ class Progress {
     const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0;
     std::string line = absl::StrFormat("tensorprep bench: %s %d/%d %s (%d%%), %.1f/s", phase_, done,
                                        total_, unit_, total_ > 0 ? done * 100 / total_ : 100, rate);
-    if (images_) absl::StrAppendFormat(&line, ", %.1f images/s", rate * static_cast<double>(batch_));
+    if (images_)
+      absl::StrAppendFormat(&line, ", %.1f images/s", rate * static_cast<double>(batch_));
     absl::StrAppendFormat(&line, ", %.1f s\n", elapsed);
     std::fputs(line.c_str(), out_);
     std::fflush(out_);
@@ -286,9 +287,9 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
       std::min(total, default_distinct ? o.inflight + kExtraDistinct : o.distinct);
 
   // Everything the run will hold, checked before a byte of it is allocated.
-  const double request_bytes =
-      TensorBytes(spec->images) + (spec->label ? TensorBytes(*spec->label) : 0) +
-      kRequestOverheadBytes;
+  const double request_bytes = TensorBytes(spec->images) +
+                               (spec->label ? TensorBytes(*spec->label) : 0) +
+                               kRequestOverheadBytes;
   const int64_t buffered = BufferedRequests(o.stream, o.inflight);
   const double need = static_cast<double>(distinct + buffered) * request_bytes +
                       static_cast<double>(total) * kRecordBytesPerRequest;
@@ -311,8 +312,7 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
         HumanBytes(request_bytes), distinct,
         default_distinct ? absl::StrCat(" = --inflight ", o.inflight, " + ", kExtraDistinct) : "",
         buffered, o.stream ? absl::StrCat(" (8 + 2 x --inflight ", o.inflight, ")") : "",
-        kRecordBytesPerRequest, total,
-        o.max_memory_mb > 0 ? ", or raise --max-memory-mb" : ""));
+        kRecordBytesPerRequest, total, o.max_memory_mb > 0 ? ", or raise --max-memory-mb" : ""));
   }
   if (request_bytes > o.max_message_mb * kMiB) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -401,8 +401,9 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
       answered = 0;
       absl::Status s = client.Stream(
           static_cast<size_t>(count),
-          [&](size_t k) -> const v1::ProcessRequest& { return request_for(first + k); },
-          o.inflight, collect, [&](size_t k) {
+          [&](size_t k) -> const v1::ProcessRequest& { return request_for(first + k); }, o.inflight,
+          collect,
+          [&](size_t k) {
             std::lock_guard<std::mutex> lock(sent_mu);
             sent[first + k] = Clock::now();
           });

@@ -21,7 +21,7 @@ inline constexpr int64_t kExtraDistinct = 4;
 struct BenchOptions {
   std::string workload = "W2";  // W1, W2, W3 or small
   int64_t batch = 1;
-  bool stream = false;   // one ProcessStream instead of unary calls one after another
+  bool stream = false;    // one ProcessStream instead of unary calls one after another
   int64_t requests = 50;  // measured requests
   int64_t warmup = 5;     // requests before the measurement (a stream of their own)
   int inflight = 4;       // unanswered requests on a stream

@@ -218,7 +218,8 @@ int CmdBench(const Client& client, const Args& a, int max_message_mb) {
   o.stream = mode == "stream";
   o.requests = IntFlag(a, "requests", o.requests);
   o.warmup = IntFlag(a, "warmup", o.warmup);
-  o.inflight = static_cast<int>(std::clamp<int64_t>(IntFlag(a, "inflight", o.inflight), -1, 1 << 20));
+  o.inflight =
+      static_cast<int>(std::clamp<int64_t>(IntFlag(a, "inflight", o.inflight), -1, 1 << 20));
   o.distinct = IntFlag(a, "distinct", o.distinct);
   o.max_memory_mb = IntFlag(a, "max-memory-mb", o.max_memory_mb);
   o.max_message_mb = max_message_mb;
@@ -226,8 +227,8 @@ int CmdBench(const Client& client, const Args& a, int max_message_mb) {
   const std::string progress = Flag(a, "progress-seconds");
   if (progress == "off") {
     o.progress_seconds = -1;
-  } else if (!progress.empty() && (!absl::SimpleAtod(progress, &o.progress_seconds) ||
-                                   !(o.progress_seconds >= 0))) {
+  } else if (!progress.empty() &&
+             (!absl::SimpleAtod(progress, &o.progress_seconds) || !(o.progress_seconds >= 0))) {
     std::cerr << "tensorprep bench: --progress-seconds: expected seconds >= 0 or 'off', got '"
               << progress << "'\n";
     return 2;
