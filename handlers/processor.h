@@ -75,7 +75,8 @@ class Processor {
   absl::StatusOr<std::unique_ptr<PreparedRequest>> Prepare(const pb::ProcessRequest& request) const;
 
   // Runs a prepared request and fills `response` (results, aux, device, decode/kernel/encode
-  // timings; queue and total are the caller's). INTERNAL if a kernel fails and no fallback ran.
+  // timings; queue and total are the caller's). INTERNAL if a kernel fails and no fallback ran;
+  // FAILED_PRECONDITION if a shared-memory region it used broke (shrank) while it ran.
   // With `main_data`, the main result is written there instead of into images.data, which stays
   // empty (dtype and shape are set): for a caller that puts those bytes on the wire itself.
   // `main_data` must hold MainOutputBytes(prepared) bytes, aligned to 16.
