@@ -75,6 +75,7 @@ Client::Client(const ClientOptions& options) : options_(options) {
   args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, options.max_message_mb * 1024 * 1024);
   channel_ = grpc::CreateCustomChannel(ChannelTarget(options.target), creds, args);
   stub_ = v1::Preprocessor::NewStub(channel_);
+  shm_ = MakeShmState(options_, channel_);
 }
 
 void Client::Prepare(grpc::ClientContext* ctx) const {
@@ -129,6 +130,16 @@ absl::Status Client::Stream(const std::vector<const v1::ProcessRequest*>& reques
 absl::Status Client::Stream(size_t count, const RequestSource& next, int inflight,
                             const std::function<void(v1::ProcessResponse&)>& on_response,
                             const std::function<void(size_t)>& on_send) const {
+  return StreamUntil(
+      count, [&](size_t i) -> const v1::ProcessRequest* { return &next(i); }, inflight,
+      on_response, on_send);
+}
+
+absl::Status Client::StreamUntil(size_t count,
+                                 const std::function<const v1::ProcessRequest*(size_t)>& next,
+                                 int inflight,
+                                 const std::function<void(v1::ProcessResponse&)>& on_response,
+                                 const std::function<void(size_t)>& on_send) const {
   grpc::ClientContext ctx;
   Prepare(&ctx);
   auto stream = stub_->ProcessStream(&ctx);
@@ -149,9 +160,10 @@ absl::Status Client::Stream(size_t count, const RequestSource& next, int infligh
       }
       // The synchronous Write returns only once gRPC no longer needs the message, which is what
       // lets the source reuse a request's buffer as soon as it is asked for the next one.
-      const v1::ProcessRequest& r = next(i);
+      const v1::ProcessRequest* r = next(i);
+      if (r == nullptr) break;  // the source stops the stream: the reader sees it end early
       if (on_send) on_send(i);
-      if (!stream->Write(r)) break;
+      if (!stream->Write(*r)) break;
     }
     stream->WritesDone();
   });
