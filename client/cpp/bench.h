@@ -38,6 +38,11 @@ struct BenchOptions {
   int64_t max_memory_mb = 0;
   // The client's message limit (ClientOptions::max_message_mb): larger requests fail up front.
   int max_message_mb = 256;
+  // The client's ClientOptions::shm. Other than off, the batches are placed in the client's
+  // shared memory once (Client::Allocate) and sent with Call / StreamCalls, so that on the
+  // shared-memory path no request copies a tensor (results are dropped as they arrive); the
+  // report says which transport the requests took and why not shared memory.
+  ShmMode shm = ShmMode::kOff;
 };
 
 // INVALID_ARGUMENT naming the flags when a count is out of range (e.g. --batch 0).
@@ -47,7 +52,7 @@ absl::Status ValidateBenchOptions(const BenchOptions& options);
 // `progress`. Before generating any data it checks the options (INVALID_ARGUMENT), the size of a
 // request against max_message_mb (INVALID_ARGUMENT) and the memory the run needs against the
 // budget (RESOURCE_EXHAUSTED, naming both figures); a failed call or a failed request returns the
-// server's status. Memory is about distinct + 8 requests (distinct + 8 + 2 x inflight on a
+// server's status. Memory is about distinct + 12 requests (distinct + 12 + 2 x inflight on a
 // stream) plus 64 bytes per request sent.
 // Not thread-safe with respect to `out` and `progress`; `client` may be shared.
 absl::Status RunBench(const Client& client, const BenchOptions& options, std::FILE* out,
