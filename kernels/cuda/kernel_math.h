@@ -166,8 +166,8 @@ TP_HD void WarpPixel(const WarpArgs& a, int64_t n, int64_t y, int64_t x) {
   TOut* dst = static_cast<TOut*>(a.dst) + ((n * h + y) * w + x) * channels;
   const double* m = a.affines + 6 * (n * a.affine_stride);
   const double xd = static_cast<double>(x), yd = static_cast<double>(y);
-  const double sx = AddRn(AddRn(MulRn(m[0], xd), MulRn(m[1], yd)), m[2]);
-  const double sy = AddRn(AddRn(MulRn(m[3], xd), MulRn(m[4], yd)), m[5]);
+  const double sx = SourceX(m, xd, yd);
+  const double sy = SourceY(m, xd, yd);
 
   if (IsFarPosition(sx, sy)) {
     for (int32_t ch = 0; ch < a.c; ++ch)

@@ -139,8 +139,8 @@ std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affi
       for (int64_t j = 0; j < s.w; ++j) {
         const double x = static_cast<double>(j);
         const double y = static_cast<double>(i);
-        const double sx = a.m[0] * x + a.m[1] * y + a.m[2];
-        const double sy = a.m[3] * x + a.m[4] * y + a.m[5];
+        const double sx = SourceX(a.m, x, y);
+        const double sy = SourceY(a.m, x, y);
         const bool is_far = IsFarPosition(sx, sy);
         for (int64_t c = 0; c < s.c; ++c) {
           double v;

@@ -1,7 +1,7 @@
-// How a warp samples (warp.h), written once for host and device (TP_HD): border resolution, the
-// far-position rule, the nearest tap, and the bilinear weights, blend and rounding of each dtype.
+// How a warp samples (warp.h), written once for host and device (TP_HD): the source position of
+// an output pixel, border resolution, the far-position rule, the nearest tap, and the bilinear weights, blend and rounding of each dtype.
 // The CPU warp inlines these into its row loops, the CUDA warp kernel calls them per pixel, and the
-// reference resolves borders, far positions and nearest taps through them (its bilinear blend
+// reference maps positions and resolves borders, far positions and nearest taps through them (its bilinear blend
 // stays its own, in double: the oracle the others are held to within a tolerance). Tested once
 // against independent expectations (numpy.pad's index patterns for every border mode at tiny
 // sizes, hand-computed blends) in tests/kernels/numerics_test.cc. Pure functions: thread-safe.
@@ -57,6 +57,16 @@ TP_HD int64_t ResolveBorder(int64_t i, int64_t n, Border border) {
 TP_HD bool IsFarPosition(double sx, double sy) {
   const double kFar = 4503599627370496.0;  // 2^52
   return !(fabs(sx) < kFar && fabs(sy) < kFar);
+}
+
+// The source position that output pixel centre (x, y) samples under the 6 coefficients `m` of an
+// Affine (warp.h): (m[0] * x + m[1] * y) + m[2] and (m[3] * x + m[4] * y) + m[5], each product and
+// sum rounded once, in exactly this order.
+TP_HD double SourceX(const double* m, double x, double y) {
+  return AddRn(AddRn(MulRn(m[0], x), MulRn(m[1], y)), m[2]);
+}
+TP_HD double SourceY(const double* m, double x, double y) {
+  return AddRn(AddRn(MulRn(m[3], x), MulRn(m[4], y)), m[5]);
 }
 
 // floor(v) as an integer, for |v| < 2^63 (not NaN), without a libm call.

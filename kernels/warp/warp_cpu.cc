@@ -92,18 +92,18 @@ struct Geometry {
   int64_t c;
 };
 
-// Fills the buffers with the source position of output pixels [x_begin, x_end) of row y, evaluated
-// as warp.h says: (m0 * x + m1 * y) + m2. Hoisting m1 * y keeps that exact association.
+// Fills the buffers with the source position of output pixels [x_begin, x_end) of row y
+// (SourceX, SourceY: sampling.h).
 inline void RowPositions(const Affine& a, int64_t y, int64_t x_begin, int64_t x_end, double* sx,
                          double* sy) {
+  // A local copy, which the stores below cannot alias, lets the compiler keep the coefficients
+  // (and m1 * y, m4 * y) in registers across the loop.
+  const Affine m = a;
   const double yd = static_cast<double>(y);
-  const double ry = a.m[1] * yd;
-  const double ry2 = a.m[4] * yd;
-  const double m0 = a.m[0], m2 = a.m[2], m3 = a.m[3], m5 = a.m[5];
   for (int64_t x = x_begin; x < x_end; ++x) {
     const double xd = static_cast<double>(x);
-    sx[x - x_begin] = m0 * xd + ry + m2;
-    sy[x - x_begin] = m3 * xd + ry2 + m5;
+    sx[x - x_begin] = SourceX(m.m, xd, yd);
+    sy[x - x_begin] = SourceY(m.m, xd, yd);
   }
 }
 

@@ -220,6 +220,17 @@ TEST(Border, FarPositionsAreThoseBeyond2To52OrNotFinite) {
   EXPECT_TRUE(IsFarPosition(0, kInf));
 }
 
+TEST(Sampling, SourcePositionSumsLeftToRight) {
+  const double m[6] = {0.5, 0.25, 3, -1, 2, 0.125};
+  EXPECT_EQ(SourceX(m, 2, 4), 5.0);    // 1 + 1 + 3
+  EXPECT_EQ(SourceY(m, 2, 4), 6.125);  // -2 + 8 + 0.125
+  // 1e16 + 3 rounds to 1e16 + 4 (a tie, to even), so the sum is 4; adding the offset to the
+  // first product before the second would give 3.
+  const double far[6] = {1e16, 3, -1e16, 3, 1e16, -1e16};
+  EXPECT_EQ(SourceX(far, 1, 1), 4.0);
+  EXPECT_EQ(SourceY(far, 1, 1), 4.0);
+}
+
 TEST(Sampling, NearestTapIsFloorOfSPlusHalf) {
   EXPECT_EQ(FloorToInt(-0.5), -1);
   EXPECT_EQ(FloorToInt(-1.0), -1);
