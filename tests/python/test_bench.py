@@ -72,13 +72,16 @@ def test_equality_gate_rejects_wrong_outputs():
     with pytest.raises(AssertionError, match="W2 c differs"):
         wl.check(wl.W2, images, None, {"a": good, "c": good + 2e-4})
 
-    x, y = wl.make_pool(wl.W3, 8)
+    x, y = wl.make_pool(wl.W3, 24)
     mirrored = (x[:, :, ::-1], y[:, :, ::-1])
     mixed = (np.concatenate([x[:4], mirrored[0][4:]]), np.concatenate([y[:4], mirrored[1][4:]]))
+    all_mirrored = wl.make_pool(wl.W3, 5)
+    x5, y5 = all_mirrored
+    wl.check(wl.W3, x5, y5, {"a": (x5[:, :, ::-1], y5[:, :, ::-1])})  # 5 of 5 by chance: 1 in 16
     wl.check(wl.W3, x, y, {"a": mixed})
     with pytest.raises(AssertionError, match="label 4 does not follow"):
         wl.check(wl.W3, x, y, {"a": (mixed[0], np.concatenate([y[:4], y[4:]]))})
-    with pytest.raises(AssertionError, match="0 of 8 samples flipped"):
+    with pytest.raises(AssertionError, match="0 of 24 samples flipped"):
         wl.check(wl.W3, x, y, {"a": (x, y)})
 
     w1, _ = wl.make_pool(wl.W1, 2)

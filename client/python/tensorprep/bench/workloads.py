@@ -334,7 +334,9 @@ def check(w, images, labels, outputs):
                 if not np.array_equal(lab[i], mirrored_lab[i] if f else labels[i]):
                     raise AssertionError(f"W3 {way}: label {i} does not follow its image")
                 flips += f
-            if not 0 < flips < images.shape[0]:
+            # A random flip at p = 0.5 that flips all or none of n samples: a bug when n is large
+            # (chance 2^(1-n)), but a tiny run (n = 5: 1 in 16) may see it by chance.
+            if images.shape[0] >= 24 and not 0 < flips < images.shape[0]:
                 raise AssertionError(f"W3 {way}: {flips} of {images.shape[0]} samples flipped")
             found[way] = flips / images.shape[0]
     return found
