@@ -112,15 +112,10 @@ class SplitMix64 {
   uint64_t state_;
 };
 
-// Fills `t` with random values: float32 uniform in [0, 1), int32 uniform in [0, int_values),
-// uint8 uniform over all values. Written straight into the message's buffer: no second copy.
-void FillRandom(const TensorSpec& spec, uint64_t seed, v1::Tensor* t) {
-  t->set_dtype(spec.dtype);
-  for (int64_t d : spec.shape) t->add_shape(d);
+// Fills the Elements(spec) values at `p` with random values: float32 uniform in [0, 1), int32
+// uniform in [0, int_values), uint8 uniform over all values.
+void FillRandomBytes(const TensorSpec& spec, uint64_t seed, char* p) {
   const int64_t n = Elements(spec);
-  std::string* data = t->mutable_data();
-  data->resize(static_cast<size_t>(n * DTypeBytes(spec.dtype)));
-  char* p = data->data();
   SplitMix64 rng(seed);
   if (spec.dtype == v1::DTYPE_FLOAT32) {
     for (int64_t i = 0; i < n; ++i) {
@@ -141,10 +136,24 @@ void FillRandom(const TensorSpec& spec, uint64_t seed, v1::Tensor* t) {
   }
 }
 
+// FillRandomBytes straight into the message's buffer: no second copy.
+void FillRandom(const TensorSpec& spec, uint64_t seed, v1::Tensor* t) {
+  t->set_dtype(spec.dtype);
+  for (int64_t d : spec.shape) t->add_shape(d);
+  std::string* data = t->mutable_data();
+  data->resize(static_cast<size_t>(Elements(spec) * DTypeBytes(spec.dtype)));
+  FillRandomBytes(spec, seed, data->data());
+}
+
+// The seed of distinct request `slot`'s images (its label's is the next one).
+uint64_t SlotSeed(int64_t slot) {
+  return 0x7465'6e73'6f72'0000ULL + 2 * static_cast<uint64_t>(slot);
+}
+
 // Distinct request `slot`: its own random images (and labels), the workload's pipeline.
 v1::ProcessRequest BuildRequest(const WorkloadSpec& w, int64_t slot, v1::Device device) {
   v1::ProcessRequest r;
-  const uint64_t seed = 0x7465'6e73'6f72'0000ULL + 2 * static_cast<uint64_t>(slot);
+  const uint64_t seed = SlotSeed(slot);
   FillRandom(w.images, seed, r.mutable_images());
   if (w.label) {
     v1::AuxTensor* aux = r.add_aux();
@@ -154,6 +163,38 @@ v1::ProcessRequest BuildRequest(const WorkloadSpec& w, int64_t slot, v1::Device 
   *r.mutable_pipeline() = w.pipeline;
   r.set_device(device);
   r.set_seed(7);
+  return r;
+}
+
+// Distinct request `slot` for Call / StreamCalls: the same data as BuildRequest's, generated
+// straight into memory from Client::Allocate (the client's shared memory on that path).
+struct PlacedRequest {
+  Buffer images, label;
+  CallRequest call;
+};
+
+absl::StatusOr<PlacedRequest> BuildPlacedRequest(const Client& client, const WorkloadSpec& w,
+                                                 int64_t slot, v1::Device device) {
+  PlacedRequest r;
+  const uint64_t seed = SlotSeed(slot);
+  auto images =
+      client.Allocate(static_cast<size_t>(Elements(w.images) * DTypeBytes(w.images.dtype)));
+  if (!images.ok()) return images.status();
+  r.images = std::move(*images);
+  FillRandomBytes(w.images, seed, reinterpret_cast<char*>(r.images.data()));
+  r.call.images = TensorInput{w.images.dtype, w.images.shape, r.images.data()};
+  if (w.label) {
+    auto label =
+        client.Allocate(static_cast<size_t>(Elements(*w.label) * DTypeBytes(w.label->dtype)));
+    if (!label.ok()) return label.status();
+    r.label = std::move(*label);
+    FillRandomBytes(*w.label, seed + 1, reinterpret_cast<char*>(r.label.data()));
+    r.call.aux.push_back(
+        AuxInput{"label", TensorInput{w.label->dtype, w.label->shape, r.label.data()}});
+  }
+  r.call.pipeline = w.pipeline;
+  r.call.device = device;
+  r.call.seed = 7;
   return r;
 }
 
@@ -227,6 +268,22 @@ double Percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5));
   return v[i];
+}
+
+// `text` inside a JSON string: quotes, backslashes and control characters escaped.
+std::string JsonEscape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += absl::StrFormat("\\u%04x", c);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
 }
 
 bool ReadFirstLine(const std::string& path, std::string* line) {
@@ -314,7 +371,8 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
         buffered, o.stream ? absl::StrCat(" (12 + 2 x --inflight ", o.inflight, ")") : "",
         kRecordBytesPerRequest, total, o.max_memory_mb > 0 ? ", or raise --max-memory-mb" : ""));
   }
-  if (request_bytes > o.max_message_mb * kMiB) {
+  // Requests through shared memory carry references only (inline ones still need the limit).
+  if (o.shm != ShmMode::kOn && request_bytes > o.max_message_mb * kMiB) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "a %s request of batch %d is %s, more than --max-message-mb %d allows; lower --batch or "
         "raise --max-message-mb (and the server's)",
@@ -322,15 +380,28 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
   }
 
   Progress progress(progress_out, o.progress_seconds, batch);
-  std::vector<v1::ProcessRequest> ring;
-  ring.reserve(static_cast<size_t>(distinct));
+  std::vector<v1::ProcessRequest> ring;  // --shm off: the distinct requests, bytes inline
+  std::vector<PlacedRequest> placed;     // otherwise: batches in memory from Client::Allocate
   progress.Begin("generated", "distinct requests", distinct, false);
-  for (int64_t s = 0; s < distinct; ++s) {
-    ring.push_back(BuildRequest(*spec, s, o.device));
-    progress.Update(s + 1);
+  if (o.shm == ShmMode::kOff) {
+    ring.reserve(static_cast<size_t>(distinct));
+    for (int64_t s = 0; s < distinct; ++s) {
+      ring.push_back(BuildRequest(*spec, s, o.device));
+      progress.Update(s + 1);
+    }
+  } else {
+    placed.reserve(static_cast<size_t>(distinct));
+    for (int64_t s = 0; s < distinct; ++s) {
+      auto r = BuildPlacedRequest(client, *spec, s, o.device);
+      if (!r.ok()) return r.status();
+      placed.push_back(std::move(*r));
+      progress.Update(s + 1);
+    }
   }
   progress.End();
-  const size_t request_size = ring[0].ByteSizeLong();
+  const size_t request_size = placed.empty()
+                                  ? ring[0].ByteSizeLong()
+                                  : static_cast<size_t>(request_bytes - kRequestOverheadBytes);
   // Request i goes out in the buffer of ring slot i % distinct with its own id and sample
   // offset. Only one thread at a time calls this (the unary loop, or a stream's writer), and a
   // slot is rewritten only after the request before it in that slot was written.
@@ -340,15 +411,48 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
     r.set_sample_offset(static_cast<uint64_t>(i * batch));
     return r;
   };
+  // The same for the placed batches (Call / StreamCalls read a request only while preparing it).
+  auto call_for = [&](int64_t i) -> const CallRequest& {
+    CallRequest& c = placed[static_cast<size_t>(i % distinct)].call;
+    c.request_id = std::to_string(i);
+    c.sample_offset = static_cast<uint64_t>(i * batch);
+    return c;
+  };
 
   std::vector<double> rtt(total, 0), server(total, 0), kernel(total, 0), queue(total, 0);
   std::vector<Clock::time_point> sent(total);
   std::string device_used;
   double wall = 0;
+  // Transports of the measured requests, and why the last inline one was not shared memory.
+  int64_t shm_requests = 0;
+  std::string inline_reason =
+      o.shm == ShmMode::kOff ? "shared memory is turned off (--shm off)" : "";
+  auto record_call = [&](int64_t i, Clock::duration round_trip, const CallResult& r) {
+    rtt[i] = std::chrono::duration<double>(round_trip).count();
+    server[i] = r.timings.total_ns() * 1e-9;
+    kernel[i] = r.timings.kernel_ns() * 1e-9;
+    queue[i] = r.timings.queue_ns() * 1e-9;
+    device_used = v1::Device_Name(r.device).substr(7);
+    if (i < warmup) return;
+    if (r.transport == Transport::kShm) {
+      ++shm_requests;
+    } else {
+      inline_reason = r.transport_reason;
+    }
+  };
   if (!o.stream) {
     auto run = [&](int64_t first, int64_t count) -> absl::Status {
       for (int64_t k = 0; k < count; ++k) {
         const int64_t i = first + k;
+        if (!placed.empty()) {
+          const CallRequest& call = call_for(i);
+          const auto start = Clock::now();
+          auto r = client.Call(call);  // the result, and its slots, go at the end of this scope
+          if (!r.ok()) return r.status();
+          record_call(i, Clock::now() - start, *r);
+          progress.Update(k + 1);
+          continue;
+        }
         const v1::ProcessRequest& request = request_for(i);
         const auto start = Clock::now();
         auto r = client.Process(request);
@@ -399,14 +503,36 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
     };
     auto run = [&](int64_t first, int64_t count) -> absl::Status {
       answered = 0;
-      absl::Status s = client.Stream(
-          static_cast<size_t>(count),
-          [&](size_t k) -> const v1::ProcessRequest& { return request_for(first + k); }, o.inflight,
-          collect,
-          [&](size_t k) {
-            std::lock_guard<std::mutex> lock(sent_mu);
-            sent[first + k] = Clock::now();
-          });
+      auto on_send = [&](size_t k) {
+        std::lock_guard<std::mutex> lock(sent_mu);
+        sent[first + k] = Clock::now();
+      };
+      absl::Status s;
+      if (!placed.empty()) {
+        s = client.StreamCalls(
+            static_cast<size_t>(count),
+            [&](size_t k) -> const CallRequest& { return call_for(first + k); }, o.inflight,
+            [&](size_t k, absl::StatusOr<CallResult> r) {  // dropped here: the slots go back
+              progress.Update(++answered);
+              if (!r.ok()) {
+                err = r.status();
+                return;
+              }
+              const int64_t i = first + static_cast<int64_t>(k);
+              Clock::time_point sent_at;
+              {
+                std::lock_guard<std::mutex> lock(sent_mu);
+                sent_at = sent[i];
+              }
+              record_call(i, Clock::now() - sent_at, *r);
+            },
+            /*copy=*/false, on_send);
+      } else {
+        s = client.Stream(
+            static_cast<size_t>(count),
+            [&](size_t k) -> const v1::ProcessRequest& { return request_for(first + k); },
+            o.inflight, collect, on_send);
+      }
       progress.End();
       return s;
     };
@@ -430,17 +556,21 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
   const double images_per_s = static_cast<double>(requests * batch) / wall;
   const double p50 = Percentile(tail(rtt), 0.5), p99 = Percentile(tail(rtt), 0.99);
   const double mb_per_s = static_cast<double>(requests) * request_size / wall / 1e6;
+  const char* transport = shm_requests == requests ? "shm" : shm_requests == 0 ? "inline" : "mixed";
+  if (shm_requests == requests) inline_reason.clear();
   if (o.json) {
     std::fprintf(
         out,
         "{\"workload\":\"%s\",\"batch\":%lld,\"mode\":\"%s\",\"requests\":%lld,\"device\":\"%s\","
         "\"images_per_s\":%.3f,\"request_mb_per_s\":%.3f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,"
         "\"server_p50_ms\":%.4f,\"kernel_p50_ms\":%.4f,\"queue_p50_ms\":%.4f,"
-        "\"network_p50_ms\":%.4f}\n",
+        "\"network_p50_ms\":%.4f,\"transport\":\"%s\",\"shm_requests\":%lld,"
+        "\"transport_reason\":\"%s\"}\n",
         o.workload.c_str(), static_cast<long long>(batch), o.stream ? "stream" : "unary",
         static_cast<long long>(requests), device_used.c_str(), images_per_s, mb_per_s, p50 * 1e3,
         p99 * 1e3, Percentile(tail(server), 0.5) * 1e3, Percentile(tail(kernel), 0.5) * 1e3,
-        Percentile(tail(queue), 0.5) * 1e3, Percentile(tail(network), 0.5) * 1e3);
+        Percentile(tail(queue), 0.5) * 1e3, Percentile(tail(network), 0.5) * 1e3, transport,
+        static_cast<long long>(shm_requests), JsonEscape(inline_reason).c_str());
   } else {
     std::fprintf(out, "%s batch=%lld mode=%s requests=%lld device=%s\n", o.workload.c_str(),
                  static_cast<long long>(batch), o.stream ? "stream" : "unary",
@@ -453,6 +583,9 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
                  Percentile(tail(queue), 0.5) * 1e3);
     std::fprintf(out, "  network+client p50 %.3f ms  (round trip minus server time)\n",
                  Percentile(tail(network), 0.5) * 1e3);
+    std::fprintf(out, "  transport    %s  (%lld of %lld requests through shared memory%s%s)\n",
+                 transport, static_cast<long long>(shm_requests), static_cast<long long>(requests),
+                 inline_reason.empty() ? "" : "; inline: ", inline_reason.c_str());
   }
   return absl::OkStatus();
 }

@@ -38,6 +38,11 @@ struct BenchOptions {
   int64_t max_memory_mb = 0;
   // The client's message limit (ClientOptions::max_message_mb): larger requests fail up front.
   int max_message_mb = 256;
+  // The client's ClientOptions::shm. Other than off, the batches are placed in the client's
+  // shared memory once (Client::Allocate) and sent with Call / StreamCalls, so that on the
+  // shared-memory path no request copies a tensor (results are dropped as they arrive); the
+  // report says which transport the requests took and why not shared memory.
+  ShmMode shm = ShmMode::kOff;
 };
 
 // INVALID_ARGUMENT naming the flags when a count is out of range (e.g. --batch 0).

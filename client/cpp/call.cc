@@ -148,8 +148,8 @@ absl::StatusOr<TensorResult> TakeTensor(v1::Tensor* t, ShmSlot* slot, bool copy,
   }
   if (t->has_shm()) {
     if (slot == nullptr || !*slot || !SameRef(t->shm(), slot->Ref()) || *bytes > slot->size()) {
-      return absl::InternalError(absl::StrCat(
-          what, ": the response names shared memory other than the request's output"));
+      return absl::InternalError(
+          absl::StrCat(what, ": the response names shared memory other than the request's output"));
     }
     out.bytes = Buffer::InSlot(std::move(*slot), *bytes);
     if (copy) out.bytes = out.bytes.Copy();  // the slot goes back to the pool here
@@ -261,13 +261,14 @@ absl::StatusOr<CallResult> TakeResult(v1::ProcessResponse& response, std::option
   out.transport_reason = plan ? "" : reason;
   out.client_copy_bytes = plan ? plan->copy_bytes : 0;
   if (plan) plan->copied.clear();  // the server is done with the inputs
-  const size_t aux_count = plan ? plan->outputs.size() - 1 : static_cast<size_t>(response.aux_size());
+  const size_t aux_count =
+      plan ? plan->outputs.size() - 1 : static_cast<size_t>(response.aux_size());
   if (static_cast<size_t>(response.aux_size()) != aux_count) {
     return absl::InternalError(absl::StrCat("the response has ", response.aux_size(),
                                             " aux tensors, the request ", aux_count));
   }
-  auto images = TakeTensor(response.mutable_images(), plan ? &plan->outputs[0] : nullptr, copy,
-                           "images");
+  auto images =
+      TakeTensor(response.mutable_images(), plan ? &plan->outputs[0] : nullptr, copy, "images");
   if (!images.ok()) return images.status();
   out.images = std::move(*images);
   for (int i = 0; i < response.aux_size(); ++i) {
@@ -366,11 +367,11 @@ struct Client::ShmState {
 
   const ClientOptions options;
   std::unique_ptr<v1::Preprocessor::Stub> stub;
-  std::mutex mu;  // one decision at a time
-  bool decided = false;                // GUARDED_BY(mu)
-  std::string reason;                  // GUARDED_BY(mu): why inline, once decided
-  std::string undecided_reason;        // GUARDED_BY(mu): why not decided yet
-  std::shared_ptr<ShmPool> pool;       // GUARDED_BY(mu): set once, on the shm path
+  std::mutex mu;                  // one decision at a time
+  bool decided = false;           // GUARDED_BY(mu)
+  std::string reason;             // GUARDED_BY(mu): why inline, once decided
+  std::string undecided_reason;   // GUARDED_BY(mu): why not decided yet
+  std::shared_ptr<ShmPool> pool;  // GUARDED_BY(mu): set once, on the shm path
 };
 
 std::shared_ptr<Client::ShmState> Client::MakeShmState(const ClientOptions& options,
@@ -388,9 +389,8 @@ absl::StatusOr<Client::ShmRoute> Client::DecideTransport() const {
     } else if (absl::StrContains(options_.target, ",")) {
       reason = "the target names several servers, and a region is registered with one only";
     } else if (auto ops = ListOps(); !ops.ok()) {
-      st.undecided_reason =
-          absl::StrCat("could not ask the server about shared memory (", ops.status().message(),
-                       ")");
+      st.undecided_reason = absl::StrCat("could not ask the server about shared memory (",
+                                         ops.status().message(), ")");
     } else if (!ops->shared_memory().enabled()) {
       reason = "the server has shared memory disabled";
     } else {
@@ -398,7 +398,8 @@ absl::StatusOr<Client::ShmRoute> Client::DecideTransport() const {
       ShmPoolOptions po;
       po.key_prefix = info.key_prefix();
       po.max_bytes = std::max<uint64_t>(options_.shm_max_mb, 1) * kMiB;
-      if (info.max_mapped_bytes() > 0) po.max_bytes = std::min(po.max_bytes, info.max_mapped_bytes());
+      if (info.max_mapped_bytes() > 0)
+        po.max_bytes = std::min(po.max_bytes, info.max_mapped_bytes());
       po.initial_bytes = std::min(std::max<uint64_t>(options_.shm_pool_mb, 1) * kMiB, po.max_bytes);
       po.max_regions = kMaxPoolRegions;
       if (info.max_regions_per_client() > 0) {
@@ -414,8 +415,8 @@ absl::StatusOr<Client::ShmRoute> Client::DecideTransport() const {
       } else if (const char* refused = RegisterRefusal(pool.status().code())) {
         reason = absl::StrCat(refused, ": ", pool.status().message());
       } else {
-        st.undecided_reason = absl::StrCat("could not register shared memory (",
-                                           pool.status().message(), ")");
+        st.undecided_reason =
+            absl::StrCat("could not register shared memory (", pool.status().message(), ")");
       }
     }
     if (reason) {
@@ -493,8 +494,8 @@ absl::StatusOr<CallResult> Client::Call(const CallRequest& request, bool copy) c
     std::optional<ShmPlan> plan;
     std::string reason;
     v1::ProcessRequest message;
-    if (absl::Status s = Plan(request, route->pool.get(), route->reason, options_.shm, &plan,
-                              &reason, &message);
+    if (absl::Status s =
+            Plan(request, route->pool.get(), route->reason, options_.shm, &plan, &reason, &message);
         !s.ok()) {
       return s;
     }
@@ -536,8 +537,8 @@ absl::Status Client::StreamCalls(
     const CallRequest& request = next(i);
     Pending p;
     p.request_id = request.request_id;
-    stop = Plan(request, route->pool.get(), route->reason, options_.shm, &p.plan, &p.reason,
-                &message);
+    stop =
+        Plan(request, route->pool.get(), route->reason, options_.shm, &p.plan, &p.reason, &message);
     if (!stop.ok()) return nullptr;
     message.set_request_id(std::to_string(i));
     std::lock_guard<std::mutex> lock(mu);

@@ -30,14 +30,14 @@ Commands:
   ops                         list ops, their arguments and the server's devices
   health [--service NAME]     grpc.health.v1 check ("" = whole server)
   process --in X.npy --out Y.npy --pipeline P [--labels L.npy --labels-out L2.npy]
-          [--seed N] [--device auto|cpu|cuda]
+          [--seed N] [--device auto|cpu|cuda] [--shm[=auto|on|off]]
                               run a pipeline on one batch. P is the Pipeline in protobuf's JSON
                               mapping, inline or a file name, e.g.
                               '{"ops":[{"rotate":{"angleDeg":30,"border":"BORDER_EDGE"}}]}'
                               (a bare JSON list of ops is accepted too)
   bench [--workload W1|W2|W3|small] [--batch N] [--mode unary|stream] [--requests N]
         [--warmup N] [--inflight N] [--device D] [--json] [--distinct N]
-        [--progress-seconds S|off] [--max-memory-mb N]
+        [--progress-seconds S|off] [--max-memory-mb N] [--shm[=auto|on|off]]
                               random data through a seed workload: images/s, p50/p99 latency,
                               and the split of the round trip into server stages and network.
                               Defaults: W2, batch 1, unary, 50 requests after 5 warm-up ones,
@@ -48,10 +48,17 @@ Commands:
                               goes to stderr every S seconds (default 5; 0 = after every
                               request). The run fails before generating any data when it would
                               need more memory than is available (MemAvailable, or a cgroup
-                              limit) or than --max-memory-mb
+                              limit) or than --max-memory-mb. With --shm the batches are
+                              placed in shared memory once and requests only name them
 
-Global flags: --address (default 127.0.0.1:50051; several joined by commas are balanced
-round-robin), --timeout-ms (per call; default none), --max-message-mb (default 256).
+Global flags: --address (default 127.0.0.1:50051; unix:PATH for a Unix socket; several joined
+by commas are balanced round-robin), --timeout-ms (per call; default none), --max-message-mb
+(default 256).
+Same host: --shm (or --shm=on) sends tensors through shared memory and fails, saying why, when
+the server does not allow it or cannot see this client's memory; --shm=auto falls back to inline
+bytes instead; --shm=off (the default) sends bytes inline. process and bench print the transport
+they used. --shm-pool-mb N (first region, default 64), --shm-max-mb N (all regions, default
+1024).
 Security: --tls (TLS with the system's roots), --tls-ca FILE (TLS, trusting this CA),
 --tls-cert FILE --tls-key FILE (client certificate for mutual TLS), --tls-server-name NAME
 (check the server's certificate for NAME), --auth-token-file FILE (send the file's first line
@@ -73,6 +80,9 @@ Args ParseArgs(int argc, char** argv) {
       if (eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
+      } else if (name == "shm") {
+        // A bare --shm means on; "--shm auto" (a mode as the next word) works too.
+        if (i + 1 < argc && ParseShmMode(argv[i + 1]).ok()) value = argv[++i];
       } else if (name != "json" && name != "help" && name != "tls" && i + 1 < argc) {
         value = argv[++i];
       }
@@ -161,56 +171,85 @@ int CmdHealth(const Client& client, const Args& a) {
   return *r == "SERVING" ? 0 : 1;
 }
 
+// One line on stderr: the way the tensors travelled, with the bytes each way, or why inline.
+void PrintTransport(const CallResult& r) {
+  const v1::Transfer& x = r.transfer;
+  if (r.transport == Transport::kShm) {
+    std::fprintf(stderr,
+                 "transport=shm (shared memory: %llu bytes in, %llu out; inline %llu in, %llu "
+                 "out; %llu bytes copied into shared memory by this client)\n",
+                 static_cast<unsigned long long>(x.shm_bytes_in()),
+                 static_cast<unsigned long long>(x.shm_bytes_out()),
+                 static_cast<unsigned long long>(x.inline_bytes_in()),
+                 static_cast<unsigned long long>(x.inline_bytes_out()),
+                 static_cast<unsigned long long>(r.client_copy_bytes));
+  } else {
+    std::fprintf(stderr, "transport=inline (%s)\n", r.transport_reason.c_str());
+  }
+}
+
 int CmdProcess(const Client& client, const Args& a) {
   const std::string in = Flag(a, "in"), out = Flag(a, "out"), pipe = Flag(a, "pipeline");
   if (in.empty() || out.empty() || pipe.empty()) {
     std::cerr << "tensorprep process: --in, --out and --pipeline are required\n";
     return 2;
   }
-  v1::ProcessRequest request;
   auto images = ReadNpy(in);
   if (!images.ok()) return Fail(images.status());
-  *request.mutable_images() = std::move(*images);
   auto pipeline = ParsePipeline(pipe);
   if (!pipeline.ok()) return Fail(pipeline.status());
-  *request.mutable_pipeline() = std::move(*pipeline);
+  CallRequest call;
+  call.request_id = "cli";
+  // The tensors stay in the messages ReadNpy filled; Call copies them into shared memory once,
+  // or into the request inline.
+  auto view = [](const v1::Tensor& t) {
+    return TensorInput{t.dtype(), std::vector<int64_t>(t.shape().begin(), t.shape().end()),
+                       t.data().data()};
+  };
+  call.images = view(*images);
+  call.pipeline = std::move(*pipeline);
   const std::string labels = Flag(a, "labels");
+  absl::StatusOr<v1::Tensor> l;
   if (!labels.empty()) {
-    auto l = ReadNpy(labels);
+    l = ReadNpy(labels);
     if (!l.ok()) return Fail(l.status());
-    v1::AuxTensor* aux = request.add_aux();
-    aux->set_name("labels");
-    *aux->mutable_tensor() = std::move(*l);
+    call.aux.push_back(AuxInput{"labels", view(*l)});
   }
-  request.set_seed(static_cast<uint64_t>(IntFlag(a, "seed", 0)));
+  call.seed = static_cast<uint64_t>(IntFlag(a, "seed", 0));
   auto device = ParseDevice(Flag(a, "device"));
   if (!device.ok()) return Fail(device.status());
-  request.set_device(*device);
-  request.set_request_id("cli");
+  call.device = *device;
+  // The transport is decided (and a shared-memory pool registered) before the clock starts.
+  if (absl::Status c = client.Connect(); !c.ok()) return Fail(c);
   const auto start = std::chrono::steady_clock::now();
-  auto r = client.Process(request);
+  auto r = client.Call(call);
   const double rtt = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!r.ok()) return Fail(r.status());
-  absl::Status s = WriteNpy(out, r->images());
+  // Written from where the result lies (a shared-memory slot, or the response's bytes).
+  auto write = [](const std::string& path, const TensorResult& t) {
+    return WriteNpy(path, t.dtype, t.shape, t.bytes.data(), t.bytes.size());
+  };
+  absl::Status s = write(out, r->images);
   if (!s.ok()) return Fail(s);
   if (!labels.empty()) {
     const std::string labels_out = Flag(a, "labels-out", out + ".labels.npy");
-    s = WriteNpy(labels_out, r->aux(0).tensor());
+    s = write(labels_out, r->aux.at(0).tensor);
     if (!s.ok()) return Fail(s);
   }
-  const auto& t = r->timings();
+  const auto& t = r->timings;
   std::fprintf(stderr,
                "device=%s round_trip=%.3f ms server=%.3f ms (decode %.3f, queue %.3f, kernel "
                "%.3f, encode %.3f)\n",
-               v1::Device_Name(r->device()).substr(7).c_str(), rtt * 1e3, t.total_ns() * 1e-6,
+               v1::Device_Name(r->device).substr(7).c_str(), rtt * 1e3, t.total_ns() * 1e-6,
                t.decode_ns() * 1e-6, t.queue_ns() * 1e-6, t.kernel_ns() * 1e-6,
                t.encode_ns() * 1e-6);
+  PrintTransport(*r);
   return 0;
 }
 
 // ---- bench ------------------------------------------------------------------------------------
 
-int CmdBench(const Client& client, const Args& a, int max_message_mb) {
+int CmdBench(const Client& client, const Args& a, int max_message_mb, ShmMode shm) {
   BenchOptions o;
   o.workload = Flag(a, "workload", o.workload);
   o.batch = IntFlag(a, "batch", o.batch);
@@ -223,6 +262,7 @@ int CmdBench(const Client& client, const Args& a, int max_message_mb) {
   o.distinct = IntFlag(a, "distinct", o.distinct);
   o.max_memory_mb = IntFlag(a, "max-memory-mb", o.max_memory_mb);
   o.max_message_mb = max_message_mb;
+  o.shm = shm;
   o.json = Flag(a, "json") == "true";
   const std::string progress = Flag(a, "progress-seconds");
   if (progress == "off") {
@@ -296,12 +336,22 @@ int main(int argc, char** argv) {
   options.max_message_mb = static_cast<int>(IntFlag(a, "max-message-mb", 256));
   absl::Status security = ApplySecurityFlags(a, &options);
   if (!security.ok()) return Fail(security);
+  const std::string shm = Flag(a, "shm", "off");
+  auto shm_mode = ParseShmMode(shm);
+  if (!shm_mode.ok()) {
+    std::cerr << "tensorprep: --" << shm_mode.status().message() << "\n";
+    return 2;
+  }
+  options.shm = *shm_mode;
+  options.shm_pool_mb = static_cast<uint64_t>(std::max<int64_t>(1, IntFlag(a, "shm-pool-mb", 64)));
+  options.shm_max_mb = static_cast<uint64_t>(
+      std::max<int64_t>(static_cast<int64_t>(options.shm_pool_mb), IntFlag(a, "shm-max-mb", 1024)));
   Client client(options);
   const std::string& cmd = a.positional[0];
   if (cmd == "ops") return CmdOps(client);
   if (cmd == "health") return CmdHealth(client, a);
   if (cmd == "process") return CmdProcess(client, a);
-  if (cmd == "bench") return CmdBench(client, a, options.max_message_mb);
+  if (cmd == "bench") return CmdBench(client, a, options.max_message_mb, options.shm);
   std::cerr << "tensorprep: unknown command '" << cmd << "'\n" << kUsage;
   return 2;
 }

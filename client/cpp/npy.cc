@@ -161,6 +161,20 @@ absl::StatusOr<std::string> SerializeNpy(const v1::Tensor& t) {
   return out;
 }
 
+absl::Status WriteNpy(const std::string& path, v1::DType dtype, const std::vector<int64_t>& shape,
+                      const void* data, size_t bytes) {
+  v1::Tensor header_only;  // no data: SerializeNpy gives just the header
+  header_only.set_dtype(dtype);
+  for (int64_t d : shape) header_only.add_shape(d);
+  auto header = SerializeNpy(header_only);
+  if (!header.ok()) return header.status();
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(header->data(), static_cast<std::streamsize>(header->size()));
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
 absl::Status WriteNpy(const std::string& path, const v1::Tensor& t) {
   auto bytes = SerializeNpy(t);
   if (!bytes.ok()) return bytes.status();

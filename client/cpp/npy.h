@@ -23,6 +23,11 @@ absl::StatusOr<v1::Tensor> ParseNpy(const std::string& bytes, const std::string&
 // file cannot be written.
 absl::Status WriteNpy(const std::string& path, const v1::Tensor& t);
 
+// Writes `bytes` bytes at `data` as a .npy file of `dtype` and `shape` (e.g. a result that lies in
+// shared memory), without copying them into a Tensor first. Errors as for the overload above.
+absl::Status WriteNpy(const std::string& path, v1::DType dtype, const std::vector<int64_t>& shape,
+                      const void* data, size_t bytes);
+
 // The .npy bytes for `t`.
 absl::StatusOr<std::string> SerializeNpy(const v1::Tensor& t);
 

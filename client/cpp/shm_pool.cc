@@ -400,8 +400,10 @@ absl::Status ShmPool::Grow(uint64_t need) {
       in_use += r->arena.used();
     }
   }
-  // At least the first region's size, in whole MiB, but never past the pool's cap.
-  uint64_t size = std::max(options_.initial_bytes, (need + kMiB - 1) / kMiB * kMiB);
+  // At least the first region's size and what is needed, in whole MiB, and as much as the pool
+  // has already (so that the pool doubles: few regions, far below the server's per-client
+  // limit, even for large batches), but never past the pool's cap.
+  uint64_t size = std::max({options_.initial_bytes, (need + kMiB - 1) / kMiB * kMiB, total});
   if (options_.max_bytes > total) size = std::min(size, std::max(need, options_.max_bytes - total));
   if (count >= options_.max_regions || total + size > options_.max_bytes) {
     return absl::ResourceExhaustedError(absl::StrFormat(

@@ -14,8 +14,9 @@
 //
 // Slots are 64-byte-aligned blocks handed out first-fit from each region's arena; a ShmSlot owns
 // its block and returns it to the pool when destroyed. When no region has room, the pool
-// registers another one, up to its caps; past them an allocation fails with the reason and the
-// caller may send that request inline.
+// registers another one (as large as the pool so far, or the request if larger: the pool
+// doubles), up to its caps; past them an allocation fails with the reason and the caller may
+// send that request inline.
 //
 // Lifetime: Close() (the client calls it when it is destroyed) unregisters every region; the
 // local mappings stay until the pool object itself goes, which is when the last slot and the
@@ -243,9 +244,9 @@ class ShmPool : public std::enable_shared_from_this<ShmPool> {
   std::mutex grow_mu_;  // one registration at a time
   // Regions, mapped until the pool is destroyed (GUARDED_BY(mu_) for the vector and arenas).
   std::vector<std::unique_ptr<ShmRegionState>> regions_;
-  std::vector<Held> quarantine_;    // GUARDED_BY(mu_)
-  bool closed_ = false;             // GUARDED_BY(mu_)
-  std::string grow_refused_;        // GUARDED_BY(grow_mu_): the server's refusal, once given
+  std::vector<Held> quarantine_;  // GUARDED_BY(mu_)
+  bool closed_ = false;           // GUARDED_BY(mu_)
+  std::string grow_refused_;      // GUARDED_BY(grow_mu_): the server's refusal, once given
 };
 
 // Size in bytes of one element of `dtype`, or 0 for an unknown one.

@@ -5,9 +5,8 @@
 // when results are destroyed, and memory from Allocate is sent without a copy. The pool's arena
 // and its quarantine are checked on their own too.
 #include <dirent.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -173,8 +172,7 @@ v1::Pipeline MakePipeline(v1::DType dtype) {
   return p;
 }
 
-CallRequest MakeCall(const Batch& b, const void* images = nullptr,
-                     const void* labels = nullptr) {
+CallRequest MakeCall(const Batch& b, const void* images = nullptr, const void* labels = nullptr) {
   CallRequest c;
   c.request_id = "c";
   c.images = TensorInput{b.dtype, b.shape, images != nullptr ? images : b.images.data()};
@@ -227,8 +225,7 @@ class ShmClientTest : public ::testing::TestWithParam<v1::DType> {
  protected:
   void SetUp() override { server_ = std::make_unique<TestServer>(ServerOptions(true)); }
   Batch MakeParamBatch(uint32_t seed, int64_t n = 3) {
-    const v1::DType label =
-        GetParam() == v1::DTYPE_UINT8 ? v1::DTYPE_UINT8 : v1::DTYPE_INT32;
+    const v1::DType label = GetParam() == v1::DTYPE_UINT8 ? v1::DTYPE_UINT8 : v1::DTYPE_INT32;
     return MakeBatch(GetParam(), label, n, 37, 53, seed);
   }
   std::unique_ptr<TestServer> server_;
@@ -460,7 +457,10 @@ TEST(ShmClientPoolTest, SlotsComeBackWhenResultsAreDestroyed) {
   absl::Status last;
   for (int i = 0; i < 8 && last.ok(); ++i) {
     auto r = required.Call(MakeCall(b));
-    if (r.ok()) keep.push_back(std::move(*r)); else last = r.status();
+    if (r.ok())
+      keep.push_back(std::move(*r));
+    else
+      last = r.status();
   }
   EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted) << last;
 }
@@ -531,7 +531,7 @@ TEST(ShmArenaTest, FirstFitCoalescesAndRefusesDoubleFrees) {
   EXPECT_EQ(arena.used(), 256u);
   EXPECT_FALSE(arena.Alloc(64 * 7).has_value());
   ASSERT_TRUE(arena.Free(*b, 65).ok());
-  EXPECT_EQ(arena.Free(*b, 65).code(), absl::StatusCode::kInternal);  // double free
+  EXPECT_EQ(arena.Free(*b, 65).code(), absl::StatusCode::kInternal);       // double free
   EXPECT_EQ(arena.Free(64 * 10, 64).code(), absl::StatusCode::kInternal);  // outside
   EXPECT_EQ(*arena.Alloc(100), 64u);  // first fit: the hole b left
   ASSERT_TRUE(arena.Free(64, 100).ok());
