@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -58,31 +59,35 @@ int ObjectsLeft() {
   return n;
 }
 
-// Occupies one worker of the server's queue until released (destroyed).
+// Occupies one worker of the server's queue until released (destroyed). The state is shared
+// with the task, so that the worker, which wakes after the Blocker may be gone, never touches
+// freed memory.
 class Blocker {
  public:
-  explicit Blocker(server::WorkQueue& queue) {
-    queue.Submit([this] {
-      std::unique_lock<std::mutex> lock(mu_);
-      running_ = true;
-      cv_.notify_all();
-      cv_.wait(lock, [this] { return released_; });
+  explicit Blocker(server::WorkQueue& queue) : state_(std::make_shared<State>()) {
+    queue.Submit([state = state_] {
+      std::unique_lock<std::mutex> lock(state->mu);
+      state->running = true;
+      state->cv.notify_all();
+      state->cv.wait(lock, [&] { return state->released; });
     });
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return running_; });
+    std::unique_lock<std::mutex> lock(state_->mu);
+    state_->cv.wait(lock, [this] { return state_->running; });
   }
-  ~Blocker() { Release(); }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
+  ~Blocker() {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->released = true;
+    state_->cv.notify_all();
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool running_ = false;
-  bool released_ = false;
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool running = false;
+    bool released = false;
+  };
+  std::shared_ptr<State> state_;
 };
 
 // Polls `cond` for at most 20 s (a bound on a wait for the server, not a timing assertion).
