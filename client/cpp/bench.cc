@@ -583,9 +583,13 @@ absl::Status RunBench(const Client& client, const BenchOptions& o, std::FILE* ou
                  Percentile(tail(queue), 0.5) * 1e3);
     std::fprintf(out, "  network+client p50 %.3f ms  (round trip minus server time)\n",
                  Percentile(tail(network), 0.5) * 1e3);
-    std::fprintf(out, "  transport    %s  (%lld of %lld requests through shared memory%s%s)\n",
-                 transport, static_cast<long long>(shm_requests), static_cast<long long>(requests),
-                 inline_reason.empty() ? "" : "; inline: ", inline_reason.c_str());
+    // Only when --shm asked for it: without it the report stays as it always was (inline).
+    if (o.shm != ShmMode::kOff) {
+      std::fprintf(out, "  transport    %s  (%lld of %lld requests through shared memory%s%s)\n",
+                   transport, static_cast<long long>(shm_requests),
+                   static_cast<long long>(requests),
+                   inline_reason.empty() ? "" : "; inline: ", inline_reason.c_str());
+    }
   }
   return absl::OkStatus();
 }
