@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -46,31 +47,35 @@ void ExpectAddedOne(const v1::ProcessResponse& r, size_t bytes) {
   ASSERT_TRUE(r.images().data() == want) << "wrong values";
 }
 
-// Occupies one worker of the server's queue until Release().
+// Occupies one worker of the server's queue until Release(). The state is shared with the task:
+// the worker may still be waking from the wait after the Blocker is gone.
 class Blocker {
  public:
-  explicit Blocker(server::WorkQueue& queue) {
-    queue.Submit([this] {
-      std::unique_lock<std::mutex> lock(mu_);
-      running_ = true;
-      cv_.notify_all();
-      cv_.wait(lock, [this] { return released_; });
+  explicit Blocker(server::WorkQueue& queue) : state_(std::make_shared<State>()) {
+    queue.Submit([state = state_] {
+      std::unique_lock<std::mutex> lock(state->mu);
+      state->running = true;
+      state->cv.notify_all();
+      state->cv.wait(lock, [&] { return state->released; });
     });
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return running_; });
+    std::unique_lock<std::mutex> lock(state_->mu);
+    state_->cv.wait(lock, [this] { return state_->running; });
   }
   ~Blocker() { Release(); }
   void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->released = true;
+    state_->cv.notify_all();
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool running_ = false;
-  bool released_ = false;
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool running = false;
+    bool released = false;
+  };
+  std::shared_ptr<State> state_;
 };
 
 // Polls `cond` for up to 20 s.
