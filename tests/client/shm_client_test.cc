@@ -59,47 +59,6 @@ int ObjectsLeft() {
   return n;
 }
 
-// Occupies one worker of the server's queue until released (destroyed). The state is shared
-// with the task, so that the worker, which wakes after the Blocker may be gone, never touches
-// freed memory.
-class Blocker {
- public:
-  explicit Blocker(server::WorkQueue& queue) : state_(std::make_shared<State>()) {
-    queue.Submit([state = state_] {
-      std::unique_lock<std::mutex> lock(state->mu);
-      state->running = true;
-      state->cv.notify_all();
-      state->cv.wait(lock, [&] { return state->released; });
-    });
-    std::unique_lock<std::mutex> lock(state_->mu);
-    state_->cv.wait(lock, [this] { return state_->running; });
-  }
-  ~Blocker() {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->released = true;
-    state_->cv.notify_all();
-  }
-
- private:
-  struct State {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool running = false;
-    bool released = false;
-  };
-  std::shared_ptr<State> state_;
-};
-
-// Polls `cond` for at most 20 s (a bound on a wait for the server, not a timing assertion).
-bool Eventually(const std::function<bool()>& cond) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < end) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return cond();
-}
-
 TestServerOptions ServerOptions(bool shm) {
   TestServerOptions o;
   o.threads = 2;

@@ -47,47 +47,6 @@ void ExpectAddedOne(const v1::ProcessResponse& r, size_t bytes) {
   ASSERT_TRUE(r.images().data() == want) << "wrong values";
 }
 
-// Occupies one worker of the server's queue until Release(). The state is shared with the task:
-// the worker may still be waking from the wait after the Blocker is gone.
-class Blocker {
- public:
-  explicit Blocker(server::WorkQueue& queue) : state_(std::make_shared<State>()) {
-    queue.Submit([state = state_] {
-      std::unique_lock<std::mutex> lock(state->mu);
-      state->running = true;
-      state->cv.notify_all();
-      state->cv.wait(lock, [&] { return state->released; });
-    });
-    std::unique_lock<std::mutex> lock(state_->mu);
-    state_->cv.wait(lock, [this] { return state_->running; });
-  }
-  ~Blocker() { Release(); }
-  void Release() {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->released = true;
-    state_->cv.notify_all();
-  }
-
- private:
-  struct State {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool running = false;
-    bool released = false;
-  };
-  std::shared_ptr<State> state_;
-};
-
-// Polls `cond` for up to 20 s.
-bool Eventually(const std::function<bool()>& cond) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < end) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return cond();
-}
-
 // Sum of the values (gauges, counters) or sample counts (histograms) of `name`'s series whose
 // labels include every pair of `labels`.
 double MetricSum(prometheus::Registry& registry, const std::string& name,

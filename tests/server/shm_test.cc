@@ -76,46 +76,6 @@ class ShmObject {
   size_t size_;
 };
 
-// Occupies one worker of the server's queue until Release(). The state is shared with the task:
-// the worker may still be waking from the wait after the Blocker is gone.
-class Blocker {
- public:
-  explicit Blocker(server::WorkQueue& queue) : state_(std::make_shared<State>()) {
-    queue.Submit([state = state_] {
-      std::unique_lock<std::mutex> lock(state->mu);
-      state->running = true;
-      state->cv.notify_all();
-      state->cv.wait(lock, [&] { return state->released; });
-    });
-    std::unique_lock<std::mutex> lock(state_->mu);
-    state_->cv.wait(lock, [this] { return state_->running; });
-  }
-  ~Blocker() { Release(); }
-  void Release() {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->released = true;
-    state_->cv.notify_all();
-  }
-
- private:
-  struct State {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool running = false;
-    bool released = false;
-  };
-  std::shared_ptr<State> state_;
-};
-
-bool Eventually(const std::function<bool()>& cond) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < end) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return cond();
-}
-
 v1::SharedMemoryRef Ref(const std::string& region, uint64_t offset, uint64_t bytes) {
   v1::SharedMemoryRef r;
   r.set_region(region);

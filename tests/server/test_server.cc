@@ -1,5 +1,8 @@
 #include "tests/server/test_server.h"
 
+#include <chrono>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 
 namespace tensorprep::testing {
@@ -53,6 +56,32 @@ client::Client TestServer::MakeClient() const {
 client::Client TestServer::MakeClient(client::ClientOptions options) const {
   options.target = address_;
   return client::Client(options);
+}
+
+Blocker::Blocker(server::WorkQueue& queue) : state_(std::make_shared<State>()) {
+  queue.Submit([state = state_] {
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->running = true;
+    state->cv.notify_all();
+    state->cv.wait(lock, [&] { return state->released; });
+  });
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->cv.wait(lock, [this] { return state_->running; });
+}
+
+void Blocker::Release() {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->released = true;
+  state_->cv.notify_all();
+}
+
+bool Eventually(const std::function<bool()>& cond) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return cond();
 }
 
 }  // namespace tensorprep::testing

@@ -6,7 +6,10 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "client/cpp/client.h"
@@ -62,6 +65,29 @@ class TestServer {
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
 };
+
+// Occupies one worker of `queue` from construction until Release() or destruction, so that
+// requests submitted meanwhile wait in the queue. The state is shared with the task: the worker
+// may still be waking from its wait after the Blocker is gone.
+class Blocker {
+ public:
+  explicit Blocker(server::WorkQueue& queue);
+  ~Blocker() { Release(); }
+  void Release();
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool running = false;
+    bool released = false;
+  };
+  std::shared_ptr<State> state_;
+};
+
+// Polls `cond` every 5 ms for at most 20 s (a bound on waiting for the server, not a timing
+// assertion); its last value.
+bool Eventually(const std::function<bool()>& cond);
 
 }  // namespace tensorprep::testing
 
