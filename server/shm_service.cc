@@ -31,6 +31,16 @@ std::string ClientOf(grpc::CallbackServerContext* ctx) {
   return client;
 }
 
+// What every shared-memory RPC checks first: the token, then that shared memory is on.
+absl::Status Admit(const ServiceOptions& options, grpc::CallbackServerContext* ctx) {
+  absl::Status s = CheckBearerToken(ctx->client_metadata(), options.auth_token);
+  if (s.ok() && (options.shm == nullptr || !options.shm->enabled())) {
+    s = absl::FailedPreconditionError(
+        "shared memory is disabled on this server (the operator enables it with --shm-prefix)");
+  }
+  return s;
+}
+
 }  // namespace
 
 void PreprocessorService::DescribeSharedMemory(pb::SharedMemoryInfo* info) const {
@@ -50,11 +60,7 @@ grpc::ServerUnaryReactor* PreprocessorService::RegisterSharedMemory(
     pb::RegisterSharedMemoryResponse* response) {
   const Clock::time_point arrival = Clock::now();
   metrics_.RequestStarted(Rpc::kRegisterSharedMemory);
-  absl::Status s = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
-  if (s.ok() && (options_.shm == nullptr || !options_.shm->enabled())) {
-    s = absl::FailedPreconditionError(
-        "shared memory is disabled on this server (the operator enables it with --shm-prefix)");
-  }
+  absl::Status s = Admit(options_, ctx);
   if (s.ok()) {
     auto handle = options_.shm->Register(*request, ClientOf(ctx));
     if (handle.ok()) {
@@ -77,11 +83,7 @@ grpc::ServerUnaryReactor* PreprocessorService::SharedMemoryStatus(
     pb::SharedMemoryStatusResponse* response) {
   const Clock::time_point arrival = Clock::now();
   metrics_.RequestStarted(Rpc::kSharedMemoryStatus);
-  absl::Status s = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
-  if (s.ok() && (options_.shm == nullptr || !options_.shm->enabled())) {
-    s = absl::FailedPreconditionError(
-        "shared memory is disabled on this server (the operator enables it with --shm-prefix)");
-  }
+  absl::Status s = Admit(options_, ctx);
   if (s.ok() && request->regions_size() > kMaxStatusHandles) {
     s = absl::InvalidArgumentError(absl::StrCat("regions: expected at most ", kMaxStatusHandles,
                                                 " handles, got ", request->regions_size()));
@@ -124,11 +126,7 @@ grpc::ServerUnaryReactor* PreprocessorService::UnregisterSharedMemory(
     pb::UnregisterSharedMemoryResponse*) {
   const Clock::time_point arrival = Clock::now();
   metrics_.RequestStarted(Rpc::kUnregisterSharedMemory);
-  absl::Status s = CheckBearerToken(ctx->client_metadata(), options_.auth_token);
-  if (s.ok() && (options_.shm == nullptr || !options_.shm->enabled())) {
-    s = absl::FailedPreconditionError(
-        "shared memory is disabled on this server (the operator enables it with --shm-prefix)");
-  }
+  absl::Status s = Admit(options_, ctx);
   if (s.ok()) {
     s = request->region().size() > kMaxHandleBytes
             ? absl::NotFoundError("region: no registered shared-memory region has this handle")
