@@ -12,10 +12,10 @@ import json
 import os
 import pathlib
 import re
-import resource
+import signal
 import subprocess
+import sys
 import tempfile
-import threading
 
 import pytest
 
@@ -33,26 +33,52 @@ def cli_binary():
     return path
 
 
+# Linux charges a child the resident size of the process it was forked from (its peak RSS starts
+# at the parent's, and exec keeps that peak), and the pytest process may hold hundreds of MB
+# (TensorFlow, imported by other tests). So the CLI is started by a small launcher process: the
+# CLI is the launcher's child, its peak starts from the launcher's few MB, and the launcher
+# reports the CLI's own figure from wait4 through a pipe.
+LAUNCHER = """
+import os, resource, sys
+fd, limit, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, f"{usage.ru_maxrss}".encode())
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def run_cli(*args, timeout=120, address_space=None):
     """Runs the CLI to completion -> Run(code, stdout, stderr, peak_rss in bytes)."""
-    def limit():
-        if address_space is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([str(cli_binary()), *map(str, args)], stdout=out, stderr=err,
-                                preexec_fn=limit)
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Run(proc.returncode, out.read().decode(), err.read().decode(),
-                   usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+    read_end, write_end = os.pipe()
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-c", LAUNCHER, str(write_end), str(address_space or 0),
+                 str(cli_binary()), *map(str, args)],
+                stdout=out, stderr=err, pass_fds=(write_end,), start_new_session=True)
+            os.close(write_end)
+            write_end = None
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the CLI with it
+                proc.wait()
+                raise
+            peak_kib = int(os.read(read_end, 64) or b"0")
+            assert peak_kib > 0, "the launcher reported no peak RSS for the CLI"
+            out.seek(0)
+            err.seek(0)
+            # The launcher exits with the CLI's code (a signal n shows as 256 - n).
+            return Run(code, out.read().decode(), err.read().decode(), peak_kib * 1024)
+    finally:
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
 
 
 def w3_request_bytes(batch):
