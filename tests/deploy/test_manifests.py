@@ -185,7 +185,9 @@ def test_server_starts_with_the_deployment_environment(tmp_path):
         assert f"threads={env['TENSORPREP_THREADS']}" in line, line
         # The drain settings as the server took them; then SIGTERM starts the drain delay, and a
         # second SIGTERM ends it, so that the test need not wait it out.
-        settings = proc.stdout.readline() + proc.stdout.readline()
+        settings = "".join(proc.stdout.readline() for _ in range(3))
+        # Shared memory and the Unix socket are for same-host sidecars: off in the Deployments.
+        assert "unix socket off, shared memory off" in settings, settings
         assert (f"drain delay {env['TENSORPREP_DRAIN_DELAY_SECONDS']} s, then grace "
                 f"{env['TENSORPREP_GRACE_SECONDS']} s; connection max age "
                 f"{env['TENSORPREP_MAX_CONNECTION_AGE_SECONDS']} s") in settings, settings
