@@ -10,9 +10,9 @@ tensorprep.adapters (tf.data and PyTorch).
 """
 
 from .client import Client, Result
-from .errors import (CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError,
-                     InvalidArgumentError, ResourceExhaustedError, TensorprepError,
-                     UnavailableError)
+from .errors import (CancelledError, DataLossError, DeadlineExceededError, FailedPreconditionError,
+                     InternalError, InvalidArgumentError, MalformedResponseError,
+                     ResourceExhaustedError, TensorprepError, UnavailableError)
 from .memory import tune_malloc
 from .metrics import timed_callback
 from .ops import (add, as_pipeline, cast, clamp, divide, flip, multiply, normalize, pipeline,
@@ -22,8 +22,9 @@ from .wire import AuxInput
 __version__ = "0.1.0"
 
 __all__ = [
-    "AuxInput", "CancelledError", "Client", "DeadlineExceededError", "FailedPreconditionError",
-    "InternalError", "InvalidArgumentError", "ResourceExhaustedError", "Result", "TensorprepError",
+    "AuxInput", "CancelledError", "Client", "DataLossError", "DeadlineExceededError",
+    "FailedPreconditionError", "InternalError", "InvalidArgumentError", "MalformedResponseError",
+    "ResourceExhaustedError", "Result", "TensorprepError",
     "UnavailableError", "add", "as_pipeline", "cast", "clamp", "divide", "flip", "multiply",
     "normalize", "pipeline", "random_flip", "random_rotate", "rotate", "subtract", "timed_callback",
     "tune_malloc",
