@@ -2,7 +2,8 @@
 # The GPU checks in one command, for a machine with an NVIDIA GPU; writes one log per step and a
 # summary into OUT:
 #   1. tests: the CUDA kernel tests and the handler tests (the CUDA backend against the CPU
-#      backend through the Processor); both skip their device cases without a usable GPU,
+#      backend through the Processor, inputs and results in shared memory included); both skip
+#      their device cases without a usable GPU,
 #   2. the CUDA kernel benchmark: CUDA-event times at 256x256x3 float32, batch 1/64/256, beside a
 #      device-to-device copy of the same bytes and pinned host<->device bandwidth,
 #   3. torchvision on the same GPU (bench/torch_compare.py), where torch and torchvision import,

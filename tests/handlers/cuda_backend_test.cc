@@ -6,6 +6,10 @@
 // _rn intrinsics; tests/kernels/cuda checks each kernel bit for bit), so results must be equal;
 // only float results of bilinear sampling get a float rounding tolerance, as in planner_test.
 // Every test skips without a usable CUDA device.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +22,7 @@
 
 #include "handlers/backend.h"
 #include "handlers/processor.h"
+#include "handlers/shm_regions.h"
 #include "tests/handlers/request_util.h"
 #include "tests/kernels/test_util.h"
 
@@ -240,6 +245,79 @@ TEST_F(CudaVsCpu, AutoRoutesBySize) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->device, device) << shape.n << "x" << shape.h << "x" << shape.w;
   }
+}
+
+// Inputs and results in shared memory: the CUDA backend copies from and to the client's mapped
+// pages (pageable host memory) instead of message bytes; the results equal the CPU's inline ones.
+TEST_F(CudaVsCpu, SharedMemoryInputsAndOutputs) {
+  const std::string key = "/tensorprep-cudatest-" + std::to_string(getpid());
+  constexpr size_t kBytes = 8 << 20;
+  const int fd = shm_open(key.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, kBytes), 0);
+  void* mapped = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(mapped, MAP_FAILED);
+  auto* base = static_cast<uint8_t*>(mapped);
+  ShmOptions shm_options;
+  shm_options.key_prefix = "/tensorprep-cudatest-";
+  SharedMemoryRegions regions(shm_options);
+  v1::RegisterSharedMemoryRequest reg;
+  reg.set_key(key);
+  reg.set_byte_size(kBytes);
+  auto handle = regions.Register(reg, "test");
+  shm_unlink(key.c_str());
+  close(fd);
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  ProcessorOptions on_cuda;
+  on_cuda.cuda_fallback_to_cpu = false;
+  Processor processor(on_cuda, &cpu_, cuda_.get(), &regions);
+
+  v1::ProcessRequest inline_req;
+  inline_req.set_seed(5);
+  *inline_req.mutable_images() =
+      Wire(kernels::testing::RandomBuffer(DType::kUInt8, {8, 64, 48, 3}, 9, 0, 255),
+           v1::DTYPE_UINT8, false);
+  v1::AuxTensor* label = inline_req.add_aux();
+  label->set_name("label");
+  *label->mutable_tensor() =
+      Wire(kernels::testing::RandomBuffer(DType::kInt32, {8, 64, 48, 1}, 10, 0, 20),
+           v1::DTYPE_INT32, true);
+  AddRotate(*inline_req.mutable_pipeline(), 17, v1::INTERPOLATION_NEAREST, v1::BORDER_REFLECT);
+  inline_req.mutable_pipeline()->add_ops()->mutable_random_flip()->set_axis(
+      v1::FLIP_AXIS_HORIZONTAL);
+  inline_req.mutable_pipeline()->mutable_ops(1)->mutable_random_flip()->set_p(0.5);
+  inline_req.set_device(v1::DEVICE_CPU);
+  auto want = Process(*cpu_only_, inline_req);
+  ASSERT_TRUE(want.ok()) << want.status();
+
+  // Inputs at 0 and 1 MiB, results at 2 and 3 MiB of the region.
+  v1::ProcessRequest req = inline_req;
+  auto place = [&](v1::Tensor* t, uint64_t at) {
+    std::memcpy(base + at, t->data().data(), t->data().size());
+    t->mutable_shm()->set_region(*handle);
+    t->mutable_shm()->set_offset(at);
+    t->mutable_shm()->set_byte_size(t->data().size());
+    t->clear_data();
+  };
+  place(req.mutable_images(), 0);
+  place(req.mutable_aux(0)->mutable_tensor(), 1 << 20);
+  req.mutable_images_output()->set_region(*handle);
+  req.mutable_images_output()->set_offset(2 << 20);
+  req.mutable_images_output()->set_byte_size(want->images.size());
+  req.mutable_aux(0)->mutable_output()->set_region(*handle);
+  req.mutable_aux(0)->mutable_output()->set_offset(3 << 20);
+  req.mutable_aux(0)->mutable_output()->set_byte_size(want->aux[0].size());
+  req.set_device(v1::DEVICE_CUDA);
+  auto prepared = processor.Prepare(req);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  v1::ProcessResponse response;
+  auto stats = processor.Run(req, **prepared, &response);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->device, DeviceKind::kCuda);
+  EXPECT_EQ(response.transfer().shm_bytes_out(), want->images.size() + want->aux[0].size());
+  EXPECT_EQ(std::memcmp(base + (2 << 20), want->images.data(), want->images.size()), 0);
+  EXPECT_EQ(std::memcmp(base + (3 << 20), want->aux[0].data(), want->aux[0].size()), 0);
+  munmap(mapped, kBytes);
 }
 
 }  // namespace
