@@ -60,18 +60,20 @@ absl::Status PlaceOutputs(const pb::ProcessRequest& request, const SharedMemoryR
                              d.view.dtype, &prepared->aux_out[j]);
     if (!s.ok()) return s;
   }
-  // Every output against every input and every earlier output.
+  // Every output against every input and every earlier output (nothing to do, and nothing
+  // allocated, for the usual request without outputs in shared memory).
   std::vector<std::pair<std::string, const ShmSpan*>> inputs, outputs;
-  if (prepared->main.shm.pin) inputs.emplace_back("images", &prepared->main.shm);
-  for (size_t j = 0; j < prepared->aux.size(); ++j) {
-    if (prepared->aux[j].shm.pin) {
-      inputs.emplace_back(absl::StrCat("aux[", j, "].tensor"), &prepared->aux[j].shm);
-    }
-  }
   if (prepared->main_out.pin) outputs.emplace_back("images_output", &prepared->main_out);
   for (size_t j = 0; j < prepared->aux_out.size(); ++j) {
     if (prepared->aux_out[j].pin) {
       outputs.emplace_back(absl::StrCat("aux[", j, "].output"), &prepared->aux_out[j]);
+    }
+  }
+  if (outputs.empty()) return absl::OkStatus();
+  if (prepared->main.shm.pin) inputs.emplace_back("images", &prepared->main.shm);
+  for (size_t j = 0; j < prepared->aux.size(); ++j) {
+    if (prepared->aux[j].shm.pin) {
+      inputs.emplace_back(absl::StrCat("aux[", j, "].tensor"), &prepared->aux[j].shm);
     }
   }
   for (size_t o = 0; o < outputs.size(); ++o) {

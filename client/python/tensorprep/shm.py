@@ -337,35 +337,34 @@ class Pool:
         """Reserves one slot per size (bytes, each >= 1), all or none, growing the pool when it
         must. Returns ([Slot], None) or (None, reason) when they do not fit."""
         sizes = [max(1, int(n)) for n in sizes]
+        got, reason = self._try_alloc(sizes)
+        if got is not None or reason is not None:
+            return got, reason
+        with self._grow_lock:
+            # Another thread may have grown the pool or freed slots meanwhile.
+            got, reason = self._try_alloc(sizes)
+            if got is not None or reason is not None:
+                return got, reason
+            if self._reclaim_quarantine():
+                got, reason = self._try_alloc(sizes)
+                if got is not None or reason is not None:
+                    return got, reason
+            reason = self._grow(sum(Arena.round_up(n) for n in sizes))
+            if reason is not None:
+                return None, reason
+            got, reason = self._try_alloc(sizes)
+            if got is None and reason is None:
+                return None, "the shared-memory pool is full"
+            return got, reason
+
+    def _try_alloc(self, sizes):
+        """One attempt in the regions there are: (slots, None), (None, None) when they do not
+        fit, or (None, why) when the pool is closed."""
         with self._lock:
             if self._closed:
                 return None, "the client is closed"
             self._drain_locked()
-            got = self._alloc_locked(sizes)
-        if got is not None:
-            return got, None
-        with self._grow_lock:
-            with self._lock:  # another thread may have grown the pool or freed slots meanwhile
-                if self._closed:
-                    return None, "the client is closed"
-                self._drain_locked()
-                got = self._alloc_locked(sizes)
-            if got is not None:
-                return got, None
-            if self._reclaim_quarantine():
-                with self._lock:
-                    got = self._alloc_locked(sizes) if not self._closed else None
-                if got is not None:
-                    return got, None
-            need = sum(Arena.round_up(n) for n in sizes)
-            reason = self._grow(need)
-            if reason is not None:
-                return None, reason
-            with self._lock:
-                got = self._alloc_locked(sizes) if not self._closed else None
-            if got is None:
-                return None, "the shared-memory pool is full"
-            return got, None
+            return self._alloc_locked(sizes), None
 
     def _grow(self, need):
         """Registers one more region of at least ``need`` bytes; None, or why not."""
