@@ -194,27 +194,76 @@ void Warp(benchmark::State& state, DType dtype, kernels::Interp interp, int64_t 
 
 // OpenCV's warpAffine on the same images, one sample at a time on the calling thread: the
 // library the kernels are compared with (it quantises positions; see docs/performance.md).
-void OpenCvWarp(benchmark::State& state, DType dtype, int64_t n) {
-  const ConstTensorView src = InputView(dtype, n);
+void OpenCvWarp(benchmark::State& state, DType dtype, int64_t n, int64_t channels = kChannels,
+                kernels::Interp interp = kernels::Interp::kBilinear) {
+  const ConstTensorView src = InputView(dtype, n, channels);
   Output dst(dtype, src.shape);
-  const int type = dtype == DType::kFloat32 ? CV_32FC3 : CV_8UC3;
-  const size_t sample = static_cast<size_t>(src.shape.sample_elements()) * kernels::DTypeSize(dtype);
-  const cv::Mat m = cv::getRotationMatrix2D(cv::Point2f((kSide - 1) / 2.0f, (kSide - 1) / 2.0f),
-                                            30, 1.0);
+  const int type =
+      CV_MAKETYPE(dtype == DType::kFloat32 ? CV_32F : CV_8U, static_cast<int>(channels));
+  const int flags = interp == kernels::Interp::kBilinear ? cv::INTER_LINEAR : cv::INTER_NEAREST;
+  const size_t sample =
+      static_cast<size_t>(src.shape.sample_elements()) * kernels::DTypeSize(dtype);
+  const cv::Mat m =
+      cv::getRotationMatrix2D(cv::Point2f((kSide - 1) / 2.0f, (kSide - 1) / 2.0f), 30, 1.0);
   const int saved = cv::getNumThreads();
   cv::setNumThreads(1);
   for (auto _ : state) {
     for (int64_t i = 0; i < n; ++i) {
-      const cv::Mat in(kSide, kSide, type,
-                       const_cast<unsigned char*>(static_cast<const unsigned char*>(src.data)) +
-                           i * sample);
+      const cv::Mat in(
+          kSide, kSide, type,
+          const_cast<unsigned char*>(static_cast<const unsigned char*>(src.data)) + i * sample);
       cv::Mat out(kSide, kSide, type, static_cast<unsigned char*>(dst.view.data) + i * sample);
-      cv::warpAffine(in, out, m, out.size(), cv::INTER_LINEAR, cv::BORDER_REPLICATE);
+      cv::warpAffine(in, out, m, out.size(), flags, cv::BORDER_REPLICATE);
     }
     benchmark::ClobberMemory();
   }
   cv::setNumThreads(saved);
   Report(state, 2 * src.bytes(), n);
+}
+
+// ---- warp vs OpenCV on distinct images ----------------------------------------------------------
+//
+// Both sides see the same kBigBatch distinct images of one (dtype, channels) and write into
+// distinct, already mapped destinations, so that neither works from a cache-hot single image.
+// "b1" is kBigBatch one-image calls (what the server runs for kBigBatch one-image requests);
+// "b64" is one kBigBatch-image call. OpenCV has no batch call: its figure is one warpAffine per
+// image, which serves both rows (bench/cpu_report.py). Every iteration processes kBigBatch images;
+// the per_image counter is seconds per image (wall clock).
+
+void PerImage(benchmark::State& state, int64_t images) {
+  state.counters["per_image"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(images),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+// Our warp (rotate 30 degrees, edge border) over the kBigBatch images in calls of `batch` images.
+void WarpCalls(benchmark::State& state, DType dtype, int64_t channels, kernels::Interp interp,
+               int64_t batch, int threads) {
+  const ConstTensorView all = InputView(dtype, kBigBatch, channels);
+  Output dst(dtype, all.shape);
+  auto pool = Pool(threads);
+  const kernels::Affine inverse = kernels::RotationInverse(30, kSide, kSide);
+  const kernels::WarpParams params{interp, kernels::Border::kEdge, 0};
+  const size_t call_bytes =
+      static_cast<size_t>(batch * all.shape.sample_elements()) * kernels::DTypeSize(dtype);
+  const BatchShape shape{batch, kSide, kSide, channels};
+  for (auto _ : state) {
+    for (int64_t first = 0; first < kBigBatch; first += batch) {
+      const size_t offset = static_cast<size_t>(first / batch) * call_bytes;
+      const ConstTensorView in{dtype, shape, static_cast<const unsigned char*>(all.data) + offset};
+      const TensorView out{dtype, shape, static_cast<unsigned char*>(dst.view.data) + offset};
+      Check(kernels::WarpAffineCpu(in, out, {&inverse, 1}, params, pool.get()), state);
+    }
+    benchmark::ClobberMemory();
+  }
+  Report(state, 2 * all.bytes(), kBigBatch);
+  PerImage(state, kBigBatch);
+}
+
+void OpenCvWarpCalls(benchmark::State& state, DType dtype, int64_t channels,
+                     kernels::Interp interp) {
+  OpenCvWarp(state, dtype, kBigBatch, channels, interp);
+  PerImage(state, kBigBatch);
 }
 
 // ---- pipelines through the CPU backend ----------------------------------------------------------
@@ -426,6 +475,29 @@ void RegisterAll() {
   Add("opencv_rotate_u8/u8_b64/t1",
       [](benchmark::State& s) { OpenCvWarp(s, DType::kUInt8, kBigBatch); });
   Add("prepare_output/f32_50MB/t1", [](benchmark::State& s) { PrepareOutputOnly(s, kBigBatch); });
+
+  // warp/<dtype>_c<C>_<interp>_b<N>/t<T> against opencv_warp/<dtype>_c<C>_<interp>_b1/t1, all on
+  // the same kBigBatch distinct images (see WarpCalls).
+  for (DType dtype : {DType::kFloat32, DType::kUInt8}) {
+    for (int64_t c : {int64_t{1}, kChannels}) {
+      for (kernels::Interp interp : {kernels::Interp::kBilinear, kernels::Interp::kNearest}) {
+        const std::string data = std::string(dtype == DType::kFloat32 ? "f32" : "u8") + "_c" +
+                                 std::to_string(c) +
+                                 (interp == kernels::Interp::kBilinear ? "_bilinear" : "_nearest");
+        for (int64_t n : {int64_t{1}, kBigBatch}) {
+          const bool scaling = dtype == DType::kFloat32 && c == kChannels &&
+                               interp == kernels::Interp::kBilinear && n == kBigBatch;
+          for (int t : {1, 2}) {
+            if (t == 2 && !scaling) continue;
+            Add("warp/" + data + "_b" + std::to_string(n) + "/t" + std::to_string(t),
+                [=](benchmark::State& s) { WarpCalls(s, dtype, c, interp, n, t); });
+          }
+        }
+        Add("opencv_warp/" + data + "_b1/t1",
+            [=](benchmark::State& s) { OpenCvWarpCalls(s, dtype, c, interp); });
+      }
+    }
+  }
 }
 
 }  // namespace

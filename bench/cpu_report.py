@@ -7,7 +7,9 @@ repetitions), so machine-wide noise that drifts over minutes mostly cancels:
   - fused pipeline time / rotate-alone time;
   - 2-thread / 1-thread throughput;
   - our warp / OpenCV's warpAffine;
-  - the request path below gRPC (Processor::Prepare + Run) / the kernels alone.
+  - the request path below gRPC (Processor::Prepare + Run) / the kernels alone;
+  - warp vs OpenCV per image on 64 distinct images (warp/... and opencv_warp/...): ours /
+    OpenCV's warpAffine, 64-image call / 64 one-image calls, 2 threads / 1 thread.
 
 Usage: bench/cpu_report.py cpu.json [--markdown FILE]
 """
@@ -25,6 +27,48 @@ def load(path):
         name = b.get("run_name", b["name"]).replace("/real_time", "")
         runs[name] = b
     return data.get("context", {}), runs
+
+
+def warp_vs_opencv(runs):
+    """The "warp vs OpenCV" table: rotate 30 degrees, edge border, 64 distinct 256x256 images,
+    1 thread; b1 = 64 one-image calls, b64 = one 64-image call; OpenCV = one warpAffine per image
+    (opencv_warp/..._b1, the same figure for both rows). Empty when the run had none of them."""
+
+    def us(name):
+        ips = runs[name].get("items_per_second") if name in runs else None
+        return 1e6 / ips if ips else None
+
+    rows = []
+    for dtype in ("f32", "u8"):
+        for c in (1, 3):
+            for interp in ("bilinear", "nearest"):
+                data = f"{dtype}_c{c}_{interp}"
+                cv = us(f"opencv_warp/{data}_b1/t1")
+                b1 = us(f"warp/{data}_b1/t1")
+                for n in (1, 64):
+                    ours = us(f"warp/{data}_b{n}/t1")
+                    if ours is None and cv is None:
+                        continue
+                    fmt = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
+                    ratio = f"**{ours / cv:.2f}**" if ours and cv else ""
+                    per_batch = f"{ours / b1:.2f}" if n == 64 and ours and b1 else ""
+                    rows.append(f"| {dtype} | {c} | {interp} | {n} | {fmt(ours)} | {fmt(cv)} | "
+                                f"{ratio} | {per_batch} |")
+    if not rows:
+        return []
+    out = ["| warp vs OpenCV, 1 thread: dtype | C | interp | batch | ours µs/image | "
+           "OpenCV µs/image | ours / OpenCV (target <= 1.0) | b64 / b1 per image "
+           "(target <= 1.15) |",
+           "|---|---|---|---|---|---|---|---|"]
+    out += rows
+    a, b = (runs.get(f"warp/f32_c3_bilinear_b64/t{t}", {}).get("items_per_second")
+            for t in (1, 2))
+    if a and b:
+        out.append("")
+        out.append(f"warp/f32_c3_bilinear_b64: 2 threads / 1 thread = **{b / a:.2f}** "
+                   f"({1e6 / a:.1f} -> {1e6 / b:.1f} µs/image; target >= 1.8 on a quiet machine)")
+    out.append("")
+    return out
 
 
 def main():
@@ -99,6 +143,7 @@ def main():
         if t(a) is not None and t(b) is not None:
             out.append(f"| {what} | {t(a) / 1e3:.2f} | {t(b) / 1e3:.2f} | **{t(a) / t(b):.2f}** |")
     out.append("")
+    out.extend(warp_vs_opencv(runs))
     cpus = context.get("num_cpus", "?")
     load_avg = context.get("load_avg", [])
     out.append(f"{cpus} CPUs at {context.get('mhz_per_cpu', '?')} MHz; load average at start "
