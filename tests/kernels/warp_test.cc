@@ -2,6 +2,7 @@
 // rotation direction on hand-computed grids, OpenCV's warpAffine, label sets, identity and flips.
 #include "kernels/warp/warp.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <opencv2/core.hpp>
@@ -16,6 +17,7 @@
 #include "kernels/common/thread_pool.h"
 #include "kernels/flip/flip.h"
 #include "kernels/reference/reference.h"
+#include "kernels/warp/warp_isa.h"
 #include "tests/kernels/test_util.h"
 
 namespace tensorprep::kernels {
@@ -547,6 +549,133 @@ TEST(WarpAffineCpu, RejectsMismatchedViews) {
     dv.shape.n = 0;
     const absl::Status st = WarpAffineCpu(empty, dv, {id}, params, nullptr);
     EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  }
+}
+
+
+// ---- Every row loop this CPU has writes the portable loops' bits -------------------------------
+
+// Maps that reach every path of the row loops: interior pixels, taps straddling each edge, the
+// image's last pixel as a bottom-right tap (the vector loads' one guarded case), walks in all four
+// directions, magnifications, minifications, translations out of the image, and far or
+// non-finite positions.
+std::vector<Affine> IsaMaps(int64_t h, int64_t w) {
+  std::vector<Affine> maps;
+  for (double angle : {0.0, 30.0, -71.0, 90.0, 135.0, 180.0, 211.0, 300.5}) {
+    maps.push_back(RotationInverse(angle, h, w));
+    maps.push_back(FlipInverse(true, false, h, w).Then(RotationInverse(angle, h, w)));
+    maps.push_back(FlipInverse(false, true, h, w).Then(RotationInverse(angle, h, w)));
+  }
+  Affine shift;  // a half-pixel shift: the last pixel is the bottom-right tap of (w-2, h-2)
+  shift.m[2] = 0.5;
+  shift.m[5] = 0.5;
+  maps.push_back(shift);
+  Affine zoom;  // magnify 3x about the origin, then move 40% out of the image
+  zoom.m[0] = 1.0 / 3;
+  zoom.m[4] = 1.0 / 3;
+  zoom.m[2] = -0.4 * static_cast<double>(w);
+  zoom.m[5] = 0.25;
+  maps.push_back(zoom);
+  Affine shrink;  // minify 2.7x with a shear
+  shrink.m[0] = 2.7;
+  shrink.m[1] = 0.3;
+  shrink.m[3] = -0.2;
+  shrink.m[4] = 2.7;
+  shrink.m[5] = -3.25;
+  maps.push_back(shrink);
+  // sx = -0.0 at x = 0 (every other x is left of the image): with the source's -0.0 at (0, 0),
+  // the blend's sign of zero shows whether fx kept the sign the scalar code gives it.
+  Affine negative_zero;
+  negative_zero.m[0] = -1.0;
+  negative_zero.m[1] = -0.0;
+  negative_zero.m[2] = -0.0;
+  maps.push_back(negative_zero);
+  Affine far;  // far positions beyond a few columns
+  far.m[0] = 1e15;
+  maps.push_back(far);
+  Affine nan;
+  nan.m[2] = std::nan("");
+  maps.push_back(nan);
+  Affine inf;
+  inf.m[4] = INFINITY;
+  maps.push_back(inf);
+  return maps;
+}
+
+TEST(WarpIsa, EveryIsaWritesThePortableBits) {
+  if (!WarpIsaSupported(WarpIsa::kAvx2)) GTEST_SKIP() << "this CPU has no AVX2";
+  const std::vector<std::pair<int64_t, int64_t>> sizes = {{1, 1}, {2, 2}, {3, 5},  {7, 2},
+                                                          {17, 13}, {70, 131}};
+  int checked = 0;
+  for (DType dtype : {DType::kUInt8, DType::kFloat32, DType::kFloat16, DType::kInt32}) {
+    for (int64_t c : {1, 2, 3, 4}) {
+      for (const auto& [h, w] : sizes) {
+        const BatchShape shape{1, h, w, c};
+        double lo, hi;
+        testing::DefaultRange(dtype, &lo, &hi);
+        Buffer src = RandomBuffer(dtype, shape, 7 + h * 31 + w + c, lo, hi);
+        if (dtype == DType::kFloat32) {  // signed zeros and non-finite taps propagate alike
+          auto* f = static_cast<float*>(src.mutable_view().data);
+          const int64_t e = shape.elements();
+          f[0] = -0.0f;
+          if (e > 5) f[e / 2] = std::nanf("");
+          if (e > 7) f[e / 3] = -INFINITY;
+          if (e > 11) f[e - 1] = -0.0f;
+        }
+        for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+          for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect,
+                                Border::kReflect101, Border::kWrap}) {
+            const WarpParams params{interp, border, dtype == DType::kUInt8 ? 77.0 : -0.5};
+            for (const Affine& map : IsaMaps(h, w)) {
+              Buffer portable(dtype, shape);
+              Buffer avx2(dtype, shape);
+              WarpAffineRowsCpuIsa(WarpIsa::kPortable, src.view(), 0, 0, h, map, params,
+                                   portable.mutable_view().data);
+              WarpAffineRowsCpuIsa(WarpIsa::kAvx2, src.view(), 0, 0, h, map, params,
+                                   avx2.mutable_view().data);
+              ASSERT_EQ(portable.bytes(), avx2.bytes())
+                  << testing::ShapeName(shape) << " dtype " << static_cast<int>(dtype)
+                  << " interp " << static_cast<int>(interp) << " border " << BorderName(border)
+                  << " map " << map.m[0] << " " << map.m[1] << " " << map.m[2] << " " << map.m[3]
+                  << " " << map.m[4] << " " << map.m[5];
+              ++checked;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 4 * 4 * 6 * 2 * 5 * 31);
+}
+
+// Bands of rows (the CPU backend's fused path) write what the whole-image call writes, on every
+// ISA, including bands that start and end inside a column block's walk.
+TEST(WarpIsa, BandsEqualWholeImage) {
+  const BatchShape shape{2, 45, 150, 3};
+  for (DType dtype : {DType::kUInt8, DType::kFloat32}) {
+    const Buffer src = RandomBuffer(dtype, shape, 5, 0, dtype == DType::kUInt8 ? 255 : 1);
+    for (WarpIsa isa : {WarpIsa::kPortable, WarpIsa::kAvx2}) {
+      if (!WarpIsaSupported(isa)) continue;
+      for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+        const WarpParams params{interp, Border::kReflect101, 0};
+        const Affine map = RotationInverse(-23, shape.h, shape.w);
+        const int64_t row_bytes = shape.w * shape.c * DTypeSize(dtype);
+        Buffer whole(dtype, shape);
+        Buffer banded(dtype, shape);
+        auto* wb = static_cast<unsigned char*>(whole.mutable_view().data);
+        auto* bb = static_cast<unsigned char*>(banded.mutable_view().data);
+        for (int64_t n = 0; n < shape.n; ++n) {
+          WarpAffineRowsCpuIsa(isa, src.view(), n, 0, shape.h, map, params,
+                               wb + n * shape.h * row_bytes);
+          for (int64_t y = 0; y < shape.h; y += 7) {
+            const int64_t end = std::min<int64_t>(shape.h, y + 7);
+            WarpAffineRowsCpuIsa(isa, src.view(), n, y, end, map, params,
+                                 bb + (n * shape.h + y) * row_bytes);
+          }
+        }
+        EXPECT_EQ(whole.bytes(), banded.bytes()) << static_cast<int>(isa);
+      }
+    }
   }
 }
 
