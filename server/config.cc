@@ -69,6 +69,11 @@ Flags (each also read from the environment variable shown; flags win):
                          on a Unix socket all clients count as one
   --shm-max-mb N         MiB of shared memory mapped for all clients together
                          (TENSORPREP_SHM_MAX_MB, default 4096)
+  --pipelines PATH       named pipelines offered as models of the KServe v2 / Triton protocol
+                         (inference.GRPCInferenceService, same port): a JSON pipeline file or a
+                         directory of them (docs/kserve.md); checked at start, a bad file stops
+                         the server (TENSORPREP_PIPELINES, default none: only the built-in
+                         model 'tensorprep', which takes its pipeline per request)
   --version              print the version and exit
   --help                 print this help and exit
 
@@ -201,6 +206,8 @@ const std::map<std::string, Setter>& Setters() {
        }},
       {"uds", [](Config& c, const std::string& v,
                  const std::string& name) { return SetPath(v, name, &c.uds); }},
+      {"pipelines", [](Config& c, const std::string& v,
+                       const std::string& name) { return SetPath(v, name, &c.pipelines); }},
       {"shm-prefix",
        [](Config& c, const std::string& v, const std::string& name) {
          // The prefix of an shm_open name: '/', then at least one more character, no other '/'.

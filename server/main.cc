@@ -25,7 +25,9 @@
 #include "kernels/common/thread_pool.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "handlers/pipeline_models.h"
 #include "server/config.h"
+#include "server/kserve_service.h"
 #include "server/metrics.h"
 #include "server/security.h"
 #include "server/service.h"
@@ -74,6 +76,19 @@ int Run(const Config& config) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // Named pipelines (the KServe v2 protocol's models): checked before anything starts, so that
+  // a bad file stops the server with its error instead of serving without those models.
+  std::vector<handlers::PipelineModelSpec> pipeline_models;
+  if (!config.pipelines.empty()) {
+    auto loaded = handlers::LoadPipelineModels(config.pipelines);
+    if (!loaded.ok()) {
+      std::cerr << "tensorprep-server: --pipelines: " << loaded.status().message() << "\n";
+      return 2;
+    }
+    pipeline_models = std::move(*loaded);
+  }
+  const size_t pipeline_count = pipeline_models.size();
 
   kernels::ThreadPool pool(config.threads);
   handlers::CpuBackend cpu(&pool);
@@ -133,6 +148,7 @@ int Run(const Config& config) {
   service_options.auth_token = config.auth_token;
   service_options.shm = &shm;
   PreprocessorService service(processor, queue, metrics, service_options);
+  KServeService kserve(service, std::move(pipeline_models));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -171,6 +187,7 @@ int Run(const Config& config) {
     builder.AddListeningPort("unix:" + config.uds, MakeServerCredentials(pem));
   }
   builder.RegisterService(&service);
+  builder.RegisterService(&kserve);
   builder.SetMaxReceiveMessageSize(config.max_message_mb * 1024 * 1024);
   builder.SetMaxSendMessageSize(config.max_message_mb * 1024 * 1024);
   // GOAWAY after the age lets long-lived client channels reconnect and re-balance; without a
@@ -212,6 +229,10 @@ int Run(const Config& config) {
                                    config.shm_max_regions, " regions per client, ",
                                    config.shm_max_mb, " MiB mapped)"))
             << "\n";
+  std::cerr << "tensorprep-server: KServe v2 protocol on the same port: " << pipeline_count
+            << " pipeline model(s)"
+            << (config.pipelines.empty() ? std::string() : " from " + config.pipelines)
+            << " and the built-in model '" << handlers::kBuiltinModelName << "'\n";
   std::cerr << "tensorprep-server: on SIGTERM: drain delay " << config.drain_delay_seconds
             << " s, then grace " << config.grace_seconds << " s; connection max age ";
   if (config.max_connection_age_seconds > 0) {
@@ -232,6 +253,7 @@ int Run(const Config& config) {
   // as usual. Shutting down at once would cancel the calls a client sends before it has seen
   // NOT_SERVING.
   health->SetServingStatus(false);
+  kserve.SetReady(false);
   if (config.drain_delay_seconds > 0) {
     std::cerr << "tensorprep-server: " << SignalName(sig)
               << ": health NOT_SERVING; still serving for the drain delay ("

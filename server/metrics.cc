@@ -9,7 +9,8 @@ namespace {
 
 constexpr std::array<const char*, kRpcCount> kRpcNames = {
     "Process", "ProcessStream", "ListOps", "RegisterSharedMemory", "SharedMemoryStatus",
-    "UnregisterSharedMemory"};
+    "UnregisterSharedMemory", "ModelInfer", "ModelStreamInfer"};
+constexpr std::array<const char*, kProtocolCount> kProtocolNames = {"kserve_v2"};
 constexpr std::array<const char*, kTransportCount> kTransportNames = {"inline", "shm", "mixed"};
 constexpr std::array<const char*, kStageCount> kStageNames = {"decode", "queue", "kernel",
                                                               "encode"};
@@ -55,6 +56,11 @@ const char* RpcName(Rpc rpc) {
   return InRange(Index(rpc), kRpcCount) ? kRpcNames[Index(rpc)] : "unknown";
 }
 
+const char* ProtocolName(Protocol p) {
+  const int i = static_cast<int>(p);
+  return InRange(i, kProtocolCount) ? kProtocolNames[i] : "unknown";
+}
+
 const char* TransportName(Transport t) {
   return InRange(Index(t), kTransportCount) ? kTransportNames[Index(t)] : "unknown";
 }
@@ -77,7 +83,8 @@ const std::vector<double>& DurationBuckets() {
 }
 
 Metrics::Metrics(prometheus::Registry& registry, const std::vector<std::string>& kernels,
-                 const std::string& version) {
+                 const std::string& version)
+    : registry_(&registry) {
   // Checked before anything is registered. Two indices sharing one series would merge two ops'
   // timings without a trace.
   std::set<std::string> seen;
@@ -322,6 +329,62 @@ void Metrics::SetDeviceUsable(MetricDevice device, bool usable) {
 
 void Metrics::AddOpenStreams(int64_t delta) {
   streams_open_->Increment(static_cast<double>(delta));
+}
+
+void Metrics::AddModels(const std::vector<std::string>& models) {
+  if (!models_[0].empty()) return;
+  std::set<std::string> seen;
+  for (const auto& model : models) {
+    if (model.empty() || !seen.insert(model).second) {
+      throw std::invalid_argument("metrics: model labels must be unique and non-empty, got '" +
+                                  model + "'");
+    }
+  }
+  auto& requests = prometheus::BuildCounter()
+                       .Name("tensorprep_model_requests_total")
+                       .Help(
+                           "Inference requests finished, by protocol, model (a pipeline the "
+                           "server offers) and gRPC status code. Requests for unknown models "
+                           "are not counted here (see tensorprep_requests_total).")
+                       .Register(*registry_);
+  auto& duration = prometheus::BuildHistogram()
+                       .Name("tensorprep_model_request_duration_seconds")
+                       .Help(
+                           "Time from an inference request's arrival to its response (or "
+                           "error), by protocol and model.")
+                       .Register(*registry_);
+  auto& samples = prometheus::BuildCounter()
+                      .Name("tensorprep_model_samples_total")
+                      .Help("Samples (batch entries) of successful inference requests, by "
+                            "protocol and model.")
+                      .Register(*registry_);
+  for (int p = 0; p < kProtocolCount; ++p) {
+    for (const auto& model : models) {
+      ModelSeries series;
+      const prometheus::Labels labels = {{"protocol", kProtocolNames[p]}, {"model", model}};
+      for (int c = 0; c < kCodeCount; ++c) {
+        prometheus::Labels with_code = labels;
+        with_code.emplace("code", kCodeNames[c]);
+        series.requests[c] = &requests.Add(with_code);
+      }
+      series.duration = &duration.Add(labels, DurationBuckets());
+      series.samples = &samples.Add(labels);
+      models_[p].push_back(series);
+    }
+  }
+}
+
+void Metrics::ObserveModelRequest(Protocol protocol, int model_index, int grpc_code,
+                                  double seconds, uint64_t samples) {
+  const int p = static_cast<int>(protocol);
+  if (!InRange(p, kProtocolCount) ||
+      !InRange(model_index, static_cast<int>(models_[p].size()))) {
+    return;
+  }
+  ModelSeries& series = models_[p][model_index];
+  series.requests[InRange(grpc_code, kCodeCount) ? grpc_code : kUnknownCode]->Increment();
+  series.duration->Observe(Sanitize(seconds));
+  if (samples != 0) series.samples->Increment(static_cast<double>(samples));
 }
 
 }  // namespace tensorprep::server

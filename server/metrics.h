@@ -24,8 +24,15 @@ enum class Rpc : int {
   kRegisterSharedMemory = 3,
   kSharedMemoryStatus = 4,
   kUnregisterSharedMemory = 5,
+  // inference.GRPCInferenceService (the KServe v2 / Triton protocol); its other RPCs only read
+  // state and are not counted.
+  kModelInfer = 6,
+  kModelStreamInfer = 7,
 };
-inline constexpr int kRpcCount = 6;
+inline constexpr int kRpcCount = 8;
+// The protocol of a model request: the closed set of the model families' `protocol` label.
+enum class Protocol : int { kKServeV2 = 0 };
+inline constexpr int kProtocolCount = 1;
 // How a request's tensors travelled: all inside the messages, all through shared memory, or some
 // of each.
 enum class Transport : int { kInline = 0, kShm = 1, kMixed = 2 };
@@ -38,6 +45,7 @@ inline constexpr int kDeviceCount = 2;
 inline constexpr int kCodeCount = 17;
 
 const char* RpcName(Rpc rpc);          // "Process", "ProcessStream", "ListOps", ...
+const char* ProtocolName(Protocol p);  // "kserve_v2"
 const char* TransportName(Transport t);  // "inline", "shm", "mixed"
 const char* StageName(Stage stage);    // "decode", "queue", "kernel", "encode"
 const char* DeviceName(MetricDevice);  // "cpu", "cuda"
@@ -100,6 +108,19 @@ class Metrics {
   // tensorprep_streams_open += delta.
   void AddOpenStreams(int64_t delta);
 
+  // Per-model series for the models a server offers (pipeline names from its pipeline file,
+  // fixed at start-up; never names taken from a request): builds
+  // tensorprep_model_requests_total{protocol,model,code},
+  // tensorprep_model_request_duration_seconds{protocol,model} and
+  // tensorprep_model_samples_total{protocol,model}. Call once, before serving (not
+  // thread-safe against the Observe call below); a second call is ignored. Throws
+  // std::invalid_argument for an empty or duplicate name.
+  void AddModels(const std::vector<std::string>& models);
+  // One finished model request: `model_index` indexes AddModels' list (others are ignored),
+  // `samples` the batch size of a successful request.
+  void ObserveModelRequest(Protocol protocol, int model_index, int grpc_code, double seconds,
+                           uint64_t samples);
+
  private:
   // Series, indexed by the enums above; filled by the constructor, never resized afterwards.
   std::array<prometheus::Gauge*, kRpcCount> in_flight_{};
@@ -122,6 +143,14 @@ class Metrics {
   prometheus::Gauge* streams_open_ = nullptr;
   std::array<prometheus::Gauge*, kDeviceCount> device_usable_{};
   prometheus::Gauge* build_info_ = nullptr;
+  prometheus::Registry* registry_ = nullptr;
+  struct ModelSeries {
+    std::array<prometheus::Counter*, kCodeCount> requests{};
+    prometheus::Histogram* duration = nullptr;
+    prometheus::Counter* samples = nullptr;
+  };
+  // [protocol][model], filled by AddModels.
+  std::array<std::vector<ModelSeries>, kProtocolCount> models_;
 };
 
 }  // namespace tensorprep::server

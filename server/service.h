@@ -47,6 +47,11 @@ struct ServiceOptions {
   int prepare_threads = 2;
 };
 
+// Who a shared-memory caller is, for the per-client region limit and the KServe v2 region
+// names: the connection's peer and the token it shows (so two connections are two clients; all
+// clients of a Unix socket share one peer, and only their tokens tell them apart).
+std::string ShmClientOf(grpc::CallbackServerContext* ctx);
+
 // Thread-safe. `processor`, `queue` and `metrics` are not owned and must outlive the service
 // and every call it started (shut the grpc::Server down before destroying them).
 using RawBidiReactor = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;

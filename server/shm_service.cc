@@ -22,15 +22,6 @@ double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Who holds a region, for the per-client limit: the connection's peer and the token it shows.
-std::string ClientOf(grpc::CallbackServerContext* ctx) {
-  std::string client = ctx->peer();
-  const auto& md = ctx->client_metadata();
-  auto it = md.find("authorization");
-  if (it != md.end()) absl::StrAppend(&client, "|", std::string(it->second.data(), it->second.size()));
-  return client;
-}
-
 // What every shared-memory RPC checks first: the token, then that shared memory is on.
 absl::Status Admit(const ServiceOptions& options, grpc::CallbackServerContext* ctx) {
   absl::Status s = CheckBearerToken(ctx->client_metadata(), options.auth_token);
@@ -42,6 +33,14 @@ absl::Status Admit(const ServiceOptions& options, grpc::CallbackServerContext* c
 }
 
 }  // namespace
+
+std::string ShmClientOf(grpc::CallbackServerContext* ctx) {
+  std::string client = ctx->peer();
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  if (it != md.end()) absl::StrAppend(&client, "|", std::string(it->second.data(), it->second.size()));
+  return client;
+}
 
 void PreprocessorService::DescribeSharedMemory(pb::SharedMemoryInfo* info) const {
   const handlers::SharedMemoryRegions* shm = options_.shm;
@@ -62,7 +61,7 @@ grpc::ServerUnaryReactor* PreprocessorService::RegisterSharedMemory(
   metrics_.RequestStarted(Rpc::kRegisterSharedMemory);
   absl::Status s = Admit(options_, ctx);
   if (s.ok()) {
-    auto handle = options_.shm->Register(*request, ClientOf(ctx));
+    auto handle = options_.shm->Register(*request, ShmClientOf(ctx));
     if (handle.ok()) {
       response->set_region(*handle);
       response->set_byte_size(request->byte_size());
@@ -108,7 +107,7 @@ grpc::ServerUnaryReactor* PreprocessorService::SharedMemoryStatus(
     r->set_broken(status->broken);
   }
   if (s.ok()) {
-    response->set_client_regions(options_.shm->ClientRegions(ClientOf(ctx)));
+    response->set_client_regions(options_.shm->ClientRegions(ShmClientOf(ctx)));
     response->set_mapped_bytes(options_.shm->mapped_bytes());
     DescribeSharedMemory(response->mutable_limits());
   } else {

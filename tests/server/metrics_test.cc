@@ -384,5 +384,35 @@ TEST(MetricsConstructionTest, NoKernelsStillBuildsEveryOtherFamily) {
   EXPECT_EQ(s.types.size(), 18u);
 }
 
+TEST_F(MetricsTest, ModelSeriesArePerProtocolAndModelAndCreatedUpFront) {
+  metrics_.AddModels({"rotate30", "tensorprep"});
+  Scrape s = Collect(registry_);
+  for (const char* model : {"rotate30", "tensorprep"}) {
+    const std::string labels = std::string("model=\"") + model + "\",protocol=\"kserve_v2\"";
+    EXPECT_EQ(Value(s, "tensorprep_model_samples_total{" + labels + "}"), 0);
+    EXPECT_EQ(Value(s, "tensorprep_model_request_duration_seconds_count{" + labels + "}"), 0);
+    for (int c = 0; c < kCodeCount; ++c) {
+      EXPECT_EQ(Value(s, std::string("tensorprep_model_requests_total{code=\"") + CodeName(c) +
+                             "\"," + labels + "}"),
+                0);
+    }
+  }
+  metrics_.ObserveModelRequest(Protocol::kKServeV2, 0, 0, 0.002, 32);
+  metrics_.ObserveModelRequest(Protocol::kKServeV2, 0, 3, 0.0001, 0);
+  metrics_.ObserveModelRequest(Protocol::kKServeV2, 5, 0, 0.002, 32);  // no such model: ignored
+  metrics_.RequestFinished(Rpc::kModelInfer, 0, 0.002);
+  s = Collect(registry_);
+  const std::string rotate = "model=\"rotate30\",protocol=\"kserve_v2\"";
+  EXPECT_EQ(Value(s, "tensorprep_model_requests_total{code=\"OK\"," + rotate + "}"), 1);
+  EXPECT_EQ(Value(s, "tensorprep_model_requests_total{code=\"INVALID_ARGUMENT\"," + rotate + "}"),
+            1);
+  EXPECT_EQ(Value(s, "tensorprep_model_samples_total{" + rotate + "}"), 32);
+  EXPECT_EQ(Value(s, "tensorprep_model_request_duration_seconds_count{" + rotate + "}"), 2);
+  EXPECT_EQ(Value(s, "tensorprep_model_samples_total{model=\"tensorprep\",protocol=\"kserve_v2\"}"),
+            0);
+  EXPECT_EQ(Value(s, "tensorprep_requests_total{code=\"OK\",rpc=\"ModelInfer\"}"), 1);
+  EXPECT_THROW(Metrics(registry_, kKernels, "x").AddModels({"a", "a"}), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace tensorprep::server
