@@ -271,110 +271,218 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
 //
 // The same values as the portable loops above, computed more pixels at a time. Per output row of
 // a column block, one pass over the block computes every pixel's source position with the same
-// double operations in the same order (four pixels per instruction), its taps and its four
-// weights (rounded to float, as MakeBilinearWeights does), and whether the pixel is interior.
-// The blend then takes a pixel's channels in one 4-lane vector: lane c is channel c, blended with
-// the same float multiplies and adds in the same order as BlendTaps, so every lane rounds as the
-// scalar code does (IEEE, no fused multiply-add, default rounding). Pixels that are not interior
-// take the portable per-pixel code.
+// double operations in the same order (four pixels per instruction), its four weights (rounded
+// to float, as MakeBilinearWeights does), its taps' offsets, and how the pixel is to be
+// finished: from taps that are inside the image (or clamped to it, for the edge border), from
+// fill-valued taps only (constant border, all taps outside), as the fill value (a far
+// position), or one pixel at a time through the portable code (other borders, or a vector load
+// that would pass the sample's end). The blend then takes either a pixel's channels in one
+// 4-lane vector (3 or 4 channels: lane c is channel c) or eight one-channel pixels in one 8-lane
+// vector (taps gathered), each lane blended with the same float multiplies and adds in the same
+// order as BlendTaps, so every lane rounds as the scalar code does (IEEE, no fused multiply-add,
+// default rounding).
 #if defined(__x86_64__)
+
+#define TP_AVX2 __attribute__((target("avx2"), always_inline)) inline
+
+// How a pixel is finished (RowTaps::how).
+enum : int32_t {
+  kByTaps = -1,    // blend (or copy, nearest) the taps at o00..o11
+  kOnePixel = 0,   // the portable per-pixel code
+  kFillTaps = 1,   // bilinear blend of four fill-valued taps (constant border)
+  kFillValue = 2,  // the fill value itself (far position; nearest tap outside, constant border)
+};
 
 // What one pass computes for the pixels of one block row (j = 0 .. kBlockCols - 1).
 struct RowTaps {
-  alignas(32) double sx[kBlockCols];
-  alignas(32) double sy[kBlockCols];
-  alignas(32) int32_t ix[kBlockCols];  // top-left (bilinear) or nearest tap, where inside
-  alignas(32) int32_t iy[kBlockCols];
+  // Element offsets in the sample of the taps (x0, y0), (x0 + 1, y0), (x0, y0 + 1),
+  // (x0 + 1, y0 + 1); nearest uses o00 alone. Meaningful where how == kByTaps.
+  alignas(32) int32_t o00[kBlockCols];
+  alignas(32) int32_t o01[kBlockCols];
+  alignas(32) int32_t o10[kBlockCols];
+  alignas(32) int32_t o11[kBlockCols];
   alignas(32) float w00[kBlockCols];  // bilinear weights (MakeBilinearWeights<float>)
   alignas(32) float w01[kBlockCols];
   alignas(32) float w10[kBlockCols];
   alignas(32) float w11[kBlockCols];
-  // Nonzero where every tap the pixel reads lies inside the image: all four for bilinear,
-  // (ix, iy) for nearest.
-  alignas(32) int32_t inside[kBlockCols];
+  alignas(32) int32_t how[kBlockCols];
 };
-static_assert(kBlockCols % 4 == 0, "the passes fill whole groups of four pixels");
+static_assert(kBlockCols % 8 == 0, "the passes fill whole groups of eight pixels");
 
-// Source positions of output pixels x0 .. x0 + cols - 1 of row y (rounded up to a multiple of 4;
-// the extra lanes are computed and ignored), as RowPositions computes them.
-__attribute__((target("avx2"))) inline void PositionsAvx2(const Affine& a, int64_t y, int64_t x0,
-                                                          int64_t j, __m256d* sx, __m256d* sy) {
-  const double yd = static_cast<double>(y);
-  const double xd = static_cast<double>(x0 + j);
-  // x0 + j + k is below 2^53, so xd + k is exact, as static_cast<double>(x0 + j + k) is.
-  const __m256d x = _mm256_add_pd(_mm256_set1_pd(xd), _mm256_setr_pd(0, 1, 2, 3));
-  *sx = _mm256_add_pd(
-      _mm256_add_pd(_mm256_mul_pd(_mm256_set1_pd(a.m[0]), x), _mm256_set1_pd(a.m[1] * yd)),
-      _mm256_set1_pd(a.m[2]));
-  *sy = _mm256_add_pd(
-      _mm256_add_pd(_mm256_mul_pd(_mm256_set1_pd(a.m[3]), x), _mm256_set1_pd(a.m[4] * yd)),
-      _mm256_set1_pd(a.m[5]));
+// The constants of a pass over one sample.
+struct PassConstants {
+  __m256d m0, m2, m3, m5;  // map coefficients
+  __m256d iota;            // 0, 1, 2, 3
+  __m256d zero, one, half, far;
+  __m256d w, h, last_x, last_y;  // w, h, w - 1, h - 1
+  __m128i row;                   // elements per row: w * c
+  __m128i c;
+  __m128i bound;  // a tap offset below this leaves room for the widest vector load from it
+  Border border;
+};
+
+TP_AVX2 PassConstants MakePassConstants(const Affine& a, const Geometry& g, Border border,
+                                        int64_t reach) {
+  PassConstants k;
+  k.m0 = _mm256_set1_pd(a.m[0]);
+  k.m2 = _mm256_set1_pd(a.m[2]);
+  k.m3 = _mm256_set1_pd(a.m[3]);
+  k.m5 = _mm256_set1_pd(a.m[5]);
+  k.iota = _mm256_setr_pd(0, 1, 2, 3);
+  k.zero = _mm256_setzero_pd();
+  k.one = _mm256_set1_pd(1.0);
+  k.half = _mm256_set1_pd(0.5);
+  k.far = _mm256_set1_pd(4503599627370496.0);  // 2^52, IsFarPosition's bound
+  k.w = _mm256_set1_pd(static_cast<double>(g.w));
+  k.h = _mm256_set1_pd(static_cast<double>(g.h));
+  k.last_x = _mm256_set1_pd(static_cast<double>(g.w - 1));
+  k.last_y = _mm256_set1_pd(static_cast<double>(g.h - 1));
+  k.row = _mm_set1_epi32(static_cast<int32_t>(g.w * g.c));
+  k.c = _mm_set1_epi32(static_cast<int32_t>(g.c));
+  // offset + reach <= elements  <=>  offset < elements - reach + 1
+  k.bound = _mm_set1_epi32(static_cast<int32_t>(g.h * g.w * g.c - reach + 1));
+  k.border = border;
+  return k;
 }
 
-__attribute__((target("avx2"))) void BilinearTapsAvx2(const Affine& a, const Geometry& g,
-                                                      int64_t y, int64_t x0, int64_t cols,
-                                                      RowTaps* t) {
-  const __m256d zero = _mm256_setzero_pd();
-  const __m256d one = _mm256_set1_pd(1.0);
-  const __m256d last_x = _mm256_set1_pd(static_cast<double>(g.w - 1));
-  const __m256d last_y = _mm256_set1_pd(static_cast<double>(g.h - 1));
+// Source positions of output pixels x .. x + 3 of a row whose m[1] * y and m[4] * y are given,
+// as RowPositions computes them (x + k is below 2^53, so xd + k is exact).
+TP_AVX2 void PositionsAvx2(const PassConstants& k, double xd, __m256d m1y, __m256d m4y,
+                           __m256d* sx, __m256d* sy) {
+  const __m256d x = _mm256_add_pd(_mm256_set1_pd(xd), k.iota);
+  *sx = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(k.m0, x), m1y), k.m2);
+  *sy = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(k.m3, x), m4y), k.m5);
+}
+
+// A 4 x 64-bit lane mask as 4 x 32-bit lanes (all ones or zero).
+TP_AVX2 __m128i Narrow(__m256d mask) {
+  const __m256 m = _mm256_castpd_ps(mask);
+  return _mm_castps_si128(_mm_shuffle_ps(_mm256_castps256_ps128(m),
+                                         _mm256_extractf128_ps(m, 1), _MM_SHUFFLE(2, 0, 2, 0)));
+}
+
+// (v clamped to [0, hi]) as int32; NaN gives 0 (maxpd returns its second operand then).
+TP_AVX2 __m128i ClampToIndex(__m256d v, __m256d zero, __m256d hi) {
+  return _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(v, zero), hi));
+}
+
+// Whether |sx| and |sy| are below 2^52 (false for NaN): not IsFarPosition.
+TP_AVX2 __m256d NearMask(const PassConstants& k, __m256d sx, __m256d sy) {
+  const __m256d abs = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffff));
+  return _mm256_and_pd(_mm256_cmp_pd(_mm256_and_pd(sx, abs), k.far, _CMP_LT_OQ),
+                       _mm256_cmp_pd(_mm256_and_pd(sy, abs), k.far, _CMP_LT_OQ));
+}
+
+// `how` from the masks: far -> kFillValue; taps usable (inside, or clamped by the edge border)
+// and every vector load in bounds -> kByTaps; `fill_taps` -> kFillTaps; else kOnePixel.
+TP_AVX2 __m128i How(__m128i near, __m128i usable, __m128i safe, __m128i fill_taps,
+                    __m128i fill_value) {
+  const __m128i by_taps = _mm_and_si128(usable, safe);
+  __m128i how = _mm_and_si128(fill_taps, _mm_set1_epi32(kFillTaps));
+  how = _mm_or_si128(_mm_andnot_si128(by_taps, how), by_taps);  // kByTaps is -1: all ones
+  how = _mm_blendv_epi8(how, _mm_set1_epi32(kFillValue), fill_value);
+  return _mm_blendv_epi8(_mm_set1_epi32(kFillValue), how, near);
+}
+
+TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int64_t cols,
+                              const Affine& a, RowTaps* t) {
+  const double yd = static_cast<double>(y);
+  const __m256d m1y = _mm256_set1_pd(a.m[1] * yd);
+  const __m256d m4y = _mm256_set1_pd(a.m[4] * yd);
+  const bool edge = k.border == Border::kEdge;
+  const bool constant = k.border == Border::kConstant;
   for (int64_t j = 0; j < cols; j += 4) {
     __m256d sx;
     __m256d sy;
-    PositionsAvx2(a, y, x0, j, &sx, &sy);
-    _mm256_store_pd(t->sx + j, sx);
-    _mm256_store_pd(t->sy + j, sy);
+    PositionsAvx2(k, static_cast<double>(x0 + j), m1y, m4y, &sx, &sy);
     // floor, with -0 made +0 as FloorToInt's integer is, so that fx = sx - floor keeps the
     // scalar code's sign of zero.
-    const __m256d fl_x = _mm256_add_pd(_mm256_floor_pd(sx), zero);
-    const __m256d fl_y = _mm256_add_pd(_mm256_floor_pd(sy), zero);
+    const __m256d fl_x = _mm256_add_pd(_mm256_floor_pd(sx), k.zero);
+    const __m256d fl_y = _mm256_add_pd(_mm256_floor_pd(sy), k.zero);
     const __m256d fx = _mm256_sub_pd(sx, fl_x);
     const __m256d fy = _mm256_sub_pd(sy, fl_y);
-    const __m256d gx = _mm256_sub_pd(one, fx);
-    const __m256d gy = _mm256_sub_pd(one, fy);
+    const __m256d gx = _mm256_sub_pd(k.one, fx);
+    const __m256d gy = _mm256_sub_pd(k.one, fy);
     _mm_store_ps(t->w00 + j, _mm256_cvtpd_ps(_mm256_mul_pd(gx, gy)));
     _mm_store_ps(t->w01 + j, _mm256_cvtpd_ps(_mm256_mul_pd(fx, gy)));
     _mm_store_ps(t->w10 + j, _mm256_cvtpd_ps(_mm256_mul_pd(gx, fy)));
     _mm_store_ps(t->w11 + j, _mm256_cvtpd_ps(_mm256_mul_pd(fx, fy)));
-    // Interior: 0 <= sx < w - 1 and 0 <= sy < h - 1 (false for NaN), i.e. floor(sx) in
-    // [0, w - 2] and floor(sy) in [0, h - 2], the portable loop's test.
-    const __m256d in = _mm256_and_pd(
-        _mm256_and_pd(_mm256_cmp_pd(sx, zero, _CMP_GE_OQ), _mm256_cmp_pd(sx, last_x, _CMP_LT_OQ)),
-        _mm256_and_pd(_mm256_cmp_pd(sy, zero, _CMP_GE_OQ), _mm256_cmp_pd(sy, last_y, _CMP_LT_OQ)));
-    // Lanes outside may hold any integer; they are not read.
-    _mm_store_si128(reinterpret_cast<__m128i*>(t->ix + j), _mm256_cvttpd_epi32(fl_x));
-    _mm_store_si128(reinterpret_cast<__m128i*>(t->iy + j), _mm256_cvttpd_epi32(fl_y));
-    _mm_store_si128(reinterpret_cast<__m128i*>(t->inside + j),
-                    _mm256_cvttpd_epi32(_mm256_and_pd(in, one)));
+    // Tap columns and rows clamped to the image: the edge border's taps, and for every other
+    // border the taps themselves wherever all four are inside.
+    const __m128i cx0 = ClampToIndex(fl_x, k.zero, k.last_x);
+    const __m128i cx1 = ClampToIndex(_mm256_add_pd(fl_x, k.one), k.zero, k.last_x);
+    const __m128i ry0 = _mm_mullo_epi32(ClampToIndex(fl_y, k.zero, k.last_y), k.row);
+    const __m128i ry1 = _mm_mullo_epi32(ClampToIndex(_mm256_add_pd(fl_y, k.one), k.zero, k.last_y),
+                                        k.row);
+    const __m128i ox0 = _mm_mullo_epi32(cx0, k.c);
+    const __m128i ox1 = _mm_mullo_epi32(cx1, k.c);
+    const __m128i o11 = _mm_add_epi32(ry1, ox1);
+    _mm_store_si128(reinterpret_cast<__m128i*>(t->o00 + j), _mm_add_epi32(ry0, ox0));
+    _mm_store_si128(reinterpret_cast<__m128i*>(t->o01 + j), _mm_add_epi32(ry0, ox1));
+    _mm_store_si128(reinterpret_cast<__m128i*>(t->o10 + j), _mm_add_epi32(ry1, ox0));
+    _mm_store_si128(reinterpret_cast<__m128i*>(t->o11 + j), o11);
+    const __m128i near = Narrow(NearMask(k, sx, sy));
+    // o11 is the largest offset.
+    const __m128i safe = _mm_cmpgt_epi32(k.bound, o11);
+    __m128i usable;
+    __m128i fill_taps = _mm_setzero_si128();
+    if (edge) {
+      usable = _mm_set1_epi32(-1);
+    } else {
+      // All four taps inside: 0 <= sx < w - 1 and 0 <= sy < h - 1 (the portable loop's test).
+      usable = Narrow(_mm256_and_pd(
+          _mm256_and_pd(_mm256_cmp_pd(sx, k.zero, _CMP_GE_OQ),
+                        _mm256_cmp_pd(sx, k.last_x, _CMP_LT_OQ)),
+          _mm256_and_pd(_mm256_cmp_pd(sy, k.zero, _CMP_GE_OQ),
+                        _mm256_cmp_pd(sy, k.last_y, _CMP_LT_OQ))));
+      if (constant) {
+        // All four outside: floor(s) + 1 < 0 or floor(s) > n - 1, i.e. s < -1 or s >= n.
+        const __m256d minus_one = _mm256_sub_pd(k.zero, k.one);
+        fill_taps = Narrow(_mm256_or_pd(
+            _mm256_or_pd(_mm256_cmp_pd(sx, minus_one, _CMP_LT_OQ),
+                         _mm256_cmp_pd(sx, k.w, _CMP_GE_OQ)),
+            _mm256_or_pd(_mm256_cmp_pd(sy, minus_one, _CMP_LT_OQ),
+                         _mm256_cmp_pd(sy, k.h, _CMP_GE_OQ))));
+      }
+    }
+    _mm_store_si128(reinterpret_cast<__m128i*>(t->how + j),
+                    How(near, usable, safe, fill_taps, _mm_setzero_si128()));
   }
 }
 
-__attribute__((target("avx2"))) void NearestTapsAvx2(const Affine& a, const Geometry& g,
-                                                     int64_t y, int64_t x0, int64_t cols,
-                                                     RowTaps* t) {
-  const __m256d zero = _mm256_setzero_pd();
-  const __m256d one = _mm256_set1_pd(1.0);
-  const __m256d half = _mm256_set1_pd(0.5);
-  const __m256d w = _mm256_set1_pd(static_cast<double>(g.w));
-  const __m256d h = _mm256_set1_pd(static_cast<double>(g.h));
+TP_AVX2 void NearestTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int64_t cols,
+                             const Affine& a, RowTaps* t) {
+  const double yd = static_cast<double>(y);
+  const __m256d m1y = _mm256_set1_pd(a.m[1] * yd);
+  const __m256d m4y = _mm256_set1_pd(a.m[4] * yd);
+  const bool edge = k.border == Border::kEdge;
+  const bool constant = k.border == Border::kConstant;
   for (int64_t j = 0; j < cols; j += 4) {
     __m256d sx;
     __m256d sy;
-    PositionsAvx2(a, y, x0, j, &sx, &sy);
-    _mm256_store_pd(t->sx + j, sx);
-    _mm256_store_pd(t->sy + j, sy);
-    // NearestIndex: floor(s + 0.5); inside when it lies in [0, n - 1], i.e. 0 <= s + 0.5 < n.
-    const __m256d px = _mm256_add_pd(sx, half);
-    const __m256d py = _mm256_add_pd(sy, half);
-    const __m256d in = _mm256_and_pd(
-        _mm256_and_pd(_mm256_cmp_pd(px, zero, _CMP_GE_OQ), _mm256_cmp_pd(px, w, _CMP_LT_OQ)),
-        _mm256_and_pd(_mm256_cmp_pd(py, zero, _CMP_GE_OQ), _mm256_cmp_pd(py, h, _CMP_LT_OQ)));
-    _mm_store_si128(reinterpret_cast<__m128i*>(t->ix + j),
-                    _mm256_cvttpd_epi32(_mm256_floor_pd(px)));
-    _mm_store_si128(reinterpret_cast<__m128i*>(t->iy + j),
-                    _mm256_cvttpd_epi32(_mm256_floor_pd(py)));
-    _mm_store_si128(reinterpret_cast<__m128i*>(t->inside + j),
-                    _mm256_cvttpd_epi32(_mm256_and_pd(in, one)));
+    PositionsAvx2(k, static_cast<double>(x0 + j), m1y, m4y, &sx, &sy);
+    // NearestIndex: floor(s + 0.5); inside when 0 <= s + 0.5 < n.
+    const __m256d px = _mm256_floor_pd(_mm256_add_pd(sx, k.half));
+    const __m256d py = _mm256_floor_pd(_mm256_add_pd(sy, k.half));
+    const __m128i o = _mm_add_epi32(
+        _mm_mullo_epi32(ClampToIndex(py, k.zero, k.last_y), k.row),
+        _mm_mullo_epi32(ClampToIndex(px, k.zero, k.last_x), k.c));
+    _mm_store_si128(reinterpret_cast<__m128i*>(t->o00 + j), o);
+    const __m128i near = Narrow(NearMask(k, sx, sy));
+    const __m128i safe = _mm_cmpgt_epi32(k.bound, o);
+    __m128i usable;
+    __m128i fill_value = _mm_setzero_si128();
+    if (edge) {
+      usable = _mm_set1_epi32(-1);
+    } else {
+      const __m256d inside = _mm256_and_pd(
+          _mm256_and_pd(_mm256_cmp_pd(px, k.zero, _CMP_GE_OQ), _mm256_cmp_pd(px, k.w, _CMP_LT_OQ)),
+          _mm256_and_pd(_mm256_cmp_pd(py, k.zero, _CMP_GE_OQ), _mm256_cmp_pd(py, k.h, _CMP_LT_OQ)));
+      usable = Narrow(inside);
+      if (constant) fill_value = _mm_andnot_si128(usable, _mm_set1_epi32(-1));
+    }
+    _mm_store_si128(reinterpret_cast<__m128i*>(t->how + j),
+                    How(near, usable, safe, _mm_setzero_si128(), fill_value));
   }
 }
 
@@ -463,10 +571,12 @@ inline void PlanNextTile(TilePrefetch* prefetch, const Affine& a, const Geometry
   prefetch->Plan(a, g, pixel_bytes, x0, x1, ya, yb, y_end - y_begin);
 }
 
+
+
 // Up to four channels of one pixel as floats in lanes 0..3. Reads four elements from p (whole
 // pixel or not): the caller makes sure they exist.
-__attribute__((target("avx2"))) inline __m128 Load4(const float* p) { return _mm_loadu_ps(p); }
-__attribute__((target("avx2"))) inline __m128 Load4(const uint8_t* p) {
+TP_AVX2 __m128 Load4(const float* p) { return _mm_loadu_ps(p); }
+TP_AVX2 __m128 Load4(const uint8_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof(v));
   return _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(v)));
@@ -474,43 +584,245 @@ __attribute__((target("avx2"))) inline __m128 Load4(const uint8_t* p) {
 
 // Stores lanes 0 .. kC - 1 of a blended pixel as RoundBlend<T> does.
 template <int kC>
-__attribute__((target("avx2"))) inline void Store4(__m128 v, float* out) {
+TP_AVX2 void Store4(__m128 v, float* out) {
   if constexpr (kC == 4) {
     _mm_storeu_ps(out, v);
-  } else if constexpr (kC == 3) {
+  } else {
     _mm_storel_pi(reinterpret_cast<__m64*>(out), v);
     _mm_store_ss(out + 2, _mm_movehl_ps(v, v));
-  } else {
-    _mm_store_ss(out, v);
   }
 }
 template <int kC>
-__attribute__((target("avx2"))) inline void Store4(__m128 v, uint8_t* out) {
+TP_AVX2 void Store4(__m128 v, uint8_t* out) {
   // SaturateU8: clamp to [0, 255] (a blend of uint8 taps is never NaN), then round to nearest
   // even, which cvtps2dq does in the default rounding mode; the packs cannot saturate further.
   v = _mm_min_ps(_mm_max_ps(v, _mm_setzero_ps()), _mm_set1_ps(255.0f));
   __m128i i = _mm_cvtps_epi32(v);
   i = _mm_packus_epi16(_mm_packus_epi32(i, i), i);
-  const int32_t bytes = _mm_cvtsi128_si32(i);
-  std::memcpy(out, &bytes, kC);
+  const uint32_t bytes = static_cast<uint32_t>(_mm_cvtsi128_si32(i));
+  if constexpr (kC == 4) {
+    std::memcpy(out, &bytes, 4);
+  } else {
+    const uint16_t low = static_cast<uint16_t>(bytes);
+    std::memcpy(out, &low, 2);
+    out[2] = static_cast<uint8_t>(bytes >> 16);
+  }
 }
 
-// T is float or uint8_t, kC 3 or 4 (vector blend per pixel) or 1 (scalar blend per pixel, with
-// the vector pass's taps and weights).
+// The four-tap blend of pixel j's 3 or 4 channels, BlendTaps lane by lane.
+TP_AVX2 __m128 Blend4(__m128 v00, __m128 v01, __m128 v10, __m128 v11, const RowTaps* t,
+                      int64_t j) {
+  __m128 v = _mm_mul_ps(v00, _mm_broadcast_ss(t->w00 + j));
+  v = _mm_add_ps(v, _mm_mul_ps(v01, _mm_broadcast_ss(t->w01 + j)));
+  v = _mm_add_ps(v, _mm_mul_ps(v10, _mm_broadcast_ss(t->w10 + j)));
+  return _mm_add_ps(v, _mm_mul_ps(v11, _mm_broadcast_ss(t->w11 + j)));
+}
+
+// Eight one-channel pixels j .. j + 7, blended lane by lane. (j need not be a multiple of 8: a
+// reversed walk starts its groups at the block's right end.)
+TP_AVX2 __m256 Blend8(__m256 v00, __m256 v01, __m256 v10, __m256 v11, const RowTaps* t,
+                      int64_t j) {
+  __m256 v = _mm256_mul_ps(v00, _mm256_loadu_ps(t->w00 + j));
+  v = _mm256_add_ps(v, _mm256_mul_ps(v01, _mm256_loadu_ps(t->w01 + j)));
+  v = _mm256_add_ps(v, _mm256_mul_ps(v10, _mm256_loadu_ps(t->w10 + j)));
+  return _mm256_add_ps(v, _mm256_mul_ps(v11, _mm256_loadu_ps(t->w11 + j)));
+}
+TP_AVX2 __m256i Offsets8(const int32_t* o, int64_t j) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + j));
+}
+// Eight taps, one per pixel, as floats: a gather of floats, or of the 4-byte words that start at
+// uint8 taps (their first byte).
+TP_AVX2 __m256 Gather8(const float* src, __m256i off) { return _mm256_i32gather_ps(src, off, 4); }
+TP_AVX2 __m256 Gather8(const uint8_t* src, __m256i off) {
+  const __m256i words = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), off, 1);
+  return _mm256_cvtepi32_ps(_mm256_and_si256(words, _mm256_set1_epi32(0xff)));
+}
+// Eight integers in [0, 255] as bytes.
+TP_AVX2 void StoreBytes8(__m256i v, uint8_t* out) {
+  const __m128i words =
+      _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(words, words));
+}
+TP_AVX2 void Store8(__m256 v, float* out) { _mm256_storeu_ps(out, v); }
+TP_AVX2 void Store8(__m256 v, uint8_t* out) {
+  v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0f));
+  StoreBytes8(_mm256_cvtps_epi32(v), out);
+}
+
+// Whether pixels j .. j + 7 are all finished the way `how` says.
+TP_AVX2 bool All8(const RowTaps* t, int64_t j, int32_t how) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t->how + j));
+  return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(h, _mm256_set1_epi32(how)))) ==
+         0xff;
+}
+
+// Visits the columns of a block row in walk order: `row.Eight(j)` for each run of eight pixels
+// j .. j + 7 that it takes whole (when kGroups; false: one at a time), `row.One(j)` for every
+// other column.
+template <bool kGroups, typename Row>
+TP_AVX2 void VisitColumns(int64_t cols, bool reverse, const Row& row) {
+  if (!reverse) {
+    int64_t j = 0;
+    if constexpr (kGroups) {
+      for (; j + 8 <= cols; j += 8) {
+        if (!row.Eight(j)) {
+          for (int64_t k = j; k < j + 8; ++k) row.One(k);
+        }
+      }
+    }
+    for (; j < cols; ++j) row.One(j);
+  } else {
+    int64_t j = cols;
+    if constexpr (kGroups) {
+      for (; j >= 8; j -= 8) {
+        if (!row.Eight(j - 8)) {
+          for (int64_t k = j - 1; k >= j - 8; --k) row.One(k);
+        }
+      }
+    }
+    for (; j > 0; --j) row.One(j - 1);
+  }
+}
+
+// One output row of a column block, bilinear (T is float or uint8_t, kC 1, 3 or 4).
 template <typename T, int kC>
-__attribute__((target("avx2"))) void BilinearRowsAvx2(const T* src, T* dst, const Geometry& g,
-                                                      const Affine& a, int64_t y_begin,
-                                                      int64_t y_end, Border border, T fill,
-                                                      RowTaps* t) {
+struct BilinearRow {
   using P = Pixel<T>;
   using Acc = typename P::Acc;
-  const float* table = HalfToFloatTable();
+  static constexpr int64_t cn = kC;
+  const T* src;
+  const Geometry& g;
+  const Affine& a;
+  Border border;
+  T fill;
+  const float* table;
+  const RowTaps* t;
+  int64_t x0;  // the block's first column
+  int64_t y;
+  T* out_row;  // the block row's first pixel
+
+  // Eight one-channel pixels at once where all eight are kByTaps or all kFillTaps.
+  TP_AVX2 bool Eight(int64_t j) const {
+    if constexpr (kC == 1) {
+      if (All8(t, j, kByTaps)) {
+        Store8(Blend8(Gather8(src, Offsets8(t->o00, j)), Gather8(src, Offsets8(t->o01, j)),
+                      Gather8(src, Offsets8(t->o10, j)), Gather8(src, Offsets8(t->o11, j)), t,
+                      j),
+               out_row + j);
+        return true;
+      }
+      if (All8(t, j, kFillTaps)) {
+        const __m256 f = _mm256_set1_ps(static_cast<float>(P::Load(fill, table)));
+        Store8(Blend8(f, f, f, f, t, j), out_row + j);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  TP_AVX2 void One(int64_t j) const {
+    T* out = out_row + j * cn;
+    const int32_t how = t->how[j];
+    if (how == kByTaps || how == kFillTaps) {
+      if constexpr (kC == 1) {
+        const BilinearWeights<Acc> wt{t->w00[j], t->w01[j], t->w10[j], t->w11[j]};
+        const Acc f = P::Load(fill, table);
+        const bool taps = how == kByTaps;
+        out[0] = P::Store(BlendTaps(taps ? P::Load(src[t->o00[j]], table) : f,
+                                    taps ? P::Load(src[t->o01[j]], table) : f,
+                                    taps ? P::Load(src[t->o10[j]], table) : f,
+                                    taps ? P::Load(src[t->o11[j]], table) : f, wt));
+      } else if (how == kByTaps) {
+        Store4<kC>(Blend4(Load4(src + t->o00[j]), Load4(src + t->o01[j]), Load4(src + t->o10[j]),
+                          Load4(src + t->o11[j]), t, j),
+                   out);
+      } else {
+        const __m128 f = _mm_set1_ps(static_cast<float>(P::Load(fill, table)));
+        Store4<kC>(Blend4(f, f, f, f, t, j), out);
+      }
+      return;
+    }
+    if (how == kFillValue) {
+      for (int64_t c = 0; c < cn; ++c) out[c] = fill;
+      return;
+    }
+    // The portable code, for a pixel of a border mode the pass does not resolve or whose vector
+    // loads would pass the sample's end.
+    const double xd = static_cast<double>(x0 + j), yd = static_cast<double>(y);
+    const double sx = SourceX(a.m, xd, yd);
+    const double sy = SourceY(a.m, xd, yd);
+    const int64_t ix = FloorToInt(sx);
+    const int64_t iy = FloorToInt(sy);
+    const BilinearWeights<Acc> wt = MakeBilinearWeights<Acc>(sx - static_cast<double>(ix),
+                                                             sy - static_cast<double>(iy));
+    BorderBilinear<T>(src, g, cn, ix, iy, wt, border, fill, table, out);
+  }
+};
+
+// One output row of a column block, nearest.
+template <typename T, int kC>
+struct NearestRow {
+  static constexpr int64_t cn = kC;
+  const T* src;
+  const Geometry& g;
+  const Affine& a;
+  Border border;
+  T fill;
+  const RowTaps* t;
+  int64_t x0;
+  int64_t y;
+  T* out_row;
+
+  TP_AVX2 bool Eight(int64_t j) const {
+    if constexpr (kC == 1) {
+      if (All8(t, j, kByTaps)) {
+        const __m256i off = Offsets8(t->o00, j);
+        if constexpr (std::is_same_v<T, float>) {
+          _mm256_storeu_ps(out_row + j, _mm256_i32gather_ps(src, off, 4));
+        } else {
+          const __m256i words = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), off, 1);
+          StoreBytes8(_mm256_and_si256(words, _mm256_set1_epi32(0xff)), out_row + j);
+        }
+        return true;
+      }
+    }
+    return false;
+  }
+
+  TP_AVX2 void One(int64_t j) const {
+    T* out = out_row + j * cn;
+    const int32_t how = t->how[j];
+    const T* p;
+    if (how == kByTaps) {
+      p = src + t->o00[j];
+    } else if (how == kFillValue) {
+      p = nullptr;
+    } else {
+      const double xd = static_cast<double>(x0 + j), yd = static_cast<double>(y);
+      p = NearestTap(src, g, cn, SourceX(a.m, xd, yd), SourceY(a.m, xd, yd), border);
+    }
+    if (p != nullptr) {
+      std::memcpy(out, p, sizeof(T) * cn);
+    } else {
+      for (int64_t c = 0; c < cn; ++c) out[c] = fill;
+    }
+  }
+};
+
+// The elements a row's fast paths read from a tap on (RowTaps::o00..o11): 4 for the vector loads
+// of 3 or 4 channels and the uint8 gathers' words, 1 for float32 gathers, c for nearest copies.
+template <typename T, int kC>
+constexpr int64_t TapReach(bool nearest) {
+  if (kC == 1) return std::is_same_v<T, uint8_t> ? 4 : 1;
+  return nearest ? kC : 4;
+}
+
+template <typename T, int kC, typename Row, typename Pass>
+TP_AVX2 void RowsAvx2Loop(const T* src, const Geometry& g, const Affine& a, int64_t y_begin,
+                          int64_t y_end, const PassConstants& k, RowTaps* t, Row& r, Pass pass,
+                          T* dst) {
   constexpr int64_t cn = kC;
   const int64_t row = g.w * cn;
-  // The vector loads read 4 elements from the tap (x0 + 1, y0 + 1), one past the pixel when
-  // kC == 3: only the image's last pixel has no element after it. The pixel whose bottom-right
-  // tap that is takes the per-pixel path.
-  const int64_t last_top_left = ((g.h - 2) * g.w + (g.w - 2)) * cn;
   const Walk walk = ForwardWalk(a, g.w);
   const int64_t blocks = (g.w + kBlockCols - 1) / kBlockCols;
   TilePrefetch prefetch;
@@ -523,113 +835,68 @@ __attribute__((target("avx2"))) void BilinearRowsAvx2(const T* src, T* dst, cons
       prefetch.Step(src);
     }
     PlanNextTile(&prefetch, a, g, sizeof(T) * cn, walk, blocks, b, y_begin, y_end);
-    for (int64_t k = 0; k < y_end - y_begin; ++k) {
-      const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
+    for (int64_t i = 0; i < y_end - y_begin; ++i) {
+      const int64_t y = walk.reverse_y ? y_end - 1 - i : y_begin + i;
       prefetch.Step(src);
-      BilinearTapsAvx2(a, g, y, x0, cols, t);
-      const int64_t dj = walk.reverse_x ? -1 : 1;
-      const int64_t step = dj * cn;
-      int64_t j = walk.reverse_x ? cols - 1 : 0;
-      T* out = dst + (y - y_begin) * row + (x0 + j) * cn;
-      for (int64_t i = 0; i < cols; ++i, j += dj, out += step) {
-        if (t->inside[j]) {
-          const int64_t offset = (static_cast<int64_t>(t->iy[j]) * g.w + t->ix[j]) * cn;
-          const T* p0 = src + offset;
-          const T* p1 = p0 + row;
-          if constexpr (kC == 1) {
-            const BilinearWeights<Acc> wt{t->w00[j], t->w01[j], t->w10[j], t->w11[j]};
-            out[0] = P::Store(BlendTaps(P::Load(p0[0], table), P::Load(p0[1], table),
-                                        P::Load(p1[0], table), P::Load(p1[1], table), wt));
-            continue;
-          } else {
-            if (kC == 4 || offset != last_top_left) {
-              __m128 v = _mm_mul_ps(Load4(p0), _mm_broadcast_ss(t->w00 + j));
-              v = _mm_add_ps(v, _mm_mul_ps(Load4(p0 + cn), _mm_broadcast_ss(t->w01 + j)));
-              v = _mm_add_ps(v, _mm_mul_ps(Load4(p1), _mm_broadcast_ss(t->w10 + j)));
-              v = _mm_add_ps(v, _mm_mul_ps(Load4(p1 + cn), _mm_broadcast_ss(t->w11 + j)));
-              Store4<kC>(v, out);
-              continue;
-            }
-          }
-        }
-        const double sx = t->sx[j];
-        const double sy = t->sy[j];
-        if (IsFarPosition(sx, sy)) {
-          for (int64_t c = 0; c < cn; ++c) out[c] = fill;
-          continue;
-        }
-        const int64_t ix = FloorToInt(sx);
-        const int64_t iy = FloorToInt(sy);
-        const BilinearWeights<Acc> wt = MakeBilinearWeights<Acc>(sx - static_cast<double>(ix),
-                                                                 sy - static_cast<double>(iy));
-        BorderBilinear<T>(src, g, cn, ix, iy, wt, border, fill, table, out);
-      }
+      pass(k, y, x0, cols, a, t);
+      r.x0 = x0;
+      r.y = y;
+      r.out_row = dst + (y - y_begin) * row + x0 * cn;
+      VisitColumns<kC == 1>(cols, walk.reverse_x, r);
     }
   }
+}
+
+template <typename T, int kC>
+__attribute__((target("avx2"))) void BilinearRowsAvx2(const T* src, T* dst, const Geometry& g,
+                                                      const Affine& a, int64_t y_begin,
+                                                      int64_t y_end, Border border, T fill) {
+  RowTaps taps;
+  const PassConstants k = MakePassConstants(a, g, border, TapReach<T, kC>(false));
+  BilinearRow<T, kC> r{src, g, a, border, fill, HalfToFloatTable(), &taps, 0, 0, nullptr};
+  RowsAvx2Loop<T, kC>(
+      src, g, a, y_begin, y_end, k, &taps, r,
+      [](const PassConstants& k, int64_t y, int64_t x0, int64_t cols, const Affine& a,
+         RowTaps* t) __attribute__((target("avx2"))) { BilinearTapsAvx2(k, y, x0, cols, a, t); },
+      dst);
 }
 
 template <typename T, int kC>
 __attribute__((target("avx2"))) void NearestRowsAvx2(const T* src, T* dst, const Geometry& g,
                                                      const Affine& a, int64_t y_begin,
-                                                     int64_t y_end, Border border, T fill,
-                                                     RowTaps* t) {
-  constexpr int64_t cn = kC;
-  const int64_t row = g.w * cn;
-  const Walk walk = ForwardWalk(a, g.w);
-  const int64_t blocks = (g.w + kBlockCols - 1) / kBlockCols;
-  TilePrefetch prefetch;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t x0 = (walk.reverse_x ? blocks - 1 - b : b) * kBlockCols;
-    const int64_t x1 = std::min(g.w, x0 + kBlockCols);
-    const int64_t cols = x1 - x0;
-    if (b == 0) {  // the band's first tile, in case nobody fetched it ahead
-      prefetch.Plan(a, g, sizeof(T) * cn, x0, x1, y_begin, y_end, 1);
-      prefetch.Step(src);
-    }
-    PlanNextTile(&prefetch, a, g, sizeof(T) * cn, walk, blocks, b, y_begin, y_end);
-    for (int64_t k = 0; k < y_end - y_begin; ++k) {
-      const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
-      prefetch.Step(src);
-      NearestTapsAvx2(a, g, y, x0, cols, t);
-      const int64_t dj = walk.reverse_x ? -1 : 1;
-      const int64_t step = dj * cn;
-      int64_t j = walk.reverse_x ? cols - 1 : 0;
-      T* out = dst + (y - y_begin) * row + (x0 + j) * cn;
-      for (int64_t i = 0; i < cols; ++i, j += dj, out += step) {
-        const T* p = t->inside[j]
-                         ? src + (static_cast<int64_t>(t->iy[j]) * g.w + t->ix[j]) * cn
-                         : NearestTap(src, g, cn, t->sx[j], t->sy[j], border);
-        if (p != nullptr) {
-          std::memcpy(out, p, sizeof(T) * cn);
-        } else {
-          for (int64_t c = 0; c < cn; ++c) out[c] = fill;
-        }
-      }
-    }
-  }
+                                                     int64_t y_end, Border border, T fill) {
+  RowTaps taps;
+  const PassConstants k = MakePassConstants(a, g, border, TapReach<T, kC>(true));
+  NearestRow<T, kC> r{src, g, a, border, fill, &taps, 0, 0, nullptr};
+  RowsAvx2Loop<T, kC>(
+      src, g, a, y_begin, y_end, k, &taps, r,
+      [](const PassConstants& k, int64_t y, int64_t x0, int64_t cols, const Affine& a,
+         RowTaps* t) __attribute__((target("avx2"))) { NearestTapsAvx2(k, y, x0, cols, a, t); },
+      dst);
 }
+
+#undef TP_AVX2
 
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
 
-// Runs the AVX2 loops where they apply (uint8 or float32; 1, 3 or 4 channels; taps indexable
-// in int32); false where the caller must take the portable ones.
+// Runs the AVX2 loops where they apply (uint8 or float32; 1, 3 or 4 channels; element offsets
+// of a sample below 2^31); false where the caller must take the portable ones.
 template <typename T>
 bool RowsAvx2(const T* in, T* rows, const Geometry& g, const Affine& a, int64_t y_begin,
               int64_t y_end, const WarpParams& params, T fill) {
   if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, uint8_t>) {
     return false;
   } else {
-    if (g.w > INT32_MAX || g.h > INT32_MAX) return false;
-    thread_local RowTaps taps;
+    if (g.h * g.w * g.c >= (int64_t{1} << 31) - 64) return false;
     const bool nearest = params.interp == Interp::kNearest;
     switch (g.c) {
-#define TP_WARP_AVX2_CASE(C)                                                                  \
-  case C:                                                                                     \
-    if (nearest) {                                                                            \
-      NearestRowsAvx2<T, C>(in, rows, g, a, y_begin, y_end, params.border, fill, &taps);      \
-    } else {                                                                                  \
-      BilinearRowsAvx2<T, C>(in, rows, g, a, y_begin, y_end, params.border, fill, &taps);     \
-    }                                                                                         \
+#define TP_WARP_AVX2_CASE(C)                                                      \
+  case C:                                                                         \
+    if (nearest) {                                                                \
+      NearestRowsAvx2<T, C>(in, rows, g, a, y_begin, y_end, params.border, fill); \
+    } else {                                                                      \
+      BilinearRowsAvx2<T, C>(in, rows, g, a, y_begin, y_end, params.border, fill); \
+    }                                                                             \
     return true;
       TP_WARP_AVX2_CASE(1)
       TP_WARP_AVX2_CASE(3)

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
 #include <set>
@@ -677,6 +679,48 @@ TEST(WarpIsa, BandsEqualWholeImage) {
       }
     }
   }
+}
+
+
+// The vector loads and gathers never read past a sample's last byte: the image ends right before
+// a page that may not be read, and every map, border and interpolation runs over it.
+TEST(WarpIsa, NoReadPastTheSample) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  void* mapping = mmap(nullptr, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+  ASSERT_NE(mapping, MAP_FAILED);
+  auto* base = static_cast<unsigned char*>(mapping);
+  ASSERT_EQ(mprotect(base + 2 * page, page, PROT_NONE), 0);
+  int runs = 0;
+  for (DType dtype : {DType::kUInt8, DType::kFloat32}) {
+    for (int64_t c : {1, 3, 4}) {
+      for (const auto& [h, w] : std::vector<std::pair<int64_t, int64_t>>{{2, 2}, {9, 11}, {23, 17}}) {
+        const BatchShape shape{1, h, w, c};
+        const size_t bytes = static_cast<size_t>(shape.elements()) * DTypeSize(dtype);
+        ASSERT_LE(bytes, 2 * page);
+        const Buffer random = RandomBuffer(dtype, shape, 3, 0, dtype == DType::kUInt8 ? 255 : 1);
+        unsigned char* data = base + 2 * page - bytes;  // the last byte touches the guard page
+        std::memcpy(data, random.bytes().data(), bytes);
+        const ConstTensorView src{dtype, shape, data};
+        for (WarpIsa isa : {WarpIsa::kPortable, WarpIsa::kAvx2}) {
+          if (!WarpIsaSupported(isa)) continue;
+          for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+            for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect,
+                                  Border::kReflect101, Border::kWrap}) {
+              for (const Affine& map : IsaMaps(h, w)) {
+                Buffer out(dtype, shape);
+                WarpAffineRowsCpuIsa(isa, src, 0, 0, h, map, WarpParams{interp, border, 0},
+                                     out.mutable_view().data);
+                ++runs;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  munmap(mapping, 3 * page);
+  EXPECT_GT(runs, 0);
 }
 
 }  // namespace
