@@ -69,6 +69,9 @@ Flags (each also read from the environment variable shown; flags win):
                          on a Unix socket all clients count as one
   --shm-max-mb N         MiB of shared memory mapped for all clients together
                          (TENSORPREP_SHM_MAX_MB, default 4096)
+  --result-cache-mb N    MiB of sent result buffers of 1 MiB and more kept for the next results
+                         of their size, whose pages are then already mapped; 0 = none
+                         (TENSORPREP_RESULT_CACHE_MB, default 256)
   --pipelines PATH       named pipelines offered as models of the KServe v2 / Triton protocol
                          (inference.GRPCInferenceService, same port): a JSON pipeline file or a
                          directory of them (docs/kserve.md); checked at start, a bad file stops
@@ -226,6 +229,10 @@ const std::map<std::string, Setter>& Setters() {
       {"shm-max-mb",
        [](Config& c, const std::string& v, const std::string& name) {
          return ParseInt(v, name, 1, 1 << 24, &c.shm_max_mb);
+       }},
+      {"result-cache-mb",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 0, 1 << 20, &c.result_cache_mb);
        }},
       {"grace-seconds",
        [](Config& c, const std::string& v, const std::string& name) {

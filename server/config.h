@@ -55,6 +55,9 @@ struct Config {
   // socket every client has the same peer, so they share it) may hold.
   int shm_max_regions = 64;
   int shm_max_mb = 4096;      // TENSORPREP_SHM_MAX_MB: MiB mapped for all clients together
+  // TENSORPREP_RESULT_CACHE_MB: MiB of sent result buffers (1 MiB and more) kept for reuse, so
+  // that large results are written into memory whose pages are already mapped; 0 = none.
+  int result_cache_mb = 256;
   // TENSORPREP_PIPELINES: a pipeline file or a directory of them, offered as models of the
   // KServe v2 / Triton protocol (docs/kserve.md); empty = only the built-in model.
   std::string pipelines;

@@ -31,6 +31,7 @@
 #include "server/metrics.h"
 #include "server/security.h"
 #include "server/service.h"
+#include "server/wire_response.h"
 #include "server/work_queue.h"
 
 extern char** environ;
@@ -115,6 +116,7 @@ int Run(const Config& config) {
   shm_options.max_regions_per_client = static_cast<uint32_t>(config.shm_max_regions);
   shm_options.max_mapped_bytes = static_cast<uint64_t>(config.shm_max_mb) << 20;
   handlers::SharedMemoryRegions shm(shm_options);
+  SetResultBufferCacheLimit(static_cast<size_t>(config.result_cache_mb) << 20);
   handlers::Processor processor(options, &cpu, cuda.get(), &shm);
 
   auto registry = std::make_shared<prometheus::Registry>();

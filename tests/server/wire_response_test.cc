@@ -3,11 +3,15 @@
 // images.data, whatever else the response holds.
 #include "server/wire_response.h"
 
+#include "server/config.h"
+
 #include <gtest/gtest.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace tensorprep::server {
@@ -72,6 +76,90 @@ TEST(WireResponse, WithoutAResultIsProtobufsOwnEncoding) {
   grpc::ByteBuffer wire;
   ASSERT_TRUE(SerializeResponse(response, ResultBuffer(), &wire).ok());
   EXPECT_EQ(Flatten(wire), response.SerializeAsString());
+}
+
+// A large result buffer that gRPC has sent comes back for the next result of its size class,
+// with its bytes (and so its mapped pages) intact; small ones and ones over the limit do not.
+TEST(ResultBufferCache, ReusesSentBuffersOfTheSameSizeClass) {
+  SetResultBufferCacheLimit(size_t{64} << 20);
+  const size_t n = (size_t{3} << 20) + 100;  // size class: 4 MiB
+  void* first;
+  {
+    ResultBuffer result = ResultBuffer::Allocate(n);
+    first = result.data();
+    static_cast<unsigned char*>(first)[n - 1] = 0x5a;
+    v1::ProcessResponse response = Header();
+    grpc::ByteBuffer wire;
+    ASSERT_TRUE(SerializeResponse(response, std::move(result), &wire).ok());
+    EXPECT_EQ(ResultBufferCacheBytes(), 0u) << "still owned by the wire";
+  }  // gRPC drops the slice: the buffer goes to the cache
+  EXPECT_EQ(ResultBufferCacheBytes(), size_t{4} << 20);
+  {
+    ResultBuffer again = ResultBuffer::Allocate((size_t{4} << 20) - 64);  // same class
+    EXPECT_EQ(again.data(), first);
+    EXPECT_EQ(static_cast<unsigned char*>(again.data())[n - 1], 0x5a);
+    EXPECT_EQ(ResultBufferCacheBytes(), 0u);
+    ResultBuffer other = ResultBuffer::Allocate(size_t{5} << 20);  // another class: fresh
+    EXPECT_NE(other.data(), first);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(other.data()) % 64, 0u);
+    again = ResultBuffer();  // dropped without being sent: cached too, the 4 MiB one first
+  }
+  EXPECT_EQ(ResultBufferCacheBytes(), (size_t{4} << 20) + (size_t{6} << 20));
+  {
+    ResultBuffer small = ResultBuffer::Allocate(1000);  // below 1 MiB: never cached
+  }
+  EXPECT_EQ(ResultBufferCacheBytes(), (size_t{4} << 20) + (size_t{6} << 20));
+
+  // Over the limit, the least recently released go first.
+  SetResultBufferCacheLimit(size_t{7} << 20);
+  EXPECT_EQ(ResultBufferCacheBytes(), size_t{6} << 20) << "the 4 MiB one, released first, went";
+  SetResultBufferCacheLimit(0);
+  EXPECT_EQ(ResultBufferCacheBytes(), 0u);
+  {
+    ResultBuffer kept_none = ResultBuffer::Allocate(size_t{2} << 20);
+  }
+  EXPECT_EQ(ResultBufferCacheBytes(), 0u);
+  SetResultBufferCacheLimit(size_t{256} << 20);
+}
+
+// Many threads allocating and releasing at once: every buffer handed out is distinct while held.
+TEST(ResultBufferCache, ConcurrentUseHandsOutDistinctBuffers) {
+  SetResultBufferCacheLimit(size_t{16} << 20);
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([t, &errors] {
+      for (int i = 0; i < 200; ++i) {
+        ResultBuffer b = ResultBuffer::Allocate(size_t{1} << 20);
+        auto* p = static_cast<unsigned char*>(b.data());
+        std::memset(p, t + 1, 4096);
+        std::this_thread::yield();
+        for (int k = 0; k < 4096; k += 512) {
+          if (p[k] != t + 1) ++errors;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_LE(ResultBufferCacheBytes(), size_t{16} << 20);
+  SetResultBufferCacheLimit(size_t{256} << 20);
+}
+
+TEST(ResultBufferCache, LimitIsAFlagAndAnEnvironmentVariable) {
+  auto c = ParseConfig({}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->result_cache_mb, 256);
+  c = ParseConfig({"--result-cache-mb", "0"}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->result_cache_mb, 0);
+  c = ParseConfig({}, {"TENSORPREP_RESULT_CACHE_MB=1024"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->result_cache_mb, 1024);
+  c = ParseConfig({"--result-cache-mb=-1"}, {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("--result-cache-mb"), std::string::npos) << c.status();
+  EXPECT_NE(Usage().find("--result-cache-mb"), std::string::npos);
 }
 
 }  // namespace
