@@ -637,6 +637,13 @@ TP_AVX2 __m256 Gather8(const uint8_t* src, __m256i off) {
   const __m256i words = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), off, 1);
   return _mm256_cvtepi32_ps(_mm256_and_si256(words, _mm256_set1_epi32(0xff)));
 }
+// Byte kShift / 8 of each 32-bit lane, as a float.
+template <int kShift>
+TP_AVX2 __m256 ByteLane(__m256i words) {
+  return _mm256_cvtepi32_ps(
+      _mm256_and_si256(_mm256_srli_epi32(words, kShift), _mm256_set1_epi32(0xff)));
+}
+
 // Eight integers in [0, 255] as bytes.
 TP_AVX2 void StoreBytes8(__m256i v, uint8_t* out) {
   const __m128i words =
@@ -705,9 +712,27 @@ struct BilinearRow {
   TP_AVX2 bool Eight(int64_t j) const {
     if constexpr (kC == 1) {
       if (All8(t, j, kByTaps)) {
-        Store8(Blend8(Gather8(src, Offsets8(t->o00, j)), Gather8(src, Offsets8(t->o01, j)),
-                      Gather8(src, Offsets8(t->o10, j)), Gather8(src, Offsets8(t->o11, j)), t,
-                      j),
+        const __m256i o00 = Offsets8(t->o00, j);
+        const __m256i o10 = Offsets8(t->o10, j);
+        if constexpr (std::is_same_v<T, uint8_t>) {
+          // Where each pixel's right taps follow its left ones (all but edge-clamped columns),
+          // one 4-byte word holds both: two gathers instead of four.
+          const __m256i one = _mm256_set1_epi32(1);
+          const __m256i adjacent = _mm256_and_si256(
+              _mm256_cmpeq_epi32(Offsets8(t->o01, j), _mm256_add_epi32(o00, one)),
+              _mm256_cmpeq_epi32(Offsets8(t->o11, j), _mm256_add_epi32(o10, one)));
+          if (_mm256_movemask_ps(_mm256_castsi256_ps(adjacent)) == 0xff) {
+            const __m256i top = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), o00, 1);
+            const __m256i bottom =
+                _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), o10, 1);
+            Store8(Blend8(ByteLane<0>(top), ByteLane<8>(top), ByteLane<0>(bottom),
+                          ByteLane<8>(bottom), t, j),
+                   out_row + j);
+            return true;
+          }
+        }
+        Store8(Blend8(Gather8(src, o00), Gather8(src, Offsets8(t->o01, j)), Gather8(src, o10),
+                      Gather8(src, Offsets8(t->o11, j)), t, j),
                out_row + j);
         return true;
       }
@@ -780,8 +805,11 @@ struct NearestRow {
         if constexpr (std::is_same_v<T, float>) {
           _mm256_storeu_ps(out_row + j, _mm256_i32gather_ps(src, off, 4));
         } else {
-          const __m256i words = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), off, 1);
-          StoreBytes8(_mm256_and_si256(words, _mm256_set1_epi32(0xff)), out_row + j);
+          // Eight byte loads outrun a gather of words here.
+          alignas(16) int32_t o[8];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(o), off);
+          T* out = out_row + j;
+          for (int k = 0; k < 8; ++k) out[k] = src[o[k]];
         }
         return true;
       }
