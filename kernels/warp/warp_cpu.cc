@@ -384,13 +384,32 @@ TP_AVX2 __m128i How(__m128i near, __m128i usable, __m128i safe, __m128i fill_tap
   return _mm_blendv_epi8(_mm_set1_epi32(kFillValue), how, near);
 }
 
+// kC: the channel count (0: any); kBorder: the border, or kAnyBorder for the modes the pass
+// leaves to the per-pixel code (the reflections and wrap).
+constexpr int kAnyBorder = -1;
+
+// Tap column x (int32 lanes) as an element offset within its row.
+template <int kC>
+TP_AVX2 __m128i ColumnOffset(__m128i x, const PassConstants& k) {
+  if constexpr (kC == 1) {
+    return x;
+  } else if constexpr (kC == 3) {
+    return _mm_add_epi32(_mm_slli_epi32(x, 1), x);
+  } else if constexpr (kC == 4) {
+    return _mm_slli_epi32(x, 2);
+  } else {
+    return _mm_mullo_epi32(x, k.c);
+  }
+}
+
+template <int kC, int kBorder>
 TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int64_t cols,
                               const Affine& a, RowTaps* t) {
   const double yd = static_cast<double>(y);
   const __m256d m1y = _mm256_set1_pd(a.m[1] * yd);
   const __m256d m4y = _mm256_set1_pd(a.m[4] * yd);
-  const bool edge = k.border == Border::kEdge;
-  const bool constant = k.border == Border::kConstant;
+  constexpr bool edge = kBorder == static_cast<int>(Border::kEdge);
+  constexpr bool constant = kBorder == static_cast<int>(Border::kConstant);
   for (int64_t j = 0; j < cols; j += 4) {
     __m256d sx;
     __m256d sy;
@@ -414,8 +433,8 @@ TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int
     const __m128i ry0 = _mm_mullo_epi32(ClampToIndex(fl_y, k.zero, k.last_y), k.row);
     const __m128i ry1 = _mm_mullo_epi32(ClampToIndex(_mm256_add_pd(fl_y, k.one), k.zero, k.last_y),
                                         k.row);
-    const __m128i ox0 = _mm_mullo_epi32(cx0, k.c);
-    const __m128i ox1 = _mm_mullo_epi32(cx1, k.c);
+    const __m128i ox0 = ColumnOffset<kC>(cx0, k);
+    const __m128i ox1 = ColumnOffset<kC>(cx1, k);
     const __m128i o11 = _mm_add_epi32(ry1, ox1);
     _mm_store_si128(reinterpret_cast<__m128i*>(t->o00 + j), _mm_add_epi32(ry0, ox0));
     _mm_store_si128(reinterpret_cast<__m128i*>(t->o01 + j), _mm_add_epi32(ry0, ox1));
@@ -426,7 +445,7 @@ TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int
     const __m128i safe = _mm_cmpgt_epi32(k.bound, o11);
     __m128i usable;
     __m128i fill_taps = _mm_setzero_si128();
-    if (edge) {
+    if constexpr (edge) {
       usable = _mm_set1_epi32(-1);
     } else {
       // All four taps inside: 0 <= sx < w - 1 and 0 <= sy < h - 1 (the portable loop's test).
@@ -435,7 +454,7 @@ TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int
                         _mm256_cmp_pd(sx, k.last_x, _CMP_LT_OQ)),
           _mm256_and_pd(_mm256_cmp_pd(sy, k.zero, _CMP_GE_OQ),
                         _mm256_cmp_pd(sy, k.last_y, _CMP_LT_OQ))));
-      if (constant) {
+      if constexpr (constant) {
         // All four outside: floor(s) + 1 < 0 or floor(s) > n - 1, i.e. s < -1 or s >= n.
         const __m256d minus_one = _mm256_sub_pd(k.zero, k.one);
         fill_taps = Narrow(_mm256_or_pd(
@@ -450,13 +469,14 @@ TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int
   }
 }
 
+template <int kC, int kBorder>
 TP_AVX2 void NearestTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int64_t cols,
                              const Affine& a, RowTaps* t) {
   const double yd = static_cast<double>(y);
   const __m256d m1y = _mm256_set1_pd(a.m[1] * yd);
   const __m256d m4y = _mm256_set1_pd(a.m[4] * yd);
-  const bool edge = k.border == Border::kEdge;
-  const bool constant = k.border == Border::kConstant;
+  constexpr bool edge = kBorder == static_cast<int>(Border::kEdge);
+  constexpr bool constant = kBorder == static_cast<int>(Border::kConstant);
   for (int64_t j = 0; j < cols; j += 4) {
     __m256d sx;
     __m256d sy;
@@ -466,20 +486,20 @@ TP_AVX2 void NearestTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int6
     const __m256d py = _mm256_floor_pd(_mm256_add_pd(sy, k.half));
     const __m128i o = _mm_add_epi32(
         _mm_mullo_epi32(ClampToIndex(py, k.zero, k.last_y), k.row),
-        _mm_mullo_epi32(ClampToIndex(px, k.zero, k.last_x), k.c));
+        ColumnOffset<kC>(ClampToIndex(px, k.zero, k.last_x), k));
     _mm_store_si128(reinterpret_cast<__m128i*>(t->o00 + j), o);
     const __m128i near = Narrow(NearMask(k, sx, sy));
     const __m128i safe = _mm_cmpgt_epi32(k.bound, o);
     __m128i usable;
     __m128i fill_value = _mm_setzero_si128();
-    if (edge) {
+    if constexpr (edge) {
       usable = _mm_set1_epi32(-1);
     } else {
       const __m256d inside = _mm256_and_pd(
           _mm256_and_pd(_mm256_cmp_pd(px, k.zero, _CMP_GE_OQ), _mm256_cmp_pd(px, k.w, _CMP_LT_OQ)),
           _mm256_and_pd(_mm256_cmp_pd(py, k.zero, _CMP_GE_OQ), _mm256_cmp_pd(py, k.h, _CMP_LT_OQ)));
       usable = Narrow(inside);
-      if (constant) fill_value = _mm_andnot_si128(usable, _mm_set1_epi32(-1));
+      if constexpr (constant) fill_value = _mm_andnot_si128(usable, _mm_set1_epi32(-1));
     }
     _mm_store_si128(reinterpret_cast<__m128i*>(t->how + j),
                     How(near, usable, safe, _mm_setzero_si128(), fill_value));
@@ -845,6 +865,34 @@ constexpr int64_t TapReach(bool nearest) {
   return nearest ? kC : 4;
 }
 
+using PassFn = void (*)(const PassConstants&, int64_t, int64_t, int64_t, const Affine&,
+                       RowTaps*);
+
+template <int kC, int kBorder>
+__attribute__((target("avx2"))) void BilinearPass(const PassConstants& k, int64_t y, int64_t x0,
+                                                  int64_t cols, const Affine& a, RowTaps* t) {
+  BilinearTapsAvx2<kC, kBorder>(k, y, x0, cols, a, t);
+}
+template <int kC, int kBorder>
+__attribute__((target("avx2"))) void NearestPass(const PassConstants& k, int64_t y, int64_t x0,
+                                                 int64_t cols, const Affine& a, RowTaps* t) {
+  NearestTapsAvx2<kC, kBorder>(k, y, x0, cols, a, t);
+}
+
+// The pass for a border, compiled for it.
+template <int kC, bool kNearest>
+PassFn PickPass(Border border) {
+  constexpr int kEdge = static_cast<int>(Border::kEdge);
+  constexpr int kConstant = static_cast<int>(Border::kConstant);
+  if (border == Border::kEdge) {
+    return kNearest ? NearestPass<kC, kEdge> : BilinearPass<kC, kEdge>;
+  }
+  if (border == Border::kConstant) {
+    return kNearest ? NearestPass<kC, kConstant> : BilinearPass<kC, kConstant>;
+  }
+  return kNearest ? NearestPass<kC, kAnyBorder> : BilinearPass<kC, kAnyBorder>;
+}
+
 template <typename T, int kC, typename Row, typename Pass>
 TP_AVX2 void RowsAvx2Loop(const T* src, const Geometry& g, const Affine& a, int64_t y_begin,
                           int64_t y_end, const PassConstants& k, RowTaps* t, Row& r, Pass pass,
@@ -884,9 +932,7 @@ __attribute__((target("avx2"))) void BilinearRowsAvx2(const T* src, T* dst, cons
   BilinearRow<T, kC> r{src, g, a, border, fill, HalfToFloatTable(), &taps, 0, 0, nullptr};
   RowsAvx2Loop<T, kC>(
       src, g, a, y_begin, y_end, k, &taps, r,
-      [](const PassConstants& k, int64_t y, int64_t x0, int64_t cols, const Affine& a,
-         RowTaps* t) __attribute__((target("avx2"))) { BilinearTapsAvx2(k, y, x0, cols, a, t); },
-      dst);
+      PickPass<kC, false>(border), dst);
 }
 
 template <typename T, int kC>
@@ -898,9 +944,7 @@ __attribute__((target("avx2"))) void NearestRowsAvx2(const T* src, T* dst, const
   NearestRow<T, kC> r{src, g, a, border, fill, &taps, 0, 0, nullptr};
   RowsAvx2Loop<T, kC>(
       src, g, a, y_begin, y_end, k, &taps, r,
-      [](const PassConstants& k, int64_t y, int64_t x0, int64_t cols, const Affine& a,
-         RowTaps* t) __attribute__((target("avx2"))) { NearestTapsAvx2(k, y, x0, cols, a, t); },
-      dst);
+      PickPass<kC, true>(border), dst);
 }
 
 #undef TP_AVX2
