@@ -14,6 +14,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${TENSORPREP_VENV:-${repo}/.venv}"
 req="${repo}/client/python/requirements-dev.txt"
 deploy_req="${repo}/tests/deploy/requirements.txt"  # manifest validators for tests/deploy
+kserve_req="${repo}/client/python/requirements-kserve.txt"  # tritonclient, without its pins
 want_torch=1
 for arg in "$@"; do
   case "${arg}" in
@@ -50,7 +51,7 @@ if ((want_torch)); then
     echo "python-env.sh: python3-torch/python3-torchvision not installed; PyTorch tests will skip" >&2
 fi
 
-stamp_key="$(cat "${req}" "${deploy_req}" "${BASH_SOURCE[0]}" "${repo}/client/python/pyproject.toml" \
+stamp_key="$(cat "${req}" "${deploy_req}" "${kserve_req}" "${BASH_SOURCE[0]}" "${repo}/client/python/pyproject.toml" \
   "${repo}/client/python/setup.py" "${repo}/client/python/tensorprep/_protogen.py" \
   "${repo}/proto/tensorprep/v1/tensorprep.proto" 2>/dev/null |
   sha256sum | cut -d' ' -f1)"
@@ -66,6 +67,8 @@ if [[ ! -x "${venv}/bin/python" ]]; then
 fi
 py="${venv}/bin/python"
 "${py}" -m pip install -q --disable-pip-version-check -r "${req}" -r "${deploy_req}"
+# tritonclient pins protobuf < 7; installed without its pins (requirements-kserve.txt says why).
+"${py}" -m pip install -q --disable-pip-version-check --no-deps -r "${kserve_req}"
 # Editable install, so the tests exercise the checked-out sources; its build step (setup.py)
 # generates the protobuf/gRPC modules from proto/ into client/python/tensorprep/v1/ (with the stamp
 # that lets tensorprep._stubs regenerate them when another environment changed them).
