@@ -24,7 +24,7 @@ GRPC_CODES = {
 }
 # The closed label names of the server's families (docs/metrics.md); `le` is the bucket bound.
 SERVER_LABELS = {"rpc", "code", "stage", "device", "op", "version", "le", "transport",
-                 "direction"}
+                 "direction", "protocol", "model"}
 TRANSPORTS = {"inline", "shm", "mixed"}
 STAGES = ("decode", "queue", "kernel", "encode")
 
@@ -83,6 +83,11 @@ def test_series_are_created_up_front_and_never_carry_request_data(stack, traffic
             assert labels["transport"] in TRANSPORTS, series
         if "direction" in labels:
             assert labels["direction"] in ("in", "out"), series
+        if "protocol" in labels:
+            assert labels["protocol"] == "kserve_v2", series
+        if "model" in labels:
+            # Pipelines of the server's pipeline file (none here) and the built-in model only.
+            assert labels["model"] == "tensorprep", series
         for value in labels.values():
             assert "127.0.0.1" not in value and "[" not in value, series
 
