@@ -134,10 +134,11 @@ absl::StatusOr<ShmParams> ReadShmParams(const ParamMap& params, const std::strin
 struct KServeService::Model {
   handlers::PipelineModelSpec spec;
   int metric_index = -1;
-  // Cumulative, for ModelStatistics.
-  std::atomic<uint64_t> success_count{0}, success_ns{0}, fail_count{0}, fail_ns{0};
-  std::atomic<uint64_t> queue_ns{0}, input_ns{0}, infer_ns{0}, output_ns{0};
-  std::atomic<uint64_t> inference_count{0}, execution_count{0}, last_inference_ms{0};
+  // Cumulative, for ModelStatistics; counted through const pointers (a model is otherwise
+  // immutable).
+  mutable std::atomic<uint64_t> success_count{0}, success_ns{0}, fail_count{0}, fail_ns{0};
+  mutable std::atomic<uint64_t> queue_ns{0}, input_ns{0}, infer_ns{0}, output_ns{0};
+  mutable std::atomic<uint64_t> inference_count{0}, execution_count{0}, last_inference_ms{0};
 };
 
 // One request between PrepareInfer and its response. `prepared` holds views into `request`, so
@@ -816,7 +817,7 @@ void KServeService::Settle(Rpc rpc, const InferJob* job, const absl::Status& s, 
     metrics.CountAnswered(rpc);
   }
   if (job == nullptr || job->model == nullptr) return;
-  Model* model = const_cast<Model*>(job->model);
+  const Model* model = job->model;
   metrics.ObserveModelRequest(Protocol::kKServeV2, model->metric_index, code, seconds,
                               s.ok() ? job->samples : 0);
   const uint64_t ns = static_cast<uint64_t>(std::max(0.0, seconds) * 1e9);

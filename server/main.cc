@@ -222,7 +222,11 @@ int Run(const Config& config) {
   std::cerr << "tensorprep-server: transport "
             << (pem.cert_chain.empty() ? "plaintext"
                                        : pem.client_ca.empty() ? "TLS" : "mutual TLS")
-            << ", bearer token " << (config.auth_token.empty() ? "off" : "required") << "\n";
+            << ", bearer token " << (config.auth_token.empty() ? "off" : "required")
+            << "; KServe v2 protocol on the same port with " << pipeline_count
+            << " pipeline model(s)"
+            << (config.pipelines.empty() ? std::string() : " from " + config.pipelines)
+            << " and the built-in model '" << handlers::kBuiltinModelName << "'\n";
   std::cerr << "tensorprep-server: unix socket " << (config.uds.empty() ? "off" : config.uds)
             << ", shared memory "
             << (config.shm_prefix.empty()
@@ -231,10 +235,6 @@ int Run(const Config& config) {
                                    config.shm_max_regions, " regions per client, ",
                                    config.shm_max_mb, " MiB mapped)"))
             << "\n";
-  std::cerr << "tensorprep-server: KServe v2 protocol on the same port: " << pipeline_count
-            << " pipeline model(s)"
-            << (config.pipelines.empty() ? std::string() : " from " + config.pipelines)
-            << " and the built-in model '" << handlers::kBuiltinModelName << "'\n";
   std::cerr << "tensorprep-server: on SIGTERM: drain delay " << config.drain_delay_seconds
             << " s, then grace " << config.grace_seconds << " s; connection max age ";
   if (config.max_connection_age_seconds > 0) {
