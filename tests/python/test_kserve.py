@@ -220,6 +220,21 @@ def test_builtin_model_takes_the_pipeline_as_a_parameter(client):
                           parameters={"pipeline": pipeline})
     np.testing.assert_array_equal(result.as_numpy("IMAGES"), x[:, ::-1] * np.float32(2))
     np.testing.assert_array_equal(result.as_numpy("LABELS"), y[:, ::-1])
+    # Every datatype string: UINT8 in, cast to FP32 out; FP16 in and out.
+    u8 = np.random.default_rng(32).integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
+    result = client.infer("tensorprep", [infer_input("IMAGES", u8, "UINT8")],
+                          parameters={"pipeline": '{"ops": [{"cast": {"dtype": "DTYPE_FLOAT32"}}]}'})
+    assert result.get_output("IMAGES").datatype == "FP32"
+    np.testing.assert_array_equal(result.as_numpy("IMAGES"), u8.astype(np.float32))
+    f16 = np.random.default_rng(33).random((2, 8, 12), dtype=np.float32).astype(np.float16)
+    result = client.infer("tensorprep", [infer_input("IMAGES", f16, "FP16")],
+                          parameters={"pipeline": '[{"flip": {"axis": "FLIP_AXIS_HORIZONTAL"}}]'})
+    assert result.get_output("IMAGES").datatype == "FP16"
+    np.testing.assert_array_equal(result.as_numpy("IMAGES"), f16[:, :, ::-1])
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("tensorprep", [infer_input("IMAGES", x, "FP32")])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "parameters.pipeline" in e.value.message()
     with pytest.raises(InferenceServerException) as e:
         client.infer("tensorprep", [infer_input("IMAGES", x, "FP32")],
                      parameters={"pipeline": json.dumps([{"rotate": {"angleDeg": "NaN"}}])})
