@@ -22,11 +22,16 @@ enum class WarpIsa : uint8_t {
 // Whether this CPU runs `isa`'s loops (kPortable: always). Fixed for the process.
 bool WarpIsaSupported(WarpIsa isa);
 
-// WarpAffineRowsCpu (warp_rows.h) with `isa`'s row loops; the same preconditions, and `isa`
-// supported. Every isa writes the same bits.
+// How the row loops write their rows. kStreamed: non-temporal stores (kAvx2 only; the portable
+// loops ignore it), for results too large to stay in cache; WarpAffineCpu chooses it for
+// results of 16 MiB and more. The fused path (warp_rows.h) writes cached, to read the band back.
+enum class WarpStores : uint8_t { kCached, kStreamed };
+
+// WarpAffineRowsCpu (warp_rows.h) with `isa`'s row loops and `stores`; the same preconditions,
+// and `isa` supported. Every isa and every kind of store writes the same bits.
 void WarpAffineRowsCpuIsa(WarpIsa isa, const ConstTensorView& src, int64_t n, int64_t y_begin,
                           int64_t y_end, const Affine& inverse, const WarpParams& params,
-                          void* rows);
+                          void* rows, WarpStores stores = WarpStores::kCached);
 
 }  // namespace tensorprep::kernels
 

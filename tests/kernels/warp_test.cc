@@ -635,6 +635,10 @@ TEST(WarpIsa, EveryIsaWritesThePortableBits) {
                                    portable.mutable_view().data);
               WarpAffineRowsCpuIsa(WarpIsa::kAvx2, src.view(), 0, 0, h, map, params,
                                    avx2.mutable_view().data);
+              Buffer streamed(dtype, shape);
+              WarpAffineRowsCpuIsa(WarpIsa::kAvx2, src.view(), 0, 0, h, map, params,
+                                   streamed.mutable_view().data, WarpStores::kStreamed);
+              ASSERT_EQ(avx2.bytes(), streamed.bytes()) << "non-temporal stores";
               ASSERT_EQ(portable.bytes(), avx2.bytes())
                   << testing::ShapeName(shape) << " dtype " << static_cast<int>(dtype)
                   << " interp " << static_cast<int>(interp) << " border " << BorderName(border)
@@ -721,6 +725,22 @@ TEST(WarpIsa, NoReadPastTheSample) {
   }
   munmap(mapping, 3 * page);
   EXPECT_GT(runs, 0);
+}
+
+// A result of 16 MiB and more goes out with non-temporal stores: the same bits as the portable
+// loops write, across bands and threads.
+TEST(WarpIsa, LargeResultsStreamedEqualPortable) {
+  const BatchShape shape{1, 1200, 1200, 3};  // 17.3 MB of float32
+  const Buffer src = RandomBuffer(DType::kFloat32, shape, 11, -1, 1);
+  const Affine map = RotationInverse(30, shape.h, shape.w);
+  const WarpParams params{Interp::kBilinear, Border::kEdge, 0};
+  Buffer portable(DType::kFloat32, shape);
+  WarpAffineRowsCpuIsa(WarpIsa::kPortable, src.view(), 0, 0, shape.h, map, params,
+                       portable.mutable_view().data);
+  ThreadPool pool(2);
+  Buffer out(DType::kFloat32, shape);
+  ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {&map, 1}, params, &pool).ok());
+  EXPECT_TRUE(portable.bytes() == out.bytes());
 }
 
 }  // namespace
