@@ -479,3 +479,56 @@ def test_not_ready_once_draining(start_server):
     finally:
         c.close()
         srv.proc.send_signal(signal.SIGTERM)  # ends the drain delay
+
+
+def test_bearer_token_is_required_except_for_liveness_and_readiness(start_server, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    srv = start_server(auth_token_file=str(token_file))
+    c = grpcclient.InferenceServerClient(srv.address)
+    x = images(1, seed=80)
+    pipeline = '[{"flip": {"axis": "FLIP_AXIS_VERTICAL"}}]'
+    try:
+        assert c.is_server_live() and c.is_server_ready()
+        for call in (lambda h: c.get_model_metadata("tensorprep", headers=h),
+                     lambda h: c.infer("tensorprep", [infer_input("IMAGES", x, "FP32")],
+                                       parameters={"pipeline": pipeline}, headers=h)):
+            with pytest.raises(InferenceServerException) as e:
+                call(None)
+            assert e.value.status() == "StatusCode.UNAUTHENTICATED"
+            with pytest.raises(InferenceServerException) as e:
+                call({"authorization": "Bearer wrong"})
+            assert e.value.status() == "StatusCode.UNAUTHENTICATED"
+        result = c.infer("tensorprep", [infer_input("IMAGES", x, "FP32")],
+                         parameters={"pipeline": pipeline},
+                         headers={"authorization": "Bearer s3cret-token"})
+        np.testing.assert_array_equal(result.as_numpy("IMAGES"), x[:, ::-1])
+    finally:
+        c.close()
+
+
+def test_stream_answers_many_requests_beyond_its_window(client):
+    """More requests than the per-stream window (--stream-inflight, 8): reading pauses and
+    resumes as responses are written; every request is answered once, with its own result."""
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent = {}
+    try:
+        for k in range(40):
+            x = np.random.default_rng(100 + k).random((2, 16, 24, 3), dtype=np.float32)
+            sent[f"r{k}"] = x
+            client.async_stream_infer(
+                "tensorprep", [infer_input("IMAGES", x, "FP32")], request_id=f"r{k}",
+                parameters={"pipeline": '[{"add": {"value": [%d]}}]' % k})
+        got = {}
+        for _ in range(40):
+            result, error = answers.get(timeout=60)
+            assert error is None, error
+            rid = result.get_response().id
+            assert rid not in got
+            got[rid] = result.as_numpy("IMAGES")
+    finally:
+        client.stop_stream()
+    assert set(got) == set(sent)
+    for rid, x in sent.items():
+        np.testing.assert_array_equal(got[rid], x + np.float32(int(rid[1:])))
