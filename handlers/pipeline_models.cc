@@ -37,10 +37,10 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 }
 
 absl::Status NameError(const std::string& path, const std::string& name) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      path, ": expected 1 to ", kMaxNameBytes,
-      " letters, digits, '_', '-' or '.', starting with a letter or digit, got ",
-      QuoteCallerString(name)));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": expected 1 to ", kMaxNameBytes,
+                   " letters, digits, '_', '-' or '.', starting with a letter or digit, got ",
+                   QuoteCallerString(name)));
 }
 
 // Checks one model; errors name the field under the model (the caller adds file and model).
@@ -50,9 +50,9 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
   spec.description = m.description();
   if (!ValidName(m.name())) return NameError("name", m.name());
   if (m.name() == kBuiltinModelName) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "name: '", kBuiltinModelName,
-        "' is the built-in model (pipeline given per request); choose another name"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("name: '", kBuiltinModelName,
+                     "' is the built-in model (pipeline given per request); choose another name"));
   }
   if (m.max_batch_size() < 0) {
     return absl::InvalidArgumentError(
@@ -69,8 +69,8 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
     const std::string path = absl::StrCat("inputs[", i, "]");
     if (!ValidName(t.name())) return NameError(path + ".name", t.name());
     if (!names.insert(t.name()).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ".name: ", QuoteCallerString(t.name()), " names an earlier input too"));
+      return absl::InvalidArgumentError(absl::StrCat(path, ".name: ", QuoteCallerString(t.name()),
+                                                     " names an earlier input too"));
     }
     ModelTensor in;
     in.name = t.name();
@@ -81,21 +81,21 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
                                                      QuoteCallerString(t.datatype())));
     }
     if (t.shape_size() != 3 && t.shape_size() != 4) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ".shape: expected rank 3 (N,H,W) or 4 (N,H,W,C), got ", t.shape_size(),
-          " dimensions"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ".shape: expected rank 3 (N,H,W) or 4 (N,H,W,C), got ", t.shape_size(),
+                       " dimensions"));
     }
     for (int d = 0; d < t.shape_size(); ++d) {
       if (t.shape(d) != -1 && t.shape(d) < 1) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            path, ".shape[", d, "]: expected -1 (free) or >= 1, got ", t.shape(d)));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ".shape[", d, "]: expected -1 (free) or >= 1, got ", t.shape(d)));
       }
       in.shape.push_back(t.shape(d));
     }
     if (spec.max_batch_size > 0 && in.shape[0] != -1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ".shape[0]: expected -1 (the batch dimension) with max_batch_size ",
-          spec.max_batch_size, ", got ", in.shape[0]));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ".shape[0]: expected -1 (the batch dimension) with max_batch_size ",
+                       spec.max_batch_size, ", got ", in.shape[0]));
     }
     if (i == 0) {
       if (t.optional()) {
@@ -106,16 +106,17 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
       const std::vector<int64_t>& main = spec.inputs[0].shape;
       for (int d = 0; d < 3; ++d) {
         if (in.shape[d] != -1 && main[d] != -1 && in.shape[d] != main[d]) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              path, ".shape[", d, "]: expected ", main[d], " (", "N,H,W of inputs[0] ",
-              ShapeText(main), "), got ", in.shape[d]));
+          return absl::InvalidArgumentError(absl::StrCat(path, ".shape[", d, "]: expected ",
+                                                         main[d], " (", "N,H,W of inputs[0] ",
+                                                         ShapeText(main), "), got ", in.shape[d]));
         }
       }
       if (t.interpolation() < pb::INTERPOLATION_UNSPECIFIED ||
           t.interpolation() > pb::INTERPOLATION_BILINEAR) {
         return absl::InvalidArgumentError(
-            absl::StrCat(path, ".interpolation: expected INTERPOLATION_NEAREST or "
-                               "INTERPOLATION_BILINEAR, got ",
+            absl::StrCat(path,
+                         ".interpolation: expected INTERPOLATION_NEAREST or "
+                         "INTERPOLATION_BILINEAR, got ",
                          t.interpolation()));
       }
       if (!std::isfinite(t.fill())) {
@@ -127,8 +128,7 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
       in.optional = t.optional();
     }
     if (!t.source().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ".source: only outputs have a source"));
+      return absl::InvalidArgumentError(absl::StrCat(path, ".source: only outputs have a source"));
     }
     spec.inputs.push_back(std::move(in));
   }
@@ -159,8 +159,8 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
     const std::string path = absl::StrCat("outputs[", o, "]");
     if (!ValidName(t.name())) return NameError(path + ".name", t.name());
     if (!names.insert(t.name()).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ".name: ", QuoteCallerString(t.name()), " names an earlier output too"));
+      return absl::InvalidArgumentError(absl::StrCat(path, ".name: ", QuoteCallerString(t.name()),
+                                                     " names an earlier output too"));
     }
     ModelTensor out;
     out.name = t.name();
@@ -168,9 +168,9 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
     if (out.source < 0) {
       std::vector<std::string> inputs;
       for (const ModelTensor& in : spec.inputs) inputs.push_back(in.name);
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ".source: expected the name of an input (", absl::StrJoin(inputs, ", "),
-          "), got ", QuoteCallerString(t.source())));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ".source: expected the name of an input (",
+                       absl::StrJoin(inputs, ", "), "), got ", QuoteCallerString(t.source())));
     }
     if (!sources.insert(out.source).second) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -187,23 +187,23 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
                                                        QuoteCallerString(t.datatype())));
       }
       if (*declared != *out.dtype) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            path, ".datatype: the pipeline makes ", DatatypeName(*out.dtype),
-            " from input '", src.name, "', but ", t.datatype(), " is declared"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ".datatype: the pipeline makes ", DatatypeName(*out.dtype),
+                         " from input '", src.name, "', but ", t.datatype(), " is declared"));
       }
     }
     if (t.shape_size() != 0) {
       std::vector<int64_t> declared(t.shape().begin(), t.shape().end());
       if (declared != src.shape) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            path, ".shape: an output has its input's shape ", ShapeText(src.shape), ", got ",
-            ShapeText(declared), " (leave it out)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ".shape: an output has its input's shape ", ShapeText(src.shape),
+                         ", got ", ShapeText(declared), " (leave it out)"));
       }
     }
     if (t.interpolation() != pb::INTERPOLATION_UNSPECIFIED || t.fill() != 0 || t.optional()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": interpolation, fill and optional belong to the input (",
-          QuoteCallerString(src.name), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": interpolation, fill and optional belong to the input (",
+                       QuoteCallerString(src.name), ")"));
     }
     out.shape = src.shape;
     out.optional = src.optional;
@@ -331,9 +331,9 @@ absl::StatusOr<std::vector<PipelineModelSpec>> LoadPipelineModels(const std::str
     for (PipelineModelSpec& m : *models) {
       auto [it, inserted] = declared_in.emplace(m.name, file);
       if (!inserted) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            file, ": pipeline ", QuoteCallerString(m.name), ": name: already declared in ",
-            it->second));
+        return absl::InvalidArgumentError(absl::StrCat(file, ": pipeline ",
+                                                       QuoteCallerString(m.name),
+                                                       ": name: already declared in ", it->second));
       }
       all.push_back(std::move(m));
     }
@@ -371,8 +371,9 @@ absl::StatusOr<pb::Pipeline> ParsePipelineJson(const std::string& json, const st
   auto s = google::protobuf::util::JsonStringToMessage(text, &pipeline);
   if (!s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, ": expected a tensorprep.v1.Pipeline in JSON ({\"ops\": [...]}) or a JSON list of "
-              "ops: ",
+        what,
+        ": expected a tensorprep.v1.Pipeline in JSON ({\"ops\": [...]}) or a JSON list of "
+        "ops: ",
         std::string(s.message()).substr(0, 200)));
   }
   return pipeline;

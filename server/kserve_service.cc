@@ -91,9 +91,10 @@ absl::StatusOr<ShmParams> ReadShmParams(const ParamMap& params, const std::strin
   auto region = params.find(kRegionParam);
   if (region == params.end()) {
     if (params.count(kByteSizeParam) != 0 || params.count(kOffsetParam) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": shared_memory_byte_size or shared_memory_offset without "
-                "shared_memory_region"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what,
+                       ": shared_memory_byte_size or shared_memory_offset without "
+                       "shared_memory_region"));
     }
     return out;
   }
@@ -151,9 +152,9 @@ struct KServeService::InferJob {
   // Model input index of each request aux tensor.
   std::vector<int> aux_inputs;
   struct Output {
-    int output = 0;   // model output index
-    int aux = -1;     // request aux index, -1 for the main result
-    ShmParams shm;    // where the caller asked for it
+    int output = 0;  // model output index
+    int aux = -1;    // request aux index, -1 for the main result
+    ShmParams shm;   // where the caller asked for it
   };
   std::vector<Output> outputs;  // in response order
   Clock::time_point arrival;
@@ -225,7 +226,8 @@ grpc::ServerUnaryReactor* KServeService::ModelReady(grpc::CallbackServerContext*
   absl::Status s = CheckBearerToken(ctx->client_metadata(), service_.options().auth_token);
   if (s.ok()) {
     const Model* model = nullptr;
-    response->set_ready(ready_.load() && FindModel(request->name(), request->version(), &model).ok());
+    response->set_ready(ready_.load() &&
+                        FindModel(request->name(), request->version(), &model).ok());
   }
   return Done(ctx, s);
 }
@@ -391,9 +393,9 @@ grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryRegister(
   {
     std::lock_guard<std::mutex> lock(regions_mu_);
     if (regions_.count({client, request->name()}) != 0) {
-      s = absl::AlreadyExistsError(absl::StrCat(
-          "shared memory region ", Quote(request->name()),
-          " is already registered by this client; unregister it first"));
+      s = absl::AlreadyExistsError(
+          absl::StrCat("shared memory region ", Quote(request->name()),
+                       " is already registered by this client; unregister it first"));
     } else {
       pb::RegisterSharedMemoryRequest r;
       r.set_key(request->key());
@@ -560,10 +562,10 @@ absl::StatusOr<std::unique_ptr<KServeService::InferJob>> KServeService::PrepareI
     *pr.mutable_pipeline() = std::move(*pipeline);
   } else {
     if (pipeline_param != params.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "parameters.pipeline: model ", Quote(spec.name),
-          " has its pipeline from the pipeline file; only the built-in model '",
-          handlers::kBuiltinModelName, "' takes one per request"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("parameters.pipeline: model ", Quote(spec.name),
+                       " has its pipeline from the pipeline file; only the built-in model '",
+                       handlers::kBuiltinModelName, "' takes one per request"));
     }
     *pr.mutable_pipeline() = spec.pipeline;
   }
@@ -579,9 +581,9 @@ absl::StatusOr<std::unique_ptr<KServeService::InferJob>> KServeService::PrepareI
     if (m < 0) {
       std::vector<std::string> names;
       for (const auto& t : spec.inputs) names.push_back(t.name);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input ", Quote(in.name()), ": model ", Quote(spec.name), " has no input of this name (",
-          absl::StrJoin(names, ", "), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("input ", Quote(in.name()), ": model ", Quote(spec.name),
+                       " has no input of this name (", absl::StrJoin(names, ", "), ")"));
     }
     if (seen[m] >= 0) {
       return absl::InvalidArgumentError(
@@ -591,9 +593,8 @@ absl::StatusOr<std::unique_ptr<KServeService::InferJob>> KServeService::PrepareI
   }
   for (size_t m = 0; m < spec.inputs.size(); ++m) {
     if (seen[m] < 0 && !spec.inputs[m].optional) {
-      return absl::InvalidArgumentError(absl::StrCat("input '", spec.inputs[m].name,
-                                                     "': missing; model ", Quote(spec.name),
-                                                     " requires it"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input '", spec.inputs[m].name, "': missing; model ", Quote(spec.name), " requires it"));
     }
   }
   int non_shm = 0;
@@ -644,9 +645,8 @@ absl::StatusOr<std::unique_ptr<KServeService::InferJob>> KServeService::PrepareI
         match = decl.shape[d] == -1 || decl.shape[d] == in.shape(d);
       }
       if (!match) {
-        return absl::InvalidArgumentError(absl::StrCat(what, ": expected shape ",
-                                                       ShapeText(decl.shape), ", got ",
-                                                       ShapeText(in.shape())));
+        return absl::InvalidArgumentError(absl::StrCat(
+            what, ": expected shape ", ShapeText(decl.shape), ", got ", ShapeText(in.shape())));
       }
     }
     if (spec.max_batch_size > 0 && in.shape_size() > 0 && in.shape(0) > spec.max_batch_size) {
@@ -714,17 +714,17 @@ absl::StatusOr<std::unique_ptr<KServeService::InferJob>> KServeService::PrepareI
       }
       const int slot = slot_of(o);
       if (slot == -2) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            what, ": its input '", spec.inputs[spec.outputs[o].source].name,
-            "' is not in the request"));
+        return absl::InvalidArgumentError(absl::StrCat(what, ": its input '",
+                                                       spec.inputs[spec.outputs[o].source].name,
+                                                       "' is not in the request"));
       }
       auto p = ReadShmParams(want.parameters(), what);
       if (!p.ok()) return p.status();
       if (p->present) {
         auto handle = RegionHandle(client, p->region, what);
         if (!handle.ok()) return handle.status();
-        pb::SharedMemoryRef* ref = slot < 0 ? pr.mutable_images_output()
-                                            : pr.mutable_aux(slot)->mutable_output();
+        pb::SharedMemoryRef* ref =
+            slot < 0 ? pr.mutable_images_output() : pr.mutable_aux(slot)->mutable_output();
         ref->set_region(*handle);
         ref->set_offset(p->offset);
         ref->set_byte_size(p->byte_size);
@@ -739,7 +739,8 @@ absl::StatusOr<std::unique_ptr<KServeService::InferJob>> KServeService::PrepareI
     return NameTensor(prepared.status(), spec, job->aux_inputs, output_of_slot);
   }
   job->prepared = std::move(*prepared);
-  auto ticket = service_.admission().Acquire(PreprocessorService::InFlightBytes(pr, *job->prepared));
+  auto ticket =
+      service_.admission().Acquire(PreprocessorService::InFlightBytes(pr, *job->prepared));
   if (!ticket.ok()) return ticket.status();
   job->ticket = std::move(*ticket);
   job->decode_ns = job->prepared->decode_ns;
@@ -753,8 +754,8 @@ absl::Status KServeService::RunInfer(InferJob& job, bool cancelled,
       std::chrono::duration_cast<std::chrono::nanoseconds>(started - job.enqueued).count();
   if (cancelled) return absl::CancelledError("the client cancelled the call before it ran");
   if (std::chrono::system_clock::now() > job.deadline) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "the deadline passed while the request waited ", job.queue_ns / 1000, " us in the queue"));
+    return absl::DeadlineExceededError(absl::StrCat("the deadline passed while the request waited ",
+                                                    job.queue_ns / 1000, " us in the queue"));
   }
   pb::ProcessResponse result;
   auto stats = service_.processor().Run(job.request, *job.prepared, &result);
@@ -830,10 +831,10 @@ void KServeService::Settle(Rpc rpc, const InferJob* job, const absl::Status& s, 
     model->input_ns.fetch_add(static_cast<uint64_t>(job->decode_ns));
     model->infer_ns.fetch_add(static_cast<uint64_t>(job->kernel_ns));
     model->output_ns.fetch_add(static_cast<uint64_t>(job->encode_ns));
-    model->last_inference_ms.store(static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::chrono::system_clock::now().time_since_epoch())
-            .count()));
+    model->last_inference_ms.store(
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count()));
   } else {
     model->fail_count.fetch_add(1);
     model->fail_ns.fetch_add(ns);
@@ -1010,8 +1011,7 @@ class InferStream final : public StreamReactorBase {
             std::lock_guard<std::mutex> lock(mu_);
             cancelled = cancelled_;
           }
-          absl::Status s =
-              owner_->RunInfer(*job, cancelled, response->mutable_infer_response());
+          absl::Status s = owner_->RunInfer(*job, cancelled, response->mutable_infer_response());
           job->prepared.reset();
           job->ticket.Release();
           Complete(*request, std::move(response), s, arrival, job.get());

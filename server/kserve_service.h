@@ -77,8 +77,7 @@ class KServeService final : public kserve::GRPCInferenceService::CallbackService
       grpc::CallbackServerContext* ctx, const kserve::SystemSharedMemoryRegisterRequest* request,
       kserve::SystemSharedMemoryRegisterResponse* response) override;
   grpc::ServerUnaryReactor* SystemSharedMemoryUnregister(
-      grpc::CallbackServerContext* ctx,
-      const kserve::SystemSharedMemoryUnregisterRequest* request,
+      grpc::CallbackServerContext* ctx, const kserve::SystemSharedMemoryUnregisterRequest* request,
       kserve::SystemSharedMemoryUnregisterResponse* response) override;
   grpc::ServerUnaryReactor* CudaSharedMemoryStatus(
       grpc::CallbackServerContext* ctx, const kserve::CudaSharedMemoryStatusRequest* request,
@@ -95,12 +94,11 @@ class KServeService final : public kserve::GRPCInferenceService::CallbackService
   // INVALID_ARGUMENT naming the input, output or parameter; the Processor's and Admission's
   // errors with the input or output they concern named first.
   absl::StatusOr<std::unique_ptr<InferJob>> PrepareInfer(const std::string& client,
-                                                        kserve::ModelInferRequest* request);
+                                                         kserve::ModelInferRequest* request);
   // Runs a prepared job (on a worker) and fills `response`.
   absl::Status RunInfer(InferJob& job, bool cancelled, kserve::ModelInferResponse* response);
   // Metrics and statistics of one finished request (`job` may be null when it never got one).
-  void Settle(Rpc rpc, const InferJob* job, const absl::Status& s, double seconds,
-              bool cancelled);
+  void Settle(Rpc rpc, const InferJob* job, const absl::Status& s, double seconds, bool cancelled);
   PreprocessorService& service() { return service_; }
   // The model of this name, or null.
   const Model* FindModel(const std::string& name) const;

@@ -1,17 +1,16 @@
 // The pipeline file loader: valid files load with the shapes, datatypes and sources they
 // declare (output datatypes derived from the pipeline's casts); every kind of mistake is refused
 // with a message that names the file, the pipeline and the field.
-#include <gtest/gtest.h>
-#include <gmock/gmock.h>
+#include "handlers/pipeline_models.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <string>
-
-#include "handlers/pipeline_models.h"
 
 namespace tensorprep::handlers {
 namespace {
@@ -57,18 +56,24 @@ std::string FlipModel(const std::string& name = "flip", const std::string& image
                           R"([{"randomFlip": {"axis": "FLIP_AXIS_HORIZONTAL", "p": 0.5}},
                               {"cast": {"dtype": "DTYPE_FLOAT32"}}])") {
   return R"({"name": ")" + name + R"(", "max_batch_size": 8,
-    "inputs": [{"name": "IMAGES", "datatype": ")" + images_dtype + R"(", "shape": [-1, -1, -1, 3]},
-               {"name": "LABELS", "datatype": "INT32", "shape": )" + labels_shape + R"(,
+    "inputs": [{"name": "IMAGES", "datatype": ")" +
+         images_dtype + R"(", "shape": [-1, -1, -1, 3]},
+               {"name": "LABELS", "datatype": "INT32", "shape": )" +
+         labels_shape + R"(,
                 "interpolation": "INTERPOLATION_NEAREST", "fill": 255, "optional": true}],
-    "outputs": [{"name": "IMAGES_OUT", "source": "IMAGES", "datatype": )" + out_dtype + R"(},
-                {"name": "LABELS_OUT", "source": ")" + labels_source + R"("}],
-    "pipeline": {"ops": )" + ops + "}}";
+    "outputs": [{"name": "IMAGES_OUT", "source": "IMAGES", "datatype": )" +
+         out_dtype + R"(},
+                {"name": "LABELS_OUT", "source": ")" +
+         labels_source + R"("}],
+    "pipeline": {"ops": )" +
+         ops + "}}";
 }
 
 std::string File(const std::string& models) { return "{\"pipelines\": [" + models + "]}"; }
 
 TEST_F(PipelineFileTest, LoadsAFileWithShapesDatatypesAndSources) {
-  const std::string path = Write("models.json", File(std::string(kRotateModel) + "," + FlipModel()));
+  const std::string path =
+      Write("models.json", File(std::string(kRotateModel) + "," + FlipModel()));
   auto models = LoadPipelineModels(path);
   ASSERT_TRUE(models.ok()) << models.status();
   ASSERT_EQ(models->size(), 2u);
@@ -169,12 +174,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"bad name", FlipModel("bad name"), "name:", "letters, digits"},
         BadCase{"builtin name", FlipModel("tensorprep"), "name:", "built-in model"},
         BadCase{"duplicate name", FlipModel("ok"), "name:", "earlier pipeline"},
-        BadCase{"unknown datatype", FlipModel("m", "FP64"), "'m': inputs[0].datatype:",
-                "got 'FP64'"},
-        BadCase{"rank", FlipModel("m", "UINT8", "[-1, 4]"), "'m': inputs[1].shape:",
-                "rank 3 (N,H,W) or 4"},
-        BadCase{"zero dim", FlipModel("m", "UINT8", "[-1, 0, -1]"), "'m': inputs[1].shape[1]:",
-                "got 0"},
+        BadCase{"unknown datatype", FlipModel("m", "FP64"),
+                "'m': inputs[0].datatype:", "got 'FP64'"},
+        BadCase{"rank", FlipModel("m", "UINT8", "[-1, 4]"),
+                "'m': inputs[1].shape:", "rank 3 (N,H,W) or 4"},
+        BadCase{"zero dim", FlipModel("m", "UINT8", "[-1, 0, -1]"),
+                "'m': inputs[1].shape[1]:", "got 0"},
         BadCase{"batch dim with max_batch_size", FlipModel("m", "UINT8", "[4, -1, -1]"),
                 "'m': inputs[1].shape[0]:", "max_batch_size"},
         BadCase{"output datatype differs", FlipModel("m", "UINT8", "[-1, -1, -1]", "\"UINT8\""),
