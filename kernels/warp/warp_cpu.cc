@@ -730,6 +730,108 @@ struct BilinearRow {
   int64_t y;
   T* out_row;  // the block row's first pixel
 
+  // One-channel rows with the edge border, the commonest case of a rotated image: positions,
+  // weights and clamped taps of eight pixels computed and blended at once, without the pass's
+  // arrays. Writes the row and returns true unless the row holds a far position or a tap too
+  // close to the sample's end for the gathers; then it returns false, having written some pixels
+  // or none, and the caller runs the general pass and visit over the whole row.
+  TP_AVX2 bool FusedRow(const PassConstants& k, int64_t cols, bool reverse, T* out) const {
+    if constexpr (kC != 1) {
+      return false;
+    } else {
+      if (border != Border::kEdge || cols % 8 != 0) return false;
+      const double yd = static_cast<double>(y);
+      // Positions are affine along the row: if both ends are well inside (-2^51, 2^51), so is
+      // every pixel between, and none is far.
+      for (const int64_t x : {x0, x0 + cols - 1}) {
+        const double xd = static_cast<double>(x);
+        if (!(std::fabs(SourceX(a.m, xd, yd)) < 2251799813685248.0 &&
+              std::fabs(SourceY(a.m, xd, yd)) < 2251799813685248.0)) {
+          return false;
+        }
+      }
+      const __m256d m1y = _mm256_set1_pd(a.m[1] * yd);
+      const __m256d m4y = _mm256_set1_pd(a.m[4] * yd);
+      const __m256d lo = _mm256_set1_pd(-1.0);
+      const __m256d hi_x = k.w;
+      const __m256d hi_y = k.h;
+      const __m256i last_x = _mm256_set1_epi32(static_cast<int32_t>(g.w - 1));
+      const __m256i last_y = _mm256_set1_epi32(static_cast<int32_t>(g.h - 1));
+      const __m256i zero = _mm256_setzero_si256();
+      const __m256i one = _mm256_set1_epi32(1);
+      const __m256i row = _mm256_set1_epi32(static_cast<int32_t>(g.w));
+      const __m256i bound = _mm256_set1_epi32(_mm_cvtsi128_si32(k.bound));
+      for (int64_t n = 0; n < cols; n += 8) {
+        const int64_t j = reverse ? cols - 8 - n : n;
+        __m256d sx[2], sy[2], fl_x[2], fl_y[2];
+        __m128 w[4][2];
+        for (int h = 0; h < 2; ++h) {
+          PositionsAvx2(k, static_cast<double>(x0 + j + 4 * h), m1y, m4y, &sx[h], &sy[h]);
+          fl_x[h] = _mm256_add_pd(_mm256_floor_pd(sx[h]), k.zero);
+          fl_y[h] = _mm256_add_pd(_mm256_floor_pd(sy[h]), k.zero);
+          const __m256d fx = _mm256_sub_pd(sx[h], fl_x[h]);
+          const __m256d fy = _mm256_sub_pd(sy[h], fl_y[h]);
+          const __m256d gx = _mm256_sub_pd(k.one, fx);
+          const __m256d gy = _mm256_sub_pd(k.one, fy);
+          w[0][h] = _mm256_cvtpd_ps(_mm256_mul_pd(gx, gy));
+          w[1][h] = _mm256_cvtpd_ps(_mm256_mul_pd(fx, gy));
+          w[2][h] = _mm256_cvtpd_ps(_mm256_mul_pd(gx, fy));
+          w[3][h] = _mm256_cvtpd_ps(_mm256_mul_pd(fx, fy));
+        }
+        // Floors limited to [-1, n] in double (so that they convert exactly), then the taps
+        // clamped to the image in int32: the edge border's ResolveBorder.
+        const auto to_int = [](__m256d v0, __m256d v1, __m256d lo, __m256d hi)
+                                __attribute__((target("avx2"))) {
+          return _mm256_set_m128i(_mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(v1, lo), hi)),
+                                  _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(v0, lo), hi)));
+        };
+        const __m256i fx_i = to_int(fl_x[0], fl_x[1], lo, hi_x);
+        const __m256i fy_i = to_int(fl_y[0], fl_y[1], lo, hi_y);
+        const __m256i cx0 = _mm256_max_epi32(_mm256_min_epi32(fx_i, last_x), zero);
+        const __m256i cx1 = _mm256_max_epi32(_mm256_min_epi32(_mm256_add_epi32(fx_i, one), last_x), zero);
+        const __m256i ry0 =
+            _mm256_mullo_epi32(_mm256_max_epi32(_mm256_min_epi32(fy_i, last_y), zero), row);
+        const __m256i ry1 = _mm256_mullo_epi32(
+            _mm256_max_epi32(_mm256_min_epi32(_mm256_add_epi32(fy_i, one), last_y), zero), row);
+        const __m256i o00 = _mm256_add_epi32(ry0, cx0);
+        const __m256i o01 = _mm256_add_epi32(ry0, cx1);
+        const __m256i o10 = _mm256_add_epi32(ry1, cx0);
+        const __m256i o11 = _mm256_add_epi32(ry1, cx1);
+        if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(bound, o11))) != 0xff) {
+          return false;
+        }
+        const __m256 w00 = _mm256_set_m128(w[0][1], w[0][0]);
+        const __m256 w01 = _mm256_set_m128(w[1][1], w[1][0]);
+        const __m256 w10 = _mm256_set_m128(w[2][1], w[2][0]);
+        const __m256 w11 = _mm256_set_m128(w[3][1], w[3][0]);
+        __m256 v00, v01, v10, v11;
+        if constexpr (std::is_same_v<T, uint8_t>) {
+          const __m256i adjacent = _mm256_and_si256(
+              _mm256_cmpeq_epi32(o01, _mm256_add_epi32(o00, one)),
+              _mm256_cmpeq_epi32(o11, _mm256_add_epi32(o10, one)));
+          if (_mm256_movemask_ps(_mm256_castsi256_ps(adjacent)) == 0xff) {
+            const __m256i top = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), o00, 1);
+            const __m256i bottom =
+                _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), o10, 1);
+            v00 = ByteLane<0>(top), v01 = ByteLane<8>(top);
+            v10 = ByteLane<0>(bottom), v11 = ByteLane<8>(bottom);
+          } else {
+            v00 = Gather8(src, o00), v01 = Gather8(src, o01);
+            v10 = Gather8(src, o10), v11 = Gather8(src, o11);
+          }
+        } else {
+          v00 = Gather8(src, o00), v01 = Gather8(src, o01);
+          v10 = Gather8(src, o10), v11 = Gather8(src, o11);
+        }
+        __m256 v = _mm256_mul_ps(v00, w00);
+        v = _mm256_add_ps(v, _mm256_mul_ps(v01, w01));
+        v = _mm256_add_ps(v, _mm256_mul_ps(v10, w10));
+        Store8(_mm256_add_ps(v, _mm256_mul_ps(v11, w11)), out + j);
+      }
+      return true;
+    }
+  }
+
   // Eight one-channel pixels at once where all eight are kByTaps or all kFillTaps.
   TP_AVX2 bool Eight(int64_t j) const {
     if constexpr (kC == 1) {
@@ -819,6 +921,8 @@ struct NearestRow {
   int64_t x0;
   int64_t y;
   T* out_row;
+
+  TP_AVX2 bool FusedRow(const PassConstants&, int64_t, bool, T*) const { return false; }
 
   TP_AVX2 bool Eight(int64_t j) const {
     if constexpr (kC == 1) {
@@ -932,12 +1036,14 @@ TP_AVX2 void RowsAvx2Loop(const T* src, const Geometry& g, const Affine& a, int6
     for (int64_t i = 0; i < y_end - y_begin; ++i) {
       const int64_t y = walk.reverse_y ? y_end - 1 - i : y_begin + i;
       prefetch.Step(src);
-      pass(k, y, x0, cols, a, t);
       r.x0 = x0;
       r.y = y;
       T* const out = dst + (y - y_begin) * row + x0 * cn;
       r.out_row = stores == WarpStores::kStreamed ? stage : out;
-      VisitColumns<kC == 1>(cols, walk.reverse_x, r);
+      if (!r.FusedRow(k, cols, walk.reverse_x, r.out_row)) {
+        pass(k, y, x0, cols, a, t);
+        VisitColumns<kC == 1>(cols, walk.reverse_x, r);
+      }
       if (stores == WarpStores::kStreamed) {
         StreamOut(reinterpret_cast<const unsigned char*>(stage),
                   reinterpret_cast<unsigned char*>(out), sizeof(T) * cn * cols);
