@@ -713,6 +713,12 @@ TP_AVX2 void VisitColumns(int64_t cols, bool reverse, const Row& row) {
   }
 }
 
+// Eight doubles (two halves) limited to [lo, hi] and converted to int32.
+TP_AVX2 __m256i LimitedToInt(__m256d v0, __m256d v1, __m256d lo, __m256d hi) {
+  return _mm256_set_m128i(_mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(v1, lo), hi)),
+                          _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(v0, lo), hi)));
+}
+
 // One output row of a column block, bilinear (T is float or uint8_t, kC 1, 3 or 4).
 template <typename T, int kC>
 struct BilinearRow {
@@ -780,13 +786,8 @@ struct BilinearRow {
         }
         // Floors limited to [-1, n] in double (so that they convert exactly), then the taps
         // clamped to the image in int32: the edge border's ResolveBorder.
-        const auto to_int = [](__m256d v0, __m256d v1, __m256d lo, __m256d hi)
-                                __attribute__((target("avx2"))) {
-          return _mm256_set_m128i(_mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(v1, lo), hi)),
-                                  _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(v0, lo), hi)));
-        };
-        const __m256i fx_i = to_int(fl_x[0], fl_x[1], lo, hi_x);
-        const __m256i fy_i = to_int(fl_y[0], fl_y[1], lo, hi_y);
+        const __m256i fx_i = LimitedToInt(fl_x[0], fl_x[1], lo, hi_x);
+        const __m256i fy_i = LimitedToInt(fl_y[0], fl_y[1], lo, hi_y);
         const __m256i cx0 = _mm256_max_epi32(_mm256_min_epi32(fx_i, last_x), zero);
         const __m256i cx1 = _mm256_max_epi32(_mm256_min_epi32(_mm256_add_epi32(fx_i, one), last_x), zero);
         const __m256i ry0 =
