@@ -1232,13 +1232,20 @@ absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
   const WarpStores stores = static_cast<uint64_t>(dst.bytes()) >= kStreamedMinBytes
                                 ? WarpStores::kStreamed
                                 : WarpStores::kCached;
-  ParallelFor(pool, s.n * bands, [&](int64_t task) {
-    const int64_t n = task / bands;
-    const int64_t y_begin = (task % bands) * band_rows;
-    const int64_t y_end = std::min(s.h, y_begin + band_rows);
-    WarpAffineRowsCpuIsa(kBestIsa, src, n, y_begin, y_end,
-                         inverse.size() == 1 ? inverse[0] : inverse[n], params,
-                         out + (n * s.h + y_begin) * row_bytes, stores);
+  // With at least 4 samples per thread, a task is a whole sample: its bands then run in order on
+  // one thread, which has fetched each band's first tile ahead (TilePrefetch) while finishing
+  // the band before. Split by band across threads, that fetch served the other thread.
+  const int threads = pool == nullptr ? 1 : pool->size();
+  const int64_t per_task = s.n >= 4 * static_cast<int64_t>(threads) ? bands : 1;
+  ParallelFor(pool, s.n * bands / per_task, [&](int64_t task) {
+    for (int64_t t = task * per_task; t < (task + 1) * per_task; ++t) {
+      const int64_t n = t / bands;
+      const int64_t y_begin = (t % bands) * band_rows;
+      const int64_t y_end = std::min(s.h, y_begin + band_rows);
+      WarpAffineRowsCpuIsa(kBestIsa, src, n, y_begin, y_end,
+                           inverse.size() == 1 ? inverse[0] : inverse[n], params,
+                           out + (n * s.h + y_begin) * row_bytes, stores);
+    }
   });
   return absl::OkStatus();
 }
