@@ -12,8 +12,12 @@ gRPC code and a message naming the input.
 
 import json
 import os
+import pathlib
 import queue
 import re
+import signal
+import subprocess
+import time
 import urllib.request
 
 import numpy as np
@@ -67,6 +71,14 @@ def images(n, seed):
 
 def labels(n, seed):
     return np.random.default_rng(seed).integers(0, 21, (n, H, W), dtype=np.int32)
+
+
+def server_binary():
+    """The binary the fixtures start (as tests/conftest.py finds it; that module is not imported
+    by name: tests/metrics has a conftest.py of its own)."""
+    return pathlib.Path(os.environ.get(
+        "TENSORPREP_SERVER_BIN",
+        pathlib.Path(__file__).resolve().parents[2] / "build" / "server" / "tensorprep-server"))
 
 
 def infer_input(name, array, datatype):
@@ -450,8 +462,6 @@ def test_statistics_and_metrics_per_model_and_protocol(kserve_server, client):
 
 # --- start-up and shutdown -----------------------------------------------------------------------
 def test_server_refuses_to_start_on_a_bad_pipeline_file(tmp_path):
-    import subprocess
-    from conftest import server_binary
     bad = json.loads(json.dumps(PIPELINES))
     bad["pipelines"][1]["outputs"][1]["source"] = "MASKS"
     path = tmp_path / "bad.json"
@@ -466,14 +476,15 @@ def test_server_refuses_to_start_on_a_bad_pipeline_file(tmp_path):
 
 
 def test_not_ready_once_draining(start_server):
-    import signal
     srv = start_server(drain_delay_seconds=30)
     c = grpcclient.InferenceServerClient(srv.address)
     try:
         assert c.is_server_ready() and c.is_model_ready("tensorprep")
         srv.proc.send_signal(signal.SIGTERM)
-        from conftest import wait_for
-        assert wait_for(lambda: not c.is_server_ready(), timeout=10)
+        deadline = time.monotonic() + 10
+        while c.is_server_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not c.is_server_ready()
         assert c.is_server_live()
         assert not c.is_model_ready("tensorprep")
     finally:
