@@ -37,7 +37,7 @@ constexpr size_t kSizeClass = size_t{2} << 20;     // cached capacities are mult
 
 size_t Capacity(size_t bytes) {
   const size_t rounded = (bytes + 63) / 64 * 64;  // aligned_alloc wants a multiple of 64
-  return rounded < kCachedMin ? rounded : (rounded + kSizeClass - 1) / kSizeClass * kSizeClass;
+  return bytes < kCachedMin ? rounded : (rounded + kSizeClass - 1) / kSizeClass * kSizeClass;
 }
 
 class Cache {
@@ -61,7 +61,7 @@ class Cache {
     std::vector<void*> freed;
     {
       absl::MutexLock lock(&mu_);
-      if (capacity < kCachedMin || capacity > limit_) {
+      if (capacity < kSizeClass || capacity > limit_) {
         freed.push_back(base);
       } else {
         kept_.push_back({base, capacity});
@@ -133,7 +133,7 @@ ResultBuffer ResultBuffer::Allocate(size_t bytes) {
   ResultBuffer b;
   if (bytes == 0) return b;
   const size_t capacity = Capacity(bytes);
-  void* base = capacity >= kCachedMin ? TheCache().Take(capacity) : nullptr;
+  void* base = capacity >= kSizeClass ? TheCache().Take(capacity) : nullptr;
   if (base == nullptr) {
     base = std::aligned_alloc(64, kHeader + capacity);
     if (base == nullptr) throw std::bad_alloc();

@@ -30,7 +30,10 @@ namespace tensorprep::server {
 // class (a multiple of 2 MiB) takes it with its pages still mapped. Without it every large
 // result was fresh memory from mmap, and the kernel writing it paid a page fault per page: a
 // 64-image W2 request cost 1.6x more per image in the kernel than 64 one-image requests. The
-// cache keeps at most SetResultBufferCacheLimit bytes (least recently released out first).
+// cache keeps at most SetResultBufferCacheLimit bytes of capacity (least recently released out
+// first); they are not part of the in-flight byte budget (--max-inflight-mb), so the server's
+// peak is that budget plus this limit. A reused buffer holds an earlier result's bytes until the
+// kernels overwrite them, which they do entirely.
 class ResultBuffer {
  public:
   ResultBuffer() = default;

@@ -551,6 +551,9 @@ class TilePrefetch {
     per_step_ = (rows_ + rows_to_spread - 1) / std::max<int64_t>(1, rows_to_spread);
   }
 
+  // Plans nothing.
+  void Clear() { rows_ = 0; }
+
   // Issues the next share of the planned rows.
   void Step(const void* image) {
     const auto* base = static_cast<const char*>(image);
@@ -584,8 +587,8 @@ inline void PlanNextTile(TilePrefetch* prefetch, const Affine& a, const Geometry
     ya = y_end;
     yb = std::min(g.h, y_end + (y_end - y_begin));
   }
-  if (ya >= yb) {
-    prefetch->Plan(a, g, pixel_bytes, 0, 0, 0, 0, 1);  // nothing: an empty plan
+  if (ya >= yb) {  // the band is the image's last: nothing to fetch
+    prefetch->Clear();
     return;
   }
   const int64_t x0 = (walk.reverse_x ? blocks - 1 - next : next) * kBlockCols;
@@ -933,7 +936,7 @@ struct NearestRow {
           _mm256_storeu_ps(out_row + j, _mm256_i32gather_ps(src, off, 4));
         } else {
           // Eight byte loads outrun a gather of words here.
-          alignas(16) int32_t o[8];
+          alignas(32) int32_t o[8];
           _mm256_store_si256(reinterpret_cast<__m256i*>(o), off);
           T* out = out_row + j;
           for (int k = 0; k < 8; ++k) out[k] = src[o[k]];

@@ -28,7 +28,10 @@ bool WarpIsaSupported(WarpIsa isa);
 enum class WarpStores : uint8_t { kCached, kStreamed };
 
 // WarpAffineRowsCpu (warp_rows.h) with `isa`'s row loops and `stores`; the same preconditions,
-// and `isa` supported. Every isa and every kind of store writes the same bits.
+// and `isa` supported. Every isa and every kind of store writes the same bits, NaN payloads
+// aside: where one float32 blend meets two taps that each make a NaN (two NaNs, or a NaN and an
+// infinity weighted 0), which of the NaNs comes out follows the compiler's operand order, as it
+// differs between the CPU and CUDA; every other value, NaN or not, is the same.
 void WarpAffineRowsCpuIsa(WarpIsa isa, const ConstTensorView& src, int64_t n, int64_t y_begin,
                           int64_t y_end, const Affine& inverse, const WarpParams& params,
                           void* rows, WarpStores stores = WarpStores::kCached);

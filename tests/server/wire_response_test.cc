@@ -81,6 +81,7 @@ TEST(WireResponse, WithoutAResultIsProtobufsOwnEncoding) {
 // A large result buffer that gRPC has sent comes back for the next result of its size class,
 // with its bytes (and so its mapped pages) intact; small ones and ones over the limit do not.
 TEST(ResultBufferCache, ReusesSentBuffersOfTheSameSizeClass) {
+  SetResultBufferCacheLimit(0);  // empty, whatever ran before
   SetResultBufferCacheLimit(size_t{64} << 20);
   const size_t n = (size_t{3} << 20) + 100;  // size class: 4 MiB
   void* first;
@@ -107,6 +108,7 @@ TEST(ResultBufferCache, ReusesSentBuffersOfTheSameSizeClass) {
   EXPECT_EQ(ResultBufferCacheBytes(), (size_t{4} << 20) + (size_t{6} << 20));
   {
     ResultBuffer small = ResultBuffer::Allocate(1000);  // below 1 MiB: never cached
+    ResultBuffer almost = ResultBuffer::Allocate((size_t{1} << 20) - 1);
   }
   EXPECT_EQ(ResultBufferCacheBytes(), (size_t{4} << 20) + (size_t{6} << 20));
 
@@ -124,6 +126,7 @@ TEST(ResultBufferCache, ReusesSentBuffersOfTheSameSizeClass) {
 
 // Many threads allocating and releasing at once: every buffer handed out is distinct while held.
 TEST(ResultBufferCache, ConcurrentUseHandsOutDistinctBuffers) {
+  SetResultBufferCacheLimit(0);
   SetResultBufferCacheLimit(size_t{16} << 20);
   std::vector<std::thread> threads;
   std::atomic<int> errors{0};
