@@ -404,6 +404,27 @@ TP_AVX2 __m128i ColumnOffset(__m128i x, const PassConstants& k) {
   }
 }
 
+// Floors (with -0 made +0, as FloorToInt's integer is, so that fx = sx - floor keeps the scalar
+// code's sign of zero) and the four bilinear weights of four pixels, as MakeBilinearWeights.
+struct Weights4 {
+  __m256d fl_x, fl_y;
+  __m128 w00, w01, w10, w11;
+};
+TP_AVX2 Weights4 BilinearWeights4(const PassConstants& k, __m256d sx, __m256d sy) {
+  Weights4 r;
+  r.fl_x = _mm256_add_pd(_mm256_floor_pd(sx), k.zero);
+  r.fl_y = _mm256_add_pd(_mm256_floor_pd(sy), k.zero);
+  const __m256d fx = _mm256_sub_pd(sx, r.fl_x);
+  const __m256d fy = _mm256_sub_pd(sy, r.fl_y);
+  const __m256d gx = _mm256_sub_pd(k.one, fx);
+  const __m256d gy = _mm256_sub_pd(k.one, fy);
+  r.w00 = _mm256_cvtpd_ps(_mm256_mul_pd(gx, gy));
+  r.w01 = _mm256_cvtpd_ps(_mm256_mul_pd(fx, gy));
+  r.w10 = _mm256_cvtpd_ps(_mm256_mul_pd(gx, fy));
+  r.w11 = _mm256_cvtpd_ps(_mm256_mul_pd(fx, fy));
+  return r;
+}
+
 template <int kC, int kBorder>
 TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int64_t cols,
                               const Affine& a, RowTaps* t) {
@@ -416,18 +437,13 @@ TP_AVX2 void BilinearTapsAvx2(const PassConstants& k, int64_t y, int64_t x0, int
     __m256d sx;
     __m256d sy;
     PositionsAvx2(k, static_cast<double>(x0 + j), m1y, m4y, &sx, &sy);
-    // floor, with -0 made +0 as FloorToInt's integer is, so that fx = sx - floor keeps the
-    // scalar code's sign of zero.
-    const __m256d fl_x = _mm256_add_pd(_mm256_floor_pd(sx), k.zero);
-    const __m256d fl_y = _mm256_add_pd(_mm256_floor_pd(sy), k.zero);
-    const __m256d fx = _mm256_sub_pd(sx, fl_x);
-    const __m256d fy = _mm256_sub_pd(sy, fl_y);
-    const __m256d gx = _mm256_sub_pd(k.one, fx);
-    const __m256d gy = _mm256_sub_pd(k.one, fy);
-    _mm_store_ps(t->w00 + j, _mm256_cvtpd_ps(_mm256_mul_pd(gx, gy)));
-    _mm_store_ps(t->w01 + j, _mm256_cvtpd_ps(_mm256_mul_pd(fx, gy)));
-    _mm_store_ps(t->w10 + j, _mm256_cvtpd_ps(_mm256_mul_pd(gx, fy)));
-    _mm_store_ps(t->w11 + j, _mm256_cvtpd_ps(_mm256_mul_pd(fx, fy)));
+    const Weights4 wt = BilinearWeights4(k, sx, sy);
+    const __m256d fl_x = wt.fl_x;
+    const __m256d fl_y = wt.fl_y;
+    _mm_store_ps(t->w00 + j, wt.w00);
+    _mm_store_ps(t->w01 + j, wt.w01);
+    _mm_store_ps(t->w10 + j, wt.w10);
+    _mm_store_ps(t->w11 + j, wt.w11);
     // Tap columns and rows clamped to the image: the edge border's taps, and for every other
     // border the taps themselves wherever all four are inside.
     const __m128i cx0 = ClampToIndex(fl_x, k.zero, k.last_x);
@@ -772,20 +788,19 @@ struct BilinearRow {
       const __m256i bound = _mm256_set1_epi32(_mm_cvtsi128_si32(k.bound));
       for (int64_t n = 0; n < cols; n += 8) {
         const int64_t j = reverse ? cols - 8 - n : n;
-        __m256d sx[2], sy[2], fl_x[2], fl_y[2];
+        __m256d fl_x[2], fl_y[2];
         __m128 w[4][2];
         for (int h = 0; h < 2; ++h) {
-          PositionsAvx2(k, static_cast<double>(x0 + j + 4 * h), m1y, m4y, &sx[h], &sy[h]);
-          fl_x[h] = _mm256_add_pd(_mm256_floor_pd(sx[h]), k.zero);
-          fl_y[h] = _mm256_add_pd(_mm256_floor_pd(sy[h]), k.zero);
-          const __m256d fx = _mm256_sub_pd(sx[h], fl_x[h]);
-          const __m256d fy = _mm256_sub_pd(sy[h], fl_y[h]);
-          const __m256d gx = _mm256_sub_pd(k.one, fx);
-          const __m256d gy = _mm256_sub_pd(k.one, fy);
-          w[0][h] = _mm256_cvtpd_ps(_mm256_mul_pd(gx, gy));
-          w[1][h] = _mm256_cvtpd_ps(_mm256_mul_pd(fx, gy));
-          w[2][h] = _mm256_cvtpd_ps(_mm256_mul_pd(gx, fy));
-          w[3][h] = _mm256_cvtpd_ps(_mm256_mul_pd(fx, fy));
+          __m256d sx;
+          __m256d sy;
+          PositionsAvx2(k, static_cast<double>(x0 + j + 4 * h), m1y, m4y, &sx, &sy);
+          const Weights4 wt = BilinearWeights4(k, sx, sy);
+          fl_x[h] = wt.fl_x;
+          fl_y[h] = wt.fl_y;
+          w[0][h] = wt.w00;
+          w[1][h] = wt.w01;
+          w[2][h] = wt.w10;
+          w[3][h] = wt.w11;
         }
         // Floors limited to [-1, n] in double (so that they convert exactly), then the taps
         // clamped to the image in int32: the edge border's ResolveBorder.
