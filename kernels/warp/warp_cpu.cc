@@ -1074,30 +1074,23 @@ TP_AVX2 void RowsAvx2Loop(const T* src, const Geometry& g, const Affine& a, int6
   if (stores == WarpStores::kStreamed) _mm_sfence();
 }
 
-template <typename T, int kC>
-__attribute__((target("avx2"))) void BilinearRowsAvx2(const T* src, T* dst, const Geometry& g,
-                                                      const Affine& a, int64_t y_begin,
-                                                      int64_t y_end, Border border, T fill,
-                                                      WarpStores stores) {
+// Rows [y_begin, y_end) of one sample into dst, nearest or bilinear.
+template <typename T, int kC, bool kNearest>
+__attribute__((target("avx2"))) void RowsAvx2Of(const T* src, T* dst, const Geometry& g,
+                                                const Affine& a, int64_t y_begin, int64_t y_end,
+                                                Border border, T fill, WarpStores stores) {
   RowTaps taps;
-  const PassConstants k = MakePassConstants(a, g, border, TapReach<T, kC>(false));
-  BilinearRow<T, kC> r{src, g, a, border, fill, HalfToFloatTable(), &taps, 0, 0, nullptr};
-  RowsAvx2Loop<T, kC>(
-      src, g, a, y_begin, y_end, k, &taps, r,
-      PickPass<kC, false>(border), dst, stores);
-}
-
-template <typename T, int kC>
-__attribute__((target("avx2"))) void NearestRowsAvx2(const T* src, T* dst, const Geometry& g,
-                                                     const Affine& a, int64_t y_begin,
-                                                     int64_t y_end, Border border, T fill,
-                                                     WarpStores stores) {
-  RowTaps taps;
-  const PassConstants k = MakePassConstants(a, g, border, TapReach<T, kC>(true));
-  NearestRow<T, kC> r{src, g, a, border, fill, &taps, 0, 0, nullptr};
-  RowsAvx2Loop<T, kC>(
-      src, g, a, y_begin, y_end, k, &taps, r,
-      PickPass<kC, true>(border), dst, stores);
+  const PassConstants k = MakePassConstants(a, g, border, TapReach<T, kC>(kNearest));
+  using Row = std::conditional_t<kNearest, NearestRow<T, kC>, BilinearRow<T, kC>>;
+  Row r = [&] {
+    if constexpr (kNearest) {
+      return Row{src, g, a, border, fill, &taps, 0, 0, nullptr};
+    } else {
+      return Row{src, g, a, border, fill, HalfToFloatTable(), &taps, 0, 0, nullptr};
+    }
+  }();
+  RowsAvx2Loop<T, kC>(src, g, a, y_begin, y_end, k, &taps, r, PickPass<kC, kNearest>(border), dst,
+                      stores);
 }
 
 #undef TP_AVX2
@@ -1115,13 +1108,10 @@ bool RowsAvx2(const T* in, T* rows, const Geometry& g, const Affine& a, int64_t 
     if (g.h * g.w * g.c >= (int64_t{1} << 31) - 64) return false;
     const bool nearest = params.interp == Interp::kNearest;
     switch (g.c) {
-#define TP_WARP_AVX2_CASE(C)                                                      \
-  case C:                                                                         \
-    if (nearest) {                                                                \
-      NearestRowsAvx2<T, C>(in, rows, g, a, y_begin, y_end, params.border, fill, stores); \
-    } else {                                                                      \
-      BilinearRowsAvx2<T, C>(in, rows, g, a, y_begin, y_end, params.border, fill, stores); \
-    }                                                                             \
+#define TP_WARP_AVX2_CASE(C)                                                                   \
+  case C:                                                                                      \
+    (nearest ? RowsAvx2Of<T, C, true> : RowsAvx2Of<T, C, false>)(in, rows, g, a, y_begin, y_end, \
+                                                               params.border, fill, stores); \
     return true;
       TP_WARP_AVX2_CASE(1)
       TP_WARP_AVX2_CASE(3)
