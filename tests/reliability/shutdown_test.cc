@@ -152,6 +152,7 @@ TEST(ShutdownTest, SigtermMidLoadLosesNoAcceptedRequestAndExitsZero) {
   std::atomic<uint64_t> wrong{0};      // responses with wrong content or unexpected errors
   std::mutex mu;
   std::map<absl::StatusCode, int> refusals;  // calls that failed as a whole
+  std::map<absl::StatusCode, std::string> refusal_text;  // the first message of each code
   std::atomic<bool> stop{false};
   client::ClientOptions options;
   options.target = server.address();
@@ -164,6 +165,7 @@ TEST(ShutdownTest, SigtermMidLoadLosesNoAcceptedRequestAndExitsZero) {
   auto refused = [&](const absl::Status& s) {
     std::lock_guard<std::mutex> lock(mu);
     ++refusals[s.code()];
+    refusal_text.emplace(s.code(), std::string(s.message()));
   };
 
   std::vector<std::thread> threads;
@@ -228,8 +230,13 @@ TEST(ShutdownTest, SigtermMidLoadLosesNoAcceptedRequestAndExitsZero) {
   EXPECT_TRUE(slow_status.ok()) << slow_status;
   EXPECT_EQ(slow_received.load(), kSlow);
   EXPECT_EQ(wrong.load(), 0u);
+  // A call refused by the closed listener or the GOAWAY fails UNAVAILABLE. A call that reached
+  // the transport in the instant the server stopped accepting is cancelled by gRPC before any
+  // handler sees it (CANCELLED, no message of ours; docs/reliability.md, "Without a delay"): about
+  // 1 run in 10 here. Neither was accepted, which the accounting below proves.
   for (const auto& [c, n] : refusals) {
-    EXPECT_EQ(c, absl::StatusCode::kUnavailable) << n << " calls failed with " << c;
+    EXPECT_TRUE(c == absl::StatusCode::kUnavailable || c == absl::StatusCode::kCancelled)
+        << n << " calls failed with " << c << ", the first: " << refusal_text[c];
   }
   std::smatch m;
   const std::string err = server.Stderr();
