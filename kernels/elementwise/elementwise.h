@@ -82,8 +82,15 @@ absl::Status CheckElementwiseChain(absl::string_view function, DType in, int64_t
 // (in-place); otherwise they must not overlap. An empty chain copies. Spreads tiles over `pool`
 // (null: inline). INTERNAL when the chain or the views break these preconditions
 // (kernels/common/checks.h); never throws.
+//
+// With `channels_first`, dst's memory is planar per sample (PyTorch's N, C, H, W): the value the
+// NHWC result would hold for element (n, y, x, c) is stored at ((n * C + c) * H + y) * W + x.
+// dst.shape still names the logical (n, h, w, c) batch and must equal src.shape; the values are
+// bit for bit those of the NHWC result, only placed differently. src and dst must not overlap
+// (no in-place use). An empty chain is a pure layout change. Same results at any thread count.
 absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
-                            absl::Span<const ElementwiseOp> ops, ThreadPool* pool);
+                            absl::Span<const ElementwiseOp> ops, ThreadPool* pool,
+                            bool channels_first = false);
 
 }  // namespace tensorprep::kernels
 

@@ -412,6 +412,145 @@ void RunTile(const std::vector<Prepared>& chain, DType start, const void* x, voi
   }
 }
 
+// ---- Channels-first stores ---------------------------------------------------------------------
+// A tile's interleaved values (pixel-major, `channels` per pixel) are split into one contiguous run
+// per channel: y + c * plane holds channel c of every pixel. Only bytes move, so the element type
+// stands for the element size.
+
+template <typename T>
+void DeinterleaveScalar(const T* x, int64_t channels, int64_t pixels, T* y, int64_t plane) {
+  for (int64_t c = 0; c < channels; ++c) {
+    T* out = y + c * plane;
+    for (int64_t i = 0; i < pixels; ++i) out[i] = x[i * channels + c];
+  }
+}
+
+template <typename T>
+void Deinterleave3Scalar(const T* x, int64_t pixels, T* r, T* g, T* b) {
+  for (int64_t i = 0; i < pixels; ++i) {
+    r[i] = x[3 * i];
+    g[i] = x[3 * i + 1];
+    b[i] = x[3 * i + 2];
+  }
+}
+
+#if defined(__x86_64__)
+// Byte shuffles that gather channel `ch` of 3-channel pixels with elements of `size` bytes from
+// three consecutive 16-byte vectors: mask[ch][v] moves the bytes of vector v that belong to
+// output positions of channel ch and zeroes the rest (0x80), so OR-ing the three shuffles gives
+// 16 / size values of one channel.
+struct Shuffle3 {
+  alignas(16) int8_t mask[3][3][16];
+  explicit Shuffle3(int size) {
+    const int per_vector = 16 / size;  // elements in one vector
+    for (int ch = 0; ch < 3; ++ch) {
+      for (int v = 0; v < 3; ++v) {
+        for (int j = 0; j < per_vector; ++j) {
+          const int k = 3 * j + ch;  // source element of output j
+          for (int byte = 0; byte < size; ++byte) {
+            mask[ch][v][j * size + byte] = k / per_vector == v
+                                               ? static_cast<int8_t>((k % per_vector) * size + byte)
+                                               : static_cast<int8_t>(0x80);
+          }
+        }
+      }
+    }
+  }
+};
+
+// 1- and 2-byte elements, 16 / size pixels per step.
+template <typename T>
+__attribute__((target("avx2"))) void Deinterleave3Small(const T* x, int64_t pixels, T* r, T* g,
+                                                        T* b) {
+  static const Shuffle3 kShuffle(sizeof(T));
+  constexpr int64_t kStep = 16 / sizeof(T);
+  __m128i m[3][3];
+  for (int ch = 0; ch < 3; ++ch) {
+    for (int v = 0; v < 3; ++v) {
+      m[ch][v] = _mm_load_si128(reinterpret_cast<const __m128i*>(kShuffle.mask[ch][v]));
+    }
+  }
+  T* out[3] = {r, g, b};
+  int64_t i = 0;
+  for (; i + kStep <= pixels; i += kStep) {
+    const auto* p = reinterpret_cast<const __m128i*>(x + 3 * i);
+    const __m128i v0 = _mm_loadu_si128(p);
+    const __m128i v1 = _mm_loadu_si128(p + 1);
+    const __m128i v2 = _mm_loadu_si128(p + 2);
+    for (int ch = 0; ch < 3; ++ch) {
+      const __m128i val =
+          _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(v0, m[ch][0]), _mm_shuffle_epi8(v1, m[ch][1])),
+                       _mm_shuffle_epi8(v2, m[ch][2]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out[ch] + i), val);
+    }
+  }
+  Deinterleave3Scalar(x + 3 * i, pixels - i, r + i, g + i, b + i);
+}
+
+// 4-byte elements, 8 pixels per step. In the three vectors [r0 g0 b0 r1 g1 b1 r2 g2],
+// [b2 r3 g3 b3 r4 g4 b4 r5], [g5 b5 r6 g6 b6 r7 g7 b7] each channel's 8 values sit in distinct
+// lanes, so two blends gather them and one lane permutation puts them in order.
+__attribute__((target("avx2"))) void Deinterleave3Wide(const uint32_t* x, int64_t pixels,
+                                                       uint32_t* r, uint32_t* g, uint32_t* b) {
+  const __m256i order_r = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5);
+  const __m256i order_g = _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6);
+  const __m256i order_b = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7);
+  int64_t i = 0;
+  for (; i + 8 <= pixels; i += 8) {
+    const auto* p = reinterpret_cast<const __m256i*>(x + 3 * i);
+    const __m256i v0 = _mm256_loadu_si256(p);
+    const __m256i v1 = _mm256_loadu_si256(p + 1);
+    const __m256i v2 = _mm256_loadu_si256(p + 2);
+    const __m256i rr = _mm256_blend_epi32(_mm256_blend_epi32(v0, v1, 0x92), v2, 0x24);
+    const __m256i gg = _mm256_blend_epi32(_mm256_blend_epi32(v0, v1, 0x24), v2, 0x49);
+    const __m256i bb = _mm256_blend_epi32(_mm256_blend_epi32(v0, v1, 0x49), v2, 0x92);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(r + i),
+                        _mm256_permutevar8x32_epi32(rr, order_r));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(g + i),
+                        _mm256_permutevar8x32_epi32(gg, order_g));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i),
+                        _mm256_permutevar8x32_epi32(bb, order_b));
+  }
+  Deinterleave3Scalar(x + 3 * i, pixels - i, r + i, g + i, b + i);
+}
+#endif
+
+template <typename T>
+void Deinterleave3(const T* x, int64_t pixels, T* y, int64_t plane) {
+#if defined(__x86_64__)
+  if (kHaveAvx2) {
+    if constexpr (sizeof(T) == 4) {
+      return Deinterleave3Wide(x, pixels, y, y + plane, y + 2 * plane);
+    } else {
+      return Deinterleave3Small(x, pixels, y, y + plane, y + 2 * plane);
+    }
+  }
+#endif
+  Deinterleave3Scalar(x, pixels, y, y + plane, y + 2 * plane);
+}
+
+template <typename T>
+void DeinterleaveTyped(const void* x, int64_t channels, int64_t pixels, void* y, int64_t plane) {
+  const auto* in = static_cast<const T*>(x);
+  auto* out = static_cast<T*>(y);
+  if (channels == 3) return Deinterleave3(in, pixels, out, plane);
+  DeinterleaveScalar(in, channels, pixels, out, plane);
+}
+
+// `pixels` interleaved pixels of `channels` elements of `size` bytes at x, to channel c's run at
+// y + c * plane elements.
+void Deinterleave(const void* x, size_t size, int64_t channels, int64_t pixels, void* y,
+                  int64_t plane) {
+  switch (size) {
+    case 1:
+      return DeinterleaveTyped<uint8_t>(x, channels, pixels, y, plane);
+    case 2:
+      return DeinterleaveTyped<uint16_t>(x, channels, pixels, y, plane);
+    default:
+      return DeinterleaveTyped<uint32_t>(x, channels, pixels, y, plane);
+  }
+}
+
 }  // namespace
 
 DType ElementwiseOutputDType(DType in, absl::Span<const ElementwiseOp> ops) {
@@ -521,6 +660,7 @@ absl::Status CheckElementwiseChain(absl::string_view function, DType in, int64_t
 struct ElementwiseProgram::Impl {
   DType in = DType::kUInt8;
   DType out = DType::kUInt8;
+  int64_t channels = 1;
   int64_t tile = 0;  // elements per tile, a multiple of the channel count
   std::vector<Prepared> chain;
 };
@@ -532,6 +672,7 @@ absl::StatusOr<ElementwiseProgram> ElementwiseProgram::Make(absl::string_view fu
   auto impl = std::make_shared<Impl>();
   impl->in = in;
   impl->out = ElementwiseOutputDType(in, ops);
+  impl->channels = channels;
   impl->tile = channels * std::max<int64_t>(1, kTileTarget / channels);  // starts at channel 0
   const int64_t tile = impl->tile;
   impl->chain.reserve(ops.size());
@@ -577,6 +718,7 @@ absl::StatusOr<ElementwiseProgram> ElementwiseProgram::Make(absl::string_view fu
 
 DType ElementwiseProgram::input_dtype() const { return impl_->in; }
 DType ElementwiseProgram::output_dtype() const { return impl_->out; }
+int64_t ElementwiseProgram::channels() const { return impl_->channels; }
 
 void ElementwiseProgram::Run(const void* in, void* out, int64_t count) const {
   const Impl& p = *impl_;
@@ -605,27 +747,81 @@ void ElementwiseProgram::Run(const void* in, void* out, int64_t count) const {
   }
 }
 
+void ElementwiseProgram::RunChannelsFirst(const void* in, void* out_sample, int64_t plane_pixels,
+                                          int64_t first_pixel, int64_t pixels) const {
+  const Impl& p = *impl_;
+  const size_t in_size = DTypeSize(p.in);
+  const size_t out_size = DTypeSize(p.out);
+  auto* dst = static_cast<unsigned char*>(out_sample) + first_pixel * out_size;
+  if (p.channels == 1) return Run(in, dst, pixels);  // one plane: the layouts coincide
+  const auto* src = static_cast<const unsigned char*>(in);
+  // Tile scratch as Run's, plus the stage that holds a tile's result before it is split into
+  // channel runs; all of it stays in L1.
+  thread_local std::vector<uint32_t> buf0;
+  thread_local std::vector<uint32_t> buf1;
+  thread_local std::vector<uint32_t> stage;
+  thread_local std::vector<double> wide;
+  const size_t tile = static_cast<size_t>(p.tile);
+  if (stage.size() < tile) stage.resize(tile);
+  if (buf0.size() < tile) {
+    buf0.resize(tile);
+    buf1.resize(tile);
+    wide.resize(tile);
+  }
+  const int64_t tile_pixels = p.tile / p.channels;
+  for (int64_t begin = 0; begin < pixels; begin += tile_pixels) {
+    const int64_t n = std::min(tile_pixels, pixels - begin);
+    const unsigned char* x = src + begin * p.channels * in_size;
+    const void* values = x;  // an empty chain only moves the source's values
+    if (!p.chain.empty()) {
+      RunTile(p.chain, p.in, x, stage.data(), buf0.data(), buf1.data(), wide.data(),
+              n * p.channels);
+      values = stage.data();
+    }
+    Deinterleave(values, out_size, p.channels, n, dst + begin * out_size, plane_pixels);
+  }
+}
+
 absl::Status ElementwiseCpu(const ConstTensorView& src, const TensorView& dst,
-                            absl::Span<const ElementwiseOp> ops, ThreadPool* pool) {
+                            absl::Span<const ElementwiseOp> ops, ThreadPool* pool,
+                            bool channels_first) {
   constexpr char kFn[] = "ElementwiseCpu";
   const BatchShape& s = src.shape;
   TP_RETURN_IF_ERROR(CheckSourceView(kFn, src));
   TP_ASSIGN_OR_RETURN(const ElementwiseProgram program,
                       ElementwiseProgram::Make(kFn, src.dtype, s.c, ops));
   const DType out_dtype = program.output_dtype();
-  TP_RETURN_IF_ERROR(CheckDestinationView(kFn, src, dst, out_dtype, Aliasing::kSameAllowed));
+  TP_RETURN_IF_ERROR(CheckDestinationView(
+      kFn, src, dst, out_dtype, channels_first ? Aliasing::kDistinct : Aliasing::kSameAllowed));
   const auto* in = static_cast<const unsigned char*>(src.data);
   auto* out = static_cast<unsigned char*>(dst.data);
   const size_t in_size = DTypeSize(src.dtype);
   const size_t out_size = DTypeSize(out_dtype);
+  const int64_t tile = s.c * std::max<int64_t>(1, kTileTarget / s.c);
+  const int64_t tiles_per_task = std::max<int64_t>(1, kMinTaskElements / tile);
+
+  if (channels_first) {
+    // Tasks of whole tiles of one sample each (a band of its pixels), as many elements as the
+    // NHWC path's tasks.
+    const int64_t plane = s.h * s.w;
+    const int64_t task_pixels = tiles_per_task * (tile / s.c);
+    const int64_t tasks_per_sample = (plane + task_pixels - 1) / task_pixels;
+    const int64_t sample_elements = s.sample_elements();
+    ParallelFor(pool, s.n * tasks_per_sample, [&](int64_t task) {
+      const int64_t n = task / tasks_per_sample;
+      const int64_t first = (task % tasks_per_sample) * task_pixels;
+      const int64_t pixels = std::min(plane - first, task_pixels);
+      program.RunChannelsFirst(in + (n * sample_elements + first * s.c) * in_size,
+                               out + n * sample_elements * out_size, plane, first, pixels);
+    });
+    return absl::OkStatus();
+  }
   if (ops.empty() && in == out) return absl::OkStatus();  // in place (CheckDestinationView)
 
   // Tasks of whole tiles, each at least kMinTaskElements: a small batch is one task and runs on
   // the calling thread.
   const int64_t total = s.elements();
-  const int64_t tile = s.c * std::max<int64_t>(1, kTileTarget / s.c);
   const int64_t tiles = (total + tile - 1) / tile;
-  const int64_t tiles_per_task = std::max<int64_t>(1, kMinTaskElements / tile);
   const int64_t tasks = (tiles + tiles_per_task - 1) / tiles_per_task;
   ParallelFor(pool, tasks, [&](int64_t task) {
     const int64_t begin = task * tiles_per_task * tile;

@@ -33,6 +33,20 @@ class ElementwiseProgram {
   // scratch is per thread and reused).
   void Run(const void* in, void* out, int64_t count) const;
 
+  // The chain on `pixels` consecutive NHWC pixels of one sample, written channels-first (planar)
+  // into that sample's output: `in` holds pixels * channels() elements, pixel 0 of which is pixel
+  // `first_pixel` of a sample with `plane_pixels` (H * W) pixels; the value of channel c of pixel
+  // i goes to element c * plane_pixels + first_pixel + i of `out_sample`, the sample's first
+  // output element. The values are Run's, bit for bit. Requires 0 <= first_pixel and
+  // first_pixel + pixels <= plane_pixels; `in` and `out_sample`'s sample must not overlap. Checks
+  // nothing (callers check views as ElementwiseCpu does). Bands of any size assembled into a
+  // sample give the same bytes as one call over the whole sample. Runs on the calling thread; the
+  // transposition goes through a tile-sized per-thread stage, so it stays in L1.
+  void RunChannelsFirst(const void* in, void* out_sample, int64_t plane_pixels, int64_t first_pixel,
+                        int64_t pixels) const;
+
+  int64_t channels() const;
+
  private:
   struct Impl;
   explicit ElementwiseProgram(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}

@@ -1,5 +1,6 @@
 // ElementwiseCpu against the reference (exact), hand-picked rounding and saturation cases, fusion
-// equal to op-by-op execution, in-place runs, and the validation messages.
+// equal to op-by-op execution, in-place runs, the validation messages, and channels-first output
+// (whole batches and ElementwiseProgram's bands) against the reference's layout permutation.
 #include "kernels/elementwise/elementwise.h"
 
 #include <cmath>
@@ -11,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/common/thread_pool.h"
+#include "kernels/elementwise/elementwise_program.h"
+#include "kernels/reference/layout_reference.h"
 #include "kernels/reference/reference.h"
 #include "tests/kernels/test_util.h"
 
@@ -362,6 +365,224 @@ TEST(ElementwiseCpu, RejectsMismatchedViews) {
 
   st = ElementwiseCpu(src.view(), wrong.mutable_view(), {Normalize({0}, {0})}, nullptr);
   EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+}
+
+// ---- Channels-first output --------------------------------------------------------------------
+
+// The bytes of an NHWC buffer moved to channels-first order, element by element.
+std::vector<unsigned char> PlanarBytes(const Buffer& nhwc) {
+  const BatchShape& s = nhwc.shape();
+  const size_t size = DTypeSize(nhwc.dtype());
+  std::vector<unsigned char> planar(nhwc.bytes().size());
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t y = 0; y < s.h; ++y) {
+      for (int64_t x = 0; x < s.w; ++x) {
+        for (int64_t c = 0; c < s.c; ++c) {
+          const int64_t from = ((n * s.h + y) * s.w + x) * s.c + c;
+          const int64_t to = ((n * s.c + c) * s.h + y) * s.w + x;
+          std::memcpy(&planar[to * size], &nhwc.bytes()[from * size], size);
+        }
+      }
+    }
+  }
+  return planar;
+}
+
+// torchvision's ImageNet tail on a uint8 batch: to float32, scale to [0, 1], normalize, float16.
+std::vector<ElementwiseOp> ImageNetTail(int64_t channels) {
+  const double mean[] = {0.485, 0.456, 0.406, 0.5, 0.45};
+  const double stddev[] = {0.229, 0.224, 0.225, 0.25, 0.3};
+  std::vector<double> m, d;
+  for (int64_t c = 0; c < channels; ++c) {
+    m.push_back(mean[c % 5]);
+    d.push_back(stddev[c % 5]);
+  }
+  return {Cast(DType::kFloat32), Arith(ElementwiseKind::kDivide, {255}), Normalize(m, d),
+          Cast(DType::kFloat16)};
+}
+
+class ElementwiseChannelsFirst : public ::testing::TestWithParam<DType> {};
+
+// Every chain (the empty one and the ImageNet tail included) on shapes with 1 to 5 channels and
+// odd sizes (vector tails, several tiles and tasks): the values are the reference's, permuted by
+// the reference's layout function, and the bytes are the NHWC run's bytes, permuted, with 1 and
+// 2 threads.
+TEST_P(ElementwiseChannelsFirst, EqualsPermutedNhwcResult) {
+  const DType dtype = GetParam();
+  const std::vector<BatchShape> shapes = {
+      {1, 1, 1, 1},   {1, 1, 1, 3},  {2, 3, 5, 1},   {1, 7, 5, 3},     {2, 17, 13, 4},
+      {1, 33, 31, 5}, {3, 9, 11, 2}, {2, 61, 47, 3}, {1, 230, 229, 3}, {1, 130, 131, 1},
+  };
+  double lo = 0, hi = 255;
+  if (dtype == DType::kInt32) lo = -3e9, hi = 3e9;
+  if (IsFloating(dtype)) lo = -300, hi = 300;
+  uint64_t seed = 500;
+  for (const BatchShape& shape : shapes) {
+    Buffer src = RandomBuffer(dtype, shape, seed++, lo, hi);
+    if (IsFloating(dtype) && shape.elements() > 8) {
+      std::vector<double> v = reference::ToDoubles(src.view());
+      const double specials[] = {0.5, 2.5, -0.5, 254.5, kNaN, kInf, -kInf, -0.0};
+      for (size_t i = 0; i < std::size(specials); ++i) v[i * 5 % v.size()] = specials[i];
+      src = FromValues(dtype, shape, v);
+    }
+    auto chains = Chains(dtype, shape.c);
+    chains.push_back({});
+    if (dtype == DType::kUInt8) chains.push_back(ImageNetTail(shape.c));
+    for (size_t k = 0; k < chains.size(); ++k) {
+      const auto& ops = chains[k];
+      SCOPED_TRACE(absl::StrCat(testing::ShapeName(shape), " chain ", k, " of ", ops.size()));
+      const DType out_dtype = ElementwiseOutputDType(dtype, ops);
+      Buffer nhwc(out_dtype, shape);
+      ASSERT_TRUE(ElementwiseCpu(src.view(), nhwc.mutable_view(), ops, nullptr).ok());
+      const std::vector<unsigned char> want = PlanarBytes(nhwc);
+      for (int threads : {1, 2}) {
+        ThreadPool pool(threads);
+        Buffer planar(out_dtype, shape);
+        const absl::Status st = ElementwiseCpu(src.view(), planar.mutable_view(), ops,
+                                               threads == 1 ? nullptr : &pool, true);
+        ASSERT_TRUE(st.ok()) << st;
+        ExpectSameValues(
+            reference::ToDoubles(planar.view()),
+            reference::ToChannelsFirst(reference::Elementwise(src.view(), ops), shape));
+        EXPECT_TRUE(planar.bytes() == want) << "threads=" << threads;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ElementwiseChannelsFirst,
+                         ::testing::Values(DType::kUInt8, DType::kInt32, DType::kFloat32,
+                                           DType::kFloat16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
+
+// The W4 tail, uint8 -> float32 -> /255 -> normalize -> float16, written as PyTorch lays out a
+// (3, 224, 224) image, against the reference element by element at hand-computed positions.
+TEST(ElementwiseCpu, ImageNetTailChannelsFirstPlacesEachPlane) {
+  const BatchShape shape{2, 224, 224, 3};
+  const Buffer src = RandomBuffer(DType::kUInt8, shape, 41, 0, 255);
+  const auto ops = ImageNetTail(3);
+  Buffer planar(DType::kFloat16, shape);
+  ThreadPool pool(2);
+  ASSERT_TRUE(ElementwiseCpu(src.view(), planar.mutable_view(), ops, &pool, true).ok());
+  const std::vector<double> want = reference::Elementwise(src.view(), ops);  // NHWC order
+  const std::vector<double> got = reference::ToDoubles(planar.view());
+  for (const int64_t n : {0, 1}) {
+    for (const int64_t c : {0, 1, 2}) {
+      for (const int64_t pixel : {int64_t{0}, int64_t{1}, int64_t{225}, int64_t{224 * 224 - 1}}) {
+        EXPECT_EQ(got[(n * 3 + c) * 224 * 224 + pixel], want[(n * 224 * 224 + pixel) * 3 + c])
+            << "n=" << n << " c=" << c << " pixel=" << pixel;
+      }
+    }
+  }
+}
+
+// Bands of any size, run one by one as the CPU backend's fused path runs them, assemble into the
+// whole batch's channels-first result.
+TEST(ElementwiseProgram, ChannelsFirstBandsAssembleTheWholeBatch) {
+  struct Case {
+    DType dtype;
+    BatchShape shape;
+    std::vector<ElementwiseOp> ops;
+  };
+  const std::vector<Case> cases = {
+      {DType::kUInt8, {2, 41, 37, 3}, ImageNetTail(3)},
+      {DType::kUInt8, {1, 29, 31, 1}, ImageNetTail(1)},
+      {DType::kFloat32, {2, 19, 23, 4}, {Normalize({0.5, 0.4, 0.3, 0.2}, {0.25})}},
+      {DType::kFloat16,
+       {1, 23, 29, 5},
+       {Arith(ElementwiseKind::kMultiply, {1.5}), Cast(DType::kUInt8)}},
+      {DType::kInt32, {1, 17, 19, 3}, {Cast(DType::kFloat32)}},
+      {DType::kFloat32, {2, 21, 18, 3}, {}},
+      {DType::kUInt8, {1, 13, 60, 2}, {Arith(ElementwiseKind::kAdd, {3, 200})}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrCat(DTypeName(c.dtype), " ", testing::ShapeName(c.shape), " chain of ",
+                              c.ops.size()));
+    const BatchShape& s = c.shape;
+    const Buffer src = RandomBuffer(c.dtype, s, 77, c.dtype == DType::kUInt8 ? 0 : -300, 255);
+    const DType out_dtype = ElementwiseOutputDType(c.dtype, c.ops);
+    Buffer whole(out_dtype, s);
+    ASSERT_TRUE(ElementwiseCpu(src.view(), whole.mutable_view(), c.ops, nullptr, true).ok());
+    auto program = ElementwiseProgram::Make("test", c.dtype, s.c, c.ops);
+    ASSERT_TRUE(program.ok()) << program.status();
+    EXPECT_EQ(program->channels(), s.c);
+    const int64_t plane = s.h * s.w;
+    const size_t in_size = DTypeSize(c.dtype), out_size = DTypeSize(out_dtype);
+    // Band lengths in pixels: single pixels, lengths around a tile (1024 elements) and the vector
+    // steps, whole rows (what the fused path hands over), and the whole sample.
+    for (const int64_t band : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{17}, int64_t{340},
+                               int64_t{341}, int64_t{343}, s.w, 3 * s.w, plane}) {
+      SCOPED_TRACE(absl::StrCat("band of ", band, " pixels"));
+      Buffer assembled(out_dtype, s);
+      auto* out = static_cast<unsigned char*>(assembled.mutable_view().data);
+      const auto* in = static_cast<const unsigned char*>(src.view().data);
+      for (int64_t n = 0; n < s.n; ++n) {
+        // Bands in reverse order: each band must write only its own pixels.
+        for (int64_t first = (plane - 1) / band * band; first >= 0; first -= band) {
+          const int64_t pixels = std::min(band, plane - first);
+          program->RunChannelsFirst(in + (n * plane + first) * s.c * in_size,
+                                    out + n * plane * s.c * out_size, plane, first, pixels);
+        }
+      }
+      EXPECT_TRUE(assembled.bytes() == whole.bytes());
+    }
+  }
+}
+
+TEST(ElementwiseCpu, ChannelsFirstEmptyChainTransposes) {
+  const BatchShape shape{2, 9, 7, 3};
+  for (DType dtype : {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16}) {
+    const Buffer src = RandomBuffer(dtype, shape, 9, -5, 250);
+    Buffer out(dtype, shape);
+    ASSERT_TRUE(ElementwiseCpu(src.view(), out.mutable_view(), {}, nullptr, true).ok());
+    EXPECT_TRUE(out.bytes() == PlanarBytes(src)) << DTypeName(dtype);
+    EXPECT_EQ(reference::ToDoubles(out.view()),
+              reference::ToChannelsFirst(reference::ToDoubles(src.view()), shape));
+  }
+}
+
+// Channels-first output cannot be written in place (a pixel's channels would overwrite values
+// not read yet), so any overlap is a broken precondition, as are the usual view mismatches.
+TEST(ElementwiseCpu, ChannelsFirstRejectsBrokenPreconditions) {
+  const BatchShape shape{1, 4, 4, 3};
+  Buffer src = RandomBuffer(DType::kFloat32, shape, 1, 0, 10);
+  const std::vector<ElementwiseOp> add = {Arith(ElementwiseKind::kAdd, {1})};
+
+  absl::Status st = ElementwiseCpu(src.view(), src.mutable_view(), add, nullptr, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(std::string(st.message()),
+            "ElementwiseCpu: src and dst overlap; expected distinct memory");
+  st = ElementwiseCpu(src.view(), src.mutable_view(), {}, nullptr, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << "empty chain in place";
+
+  Buffer big(DType::kFloat32, {2, 4, 4, 3});
+  TensorView shifted{DType::kFloat32, shape,
+                     static_cast<unsigned char*>(big.mutable_view().data) + 4 * sizeof(float)};
+  const ConstTensorView head{DType::kFloat32, shape, big.view().data};
+  st = ElementwiseCpu(head, shifted, add, nullptr, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << "partial overlap";
+
+  Buffer wrong_dtype(DType::kFloat16, shape);
+  st = ElementwiseCpu(src.view(), wrong_dtype.mutable_view(), add, nullptr, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(st.message().find("dst dtype float16; expected float32"), std::string::npos) << st;
+
+  // The planar layout does not change the shape a view names: (n, h, w, c) still.
+  Buffer chw_shape(DType::kFloat32, {1, 3, 4, 4});
+  st = ElementwiseCpu(src.view(), chw_shape.mutable_view(), add, nullptr, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(st.message().find("dst shape (1, 3, 4, 4); expected src shape (1, 4, 4, 3)"),
+            std::string::npos)
+      << st;
+
+  Buffer out(DType::kFloat32, shape);
+  st = ElementwiseCpu(src.view(), out.mutable_view(), {Normalize({0}, {0})}, nullptr, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  const ConstTensorView empty{DType::kFloat32, {0, 4, 4, 3}, src.view().data};
+  EXPECT_EQ(ElementwiseCpu(empty, out.mutable_view(), add, nullptr, true).code(),
+            absl::StatusCode::kInternal);
 }
 
 }  // namespace
