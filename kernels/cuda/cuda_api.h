@@ -158,9 +158,12 @@ absl::Status WarpAffineCuda(const ConstTensorView& src, const TensorView& dst,
 absl::Status FlipCuda(const ConstTensorView& src, const TensorView& dst,
                       absl::Span<const FlipFlags> flags, Stream& stream);
 
-// ElementwiseCpu on the device (in place allowed when the dtypes have the same size).
+// ElementwiseCpu on the device (in place allowed when the dtypes have the same size), with the
+// same `channels_first` option: dst's memory planar per sample, (N, C, H, W), dst.shape the
+// logical (n, h, w, c), src and dst distinct; the same values as the NHWC result, permuted.
 absl::Status ElementwiseCuda(const ConstTensorView& src, const TensorView& dst,
-                             absl::Span<const ElementwiseOp> ops, Stream& stream);
+                             absl::Span<const ElementwiseOp> ops, Stream& stream,
+                             bool channels_first = false);
 
 // The warp followed by the element-wise chain `post_ops` in one pass: each warped value (already
 // rounded to src.dtype, exactly as WarpAffineCuda stores it) goes through the chain before it is

@@ -1,4 +1,5 @@
-// The fused element-wise kernel: one read and one write per element whatever the chain's length.
+// The fused element-wise kernels: one read and one write per element whatever the chain's length,
+// writing NHWC (like the source) or channels-first.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/dispatch.cuh"
@@ -23,14 +24,38 @@ __global__ void ElementwiseKernel(ElementwiseArgs args) {
   }
 }
 
+// Channels-first output: one thread per pixel (all its channels), pixels of a sample along x and
+// samples along y, grid-strided both ways. Consecutive threads store consecutive addresses of each
+// channel's plane, so the stores coalesce.
+template <typename TIn, typename TOut>
+__global__ void ElementwiseChannelsFirstKernel(ElementwiseArgs args) {
+  for (int64_t n = blockIdx.y; n < args.samples; n += gridDim.y) {
+    for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < args.plane;
+         p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      ElementwisePixelChannelsFirst<TIn, TOut>(args, n, p);
+    }
+  }
+}
+
+int64_t Capped(int64_t v, int64_t cap) { return v < 1 ? 1 : (v > cap ? cap : v); }
+
 }  // namespace
 
 cudaError_t LaunchElementwise(const ElementwiseArgs& args, DType in, DType out,
                               cudaStream_t stream) {
   constexpr int64_t kBlock = 256, kMaxBlocks = 65535;
-  int64_t blocks = (args.total + kBlock - 1) / kBlock;
-  if (blocks < 1) blocks = 1;
-  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+  if (args.plane > 0) {
+    const dim3 grid(static_cast<unsigned>(Capped((args.plane + kBlock - 1) / kBlock, kMaxBlocks)),
+                    static_cast<unsigned>(Capped(args.samples, kMaxBlocks)));
+    return DispatchDType(in, [&](auto tin) {
+      return DispatchDType(out, [&](auto tout) {
+        ElementwiseChannelsFirstKernel<decltype(tin), decltype(tout)>
+            <<<grid, static_cast<unsigned>(kBlock), 0, stream>>>(args);
+        return cudaGetLastError();
+      });
+    });
+  }
+  const int64_t blocks = Capped((args.total + kBlock - 1) / kBlock, kMaxBlocks);
   return DispatchDType(in, [&](auto tin) {
     return DispatchDType(out, [&](auto tout) {
       ElementwiseKernel<decltype(tin), decltype(tout)>

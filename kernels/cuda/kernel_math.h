@@ -111,6 +111,10 @@ struct ElementwiseArgs {
   int64_t total = 0;    // elements
   int32_t channels = 1;
   OpChain chain;
+  // Channels-first output (dst planar per sample, distinct from src): pixels per sample (H * W)
+  // and samples. plane == 0: dst is NHWC like src.
+  int64_t plane = 0;
+  int64_t samples = 0;
 };
 
 // Element `i` (of channel c = i % channels).
@@ -118,6 +122,25 @@ template <typename TIn, typename TOut>
 TP_HD void ElementwiseElement(const ElementwiseArgs& a, int64_t i, int c) {
   const double v = ToDouble(static_cast<const TIn*>(a.src)[i]);
   static_cast<TOut*>(a.dst)[i] = FromDouble<TOut>(ApplyChain(a.chain, v, c));
+}
+
+// Where channel `c` of pixel `pixel` (y * W + x) of sample n lies in a channels-first (N, C, H,
+// W) batch with `plane` (H * W) pixels per sample and `channels` channels.
+TP_HD int64_t ChannelsFirstIndex(int64_t n, int64_t c, int64_t pixel, int64_t plane,
+                                 int64_t channels) {
+  return (n * channels + c) * plane + pixel;
+}
+
+// Channels-first output: every channel of pixel `pixel` of sample n, read NHWC, each stored in
+// its channel's plane (consecutive threads write consecutive addresses of each plane).
+template <typename TIn, typename TOut>
+TP_HD void ElementwisePixelChannelsFirst(const ElementwiseArgs& a, int64_t n, int64_t pixel) {
+  const TIn* in = static_cast<const TIn*>(a.src) + (n * a.plane + pixel) * a.channels;
+  TOut* out = static_cast<TOut*>(a.dst);
+  for (int32_t c = 0; c < a.channels; ++c) {
+    out[ChannelsFirstIndex(n, c, pixel, a.plane, a.channels)] =
+        FromDouble<TOut>(ApplyChain(a.chain, ToDouble(in[c]), c));
+  }
 }
 
 // ---- Flip -------------------------------------------------------------------------------------

@@ -55,8 +55,10 @@ absl::Status FlipCuda(const ConstTensorView& src, const TensorView& dst,
 }
 
 absl::Status ElementwiseCuda(const ConstTensorView& src, const TensorView& dst,
-                             absl::Span<const ElementwiseOp> ops, Stream& stream) {
-  TP_ASSIGN_OR_RETURN(detail::ElementwiseLaunch launch, detail::PrepareElementwise(src, dst, ops));
+                             absl::Span<const ElementwiseOp> ops, Stream& stream,
+                             bool channels_first) {
+  TP_ASSIGN_OR_RETURN(detail::ElementwiseLaunch launch,
+                      detail::PrepareElementwise(src, dst, ops, channels_first));
   TP_RETURN_IF_ERROR(CheckDeviceSide(src.data, dst.data, stream, "ElementwiseCuda"));
   TP_ASSIGN_OR_RETURN(void* base,
                       detail::UploadParams(stream, launch.blob.data(), launch.blob.size()));

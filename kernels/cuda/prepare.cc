@@ -145,11 +145,13 @@ void FlipLaunch::Bind(const void* base) { args.flags = At<uint8_t>(base, 0); }
 
 absl::StatusOr<ElementwiseLaunch> PrepareElementwise(const ConstTensorView& src,
                                                      const TensorView& dst,
-                                                     absl::Span<const ElementwiseOp> ops) {
+                                                     absl::Span<const ElementwiseOp> ops,
+                                                     bool channels_first) {
   constexpr char kFn[] = "ElementwiseCuda";
   TP_RETURN_IF_ERROR(CheckSourceView(kFn, src));
   TP_ASSIGN_OR_RETURN(ChainTable table, BuildChainTable(kFn, src.dtype, src.shape.c, ops));
-  TP_RETURN_IF_ERROR(CheckViews(kFn, src, dst, table.out, Aliasing::kSameAllowed));
+  TP_RETURN_IF_ERROR(CheckViews(kFn, src, dst, table.out,
+                                channels_first ? Aliasing::kDistinct : Aliasing::kSameAllowed));
   ElementwiseLaunch launch;
   launch.in = src.dtype;
   launch.out = dst.dtype;
@@ -161,6 +163,10 @@ absl::StatusOr<ElementwiseLaunch> PrepareElementwise(const ConstTensorView& src,
   args.total = src.shape.elements();
   args.channels = static_cast<int32_t>(src.shape.c);
   args.chain.count = static_cast<int32_t>(table.ops.size());
+  if (channels_first) {
+    args.plane = src.shape.h * src.shape.w;
+    args.samples = src.shape.n;
+  }
   return launch;
 }
 

@@ -87,7 +87,8 @@ absl::StatusOr<FlipLaunch> PrepareFlip(const ConstTensorView& src, const TensorV
                                        absl::Span<const FlipFlags> flags);
 absl::StatusOr<ElementwiseLaunch> PrepareElementwise(const ConstTensorView& src,
                                                      const TensorView& dst,
-                                                     absl::Span<const ElementwiseOp> ops);
+                                                     absl::Span<const ElementwiseOp> ops,
+                                                     bool channels_first = false);
 
 }  // namespace tensorprep::kernels::cuda::detail
 

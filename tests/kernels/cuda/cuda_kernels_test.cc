@@ -21,6 +21,7 @@
 #include "kernels/cuda/cuda_api.h"
 #include "kernels/cuda/kernel_math.h"
 #include "kernels/cuda/prepare.h"
+#include "kernels/reference/layout_reference.h"
 #include "kernels/reference/reference.h"
 #include "tests/kernels/test_util.h"
 
@@ -712,6 +713,130 @@ TEST(DeviceOnly, PinnedRoundTripAndReuse) {
   ASSERT_TRUE(Synchronize(*stream).ok());
   for (int i = 0; i < 4096; ++i) ASSERT_EQ(back[i], static_cast<unsigned char>(i * 7)) << i;
   EXPECT_EQ(CopyToDevice(bytes, *device, 4097, *stream).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Element-wise with channels-first output ---------------------------------------------------
+
+// ElementwiseCuda with channels_first on either backend; the result's bytes as doubles in memory
+// order (planar).
+absl::StatusOr<std::vector<double>> RunElementwiseChannelsFirst(
+    Backend backend, const Buffer& src, absl::Span<const ElementwiseOp> ops) {
+  const DType out = ElementwiseOutputDType(src.dtype(), ops);
+  if (backend == Backend::kDevice) {
+    return RunOnDevice(src, out, false,
+                       [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
+                         return ElementwiseCuda(s, d, ops, stream, true);
+                       });
+  }
+  Buffer dst(out, src.shape());
+  TP_ASSIGN_OR_RETURN(detail::ElementwiseLaunch launch,
+                      detail::PrepareElementwise(src.view(), dst.mutable_view(), ops, true));
+  launch.Bind(launch.blob.data());
+  const detail::ElementwiseArgs& a = launch.args;
+  WithType(launch.in, [&](auto tin) {
+    WithType(launch.out, [&](auto tout) {
+      // Samples and pixels in an order unlike memory order: each pixel writes only its own.
+      for (int64_t n = a.samples - 1; n >= 0; --n) {
+        for (int64_t p = 0; p < a.plane; p += 2) {
+          detail::ElementwisePixelChannelsFirst<decltype(tin), decltype(tout)>(a, n, p);
+        }
+        for (int64_t p = 1; p < a.plane; p += 2) {
+          detail::ElementwisePixelChannelsFirst<decltype(tin), decltype(tout)>(a, n, p);
+        }
+      }
+    });
+  });
+  return reference::ToDoubles(dst.view());
+}
+
+// The W4 tail: uint8 -> float32 -> / 255 -> normalize -> float16.
+std::vector<ElementwiseOp> ImageNetTail(int64_t c) {
+  return {Cast(DType::kFloat32), One(ElementwiseKind::kDivide, {255}),
+          Normalize(PerChannel(c, 0.485, -0.03), PerChannel(c, 0.229, -0.002)),
+          Cast(DType::kFloat16)};
+}
+
+using ChannelsFirstCase = std::tuple<Backend, DType, BatchShape>;
+
+std::string ChannelsFirstCaseName(const ::testing::TestParamInfo<ChannelsFirstCase>& info) {
+  const auto& [backend, dtype, shape] = info.param;
+  return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_", ShapeName(shape));
+}
+
+class ElementwiseChannelsFirstTest : public ::testing::TestWithParam<ChannelsFirstCase> {};
+
+// Every chain's channels-first result is the reference's NHWC result permuted by the reference's
+// layout function, and the CPU backend's channels-first result.
+TEST_P(ElementwiseChannelsFirstTest, EqualsPermutedReferenceAndCpu) {
+  const auto [backend, dtype, shape] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  double lo, hi;
+  DefaultRange(dtype, &lo, &hi);
+  const Buffer src = RandomBuffer(dtype, shape, 23 + shape.c, lo, hi);
+  std::vector<NamedChain> chains = Chains(dtype, shape.c);
+  if (dtype == DType::kUInt8) chains.push_back({"imagenet_tail", ImageNetTail(shape.c)});
+  for (const NamedChain& chain : chains) {
+    SCOPED_TRACE(chain.name);
+    auto got = RunElementwiseChannelsFirst(backend, src, chain.ops);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSame(*got,
+               reference::ToChannelsFirst(reference::Elementwise(src.view(), chain.ops), shape));
+    Buffer cpu(ElementwiseOutputDType(dtype, chain.ops), shape);
+    ASSERT_TRUE(ElementwiseCpu(src.view(), cpu.mutable_view(), chain.ops, nullptr, true).ok());
+    ExpectSame(*got, reference::ToDoubles(cpu.view()));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, ElementwiseChannelsFirstTest,
+    ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                       ::testing::ValuesIn(kAllDTypes),
+                       ::testing::Values(BatchShape{1, 1, 1, 1}, BatchShape{1, 1, 1, 3},
+                                         BatchShape{2, 17, 13, 3}, BatchShape{3, 8, 8, 4},
+                                         BatchShape{1, 1, 7, 2}, BatchShape{2, 5, 31, 5},
+                                         BatchShape{2, 29, 23, 1})),
+    ChannelsFirstCaseName);
+
+// Channels-first output is never in place; the other view checks are ElementwiseCuda's own.
+TEST(Validation, ChannelsFirstPreconditionsAreInternal) {
+  Stream none;
+  float a[24] = {}, b[24] = {};
+  const ConstTensorView src{DType::kFloat32, {2, 2, 2, 3}, a};
+  const TensorView in_place{DType::kFloat32, {2, 2, 2, 3}, a};
+  const TensorView overlapping{DType::kFloat32, {2, 2, 2, 3}, a + 1};
+  const TensorView chw_shape{DType::kFloat32, {2, 3, 2, 2}, b};
+  const TensorView dst{DType::kFloat32, {2, 2, 2, 3}, b};
+  const absl::Status st = ElementwiseCuda(src, in_place, {}, none, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(std::string(st.message()),
+            "ElementwiseCuda: src and dst overlap; expected distinct memory");
+  EXPECT_EQ(ElementwiseCuda(src, overlapping, {}, none, true).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ElementwiseCuda(src, chw_shape, {}, none, true).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ElementwiseCuda(src, dst, {Cast(DType::kUInt8)}, none, true).code(),
+            absl::StatusCode::kInternal);
+  // Valid views: it fails only for want of a stream.
+  EXPECT_EQ(ElementwiseCuda(src, dst, {}, none, true).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// More samples than gridDim.y reaches, and a plane longer than one grid row of blocks covers.
+TEST(DeviceOnly, ChannelsFirstGridsStride) {
+  if (!Probe().usable) GTEST_SKIP() << "no usable CUDA device (" << Probe().detail << ")";
+  const BatchShape many{70000, 1, 3, 3};
+  const Buffer small = RandomBuffer(DType::kUInt8, many, 3, 0, 255);
+  const auto tail = ImageNetTail(3);
+  auto got = RunElementwiseChannelsFirst(Backend::kDevice, small, tail);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSame(*got, reference::ToChannelsFirst(reference::Elementwise(small.view(), tail), many));
+
+  const BatchShape long_plane{1, 4097, 4097, 2};  // 16,785,409 pixels > 65535 * 256
+  const Buffer big = RandomBuffer(DType::kUInt8, long_plane, 4, 0, 255);
+  const std::vector<ElementwiseOp> chain = {Cast(DType::kFloat16),
+                                            One(ElementwiseKind::kAdd, {0.5, -3})};
+  auto planar = RunElementwiseChannelsFirst(Backend::kDevice, big, chain);
+  ASSERT_TRUE(planar.ok()) << planar.status();
+  ExpectSame(*planar,
+             reference::ToChannelsFirst(reference::Elementwise(big.view(), chain), long_plane));
 }
 
 }  // namespace
