@@ -131,12 +131,17 @@ void FromDoubles(const std::vector<double>& v, const TensorView& t) {
 
 std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affine> inverse,
                                const WarpParams& params) {
+  return WarpAffine(src, inverse, params, src.shape.h, src.shape.w);
+}
+
+std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affine> inverse,
+                               const WarpParams& params, int64_t out_h, int64_t out_w) {
   const BatchShape& s = src.shape;
-  std::vector<double> out(static_cast<size_t>(s.elements()));
+  std::vector<double> out(static_cast<size_t>(s.n * out_h * out_w * s.c));
   for (int64_t n = 0; n < s.n; ++n) {
     const Affine& a = inverse.size() == 1 ? inverse[0] : inverse[n];
-    for (int64_t i = 0; i < s.h; ++i) {
-      for (int64_t j = 0; j < s.w; ++j) {
+    for (int64_t i = 0; i < out_h; ++i) {
+      for (int64_t j = 0; j < out_w; ++j) {
         const double x = static_cast<double>(j);
         const double y = static_cast<double>(i);
         const double sx = SourceX(a.m, x, y);
@@ -163,7 +168,7 @@ std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affi
                                    Tap(src, n, ix + 1, iy + 1, c, params) * (fx * fy);
             v = RoundBlend(blended, src.dtype);
           }
-          out[((n * s.h + i) * s.w + j) * s.c + c] = v;
+          out[((n * out_h + i) * out_w + j) * s.c + c] = v;
         }
       }
     }

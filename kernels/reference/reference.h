@@ -6,6 +6,7 @@
 #ifndef TENSORPREP_KERNELS_REFERENCE_REFERENCE_H_
 #define TENSORPREP_KERNELS_REFERENCE_REFERENCE_H_
 
+#include <cstdint>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -27,6 +28,11 @@ void FromDoubles(const std::vector<double>& v, const TensorView& t);
 // rounded and saturated to src.dtype).
 std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affine> inverse,
                                const WarpParams& params);
+
+// The same for an output of out_h x out_w pixels per sample (WarpAffineCpu with a dst of shape
+// (src.shape.n, out_h, out_w, src.shape.c)): src.shape.n * out_h * out_w * src.shape.c values.
+std::vector<double> WarpAffine(const ConstTensorView& src, absl::Span<const Affine> inverse,
+                               const WarpParams& params, int64_t out_h, int64_t out_w);
 
 // Expected output of FlipCpu.
 std::vector<double> Flip(const ConstTensorView& src, absl::Span<const FlipFlags> flags);
