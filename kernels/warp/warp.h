@@ -1,5 +1,6 @@
-// Affine warp of an NHWC batch: the one geometric kernel. Rotation, flips and their compositions
-// are all expressed as a per-sample affine map and run through it.
+// Affine warp of an NHWC batch: the one geometric kernel. Rotation, flips, resize, crop, pad and
+// their compositions are all expressed as a per-sample affine map (output pixel -> source
+// position) and an output height and width, and run through it.
 #ifndef TENSORPREP_KERNELS_WARP_WARP_H_
 #define TENSORPREP_KERNELS_WARP_WARP_H_
 
@@ -46,7 +47,10 @@ struct WarpParams {
   double fill = 0;  // for kConstant, converted to the dtype as a cast would
 };
 
-// dst[n] (x, y) = sample(src[n], inverse[n](x, y)) for every sample n.
+// dst[n] (x, y) = sample(src[n], inverse[n](x, y)) for every sample n and every output pixel
+// (x, y) of dst: 0 <= x < dst.shape.w, 0 <= y < dst.shape.h. The output's height and width may
+// differ from the source's (resize, crop, pad): the loops run over the destination, the borders
+// and the bounds of sampling are the source's.
 //
 // Sampling. Nearest takes the pixel at (floor(sx + 0.5), floor(sy + 0.5)), resolved through the
 // border. Bilinear blends the four pixels around (sx, sy) with weights computed in double; each
@@ -58,9 +62,10 @@ struct WarpParams {
 // A position with |sx| or |sy| >= 2^52, or not finite (only a degenerate map reaches one), samples
 // `fill` whatever the border: there the double has no fractional part left to interpolate.
 //
-// `inverse` has src.shape.n entries, or 1 entry used for every sample. src and dst have the same
-// dtype and shape and do not overlap. Spreads (sample, row band) tasks over `pool` (null: inline).
-// Returns INTERNAL when these preconditions are broken (kernels/common/checks.h); never throws.
+// `inverse` has src.shape.n entries, or 1 entry used for every sample. dst has src's dtype, batch
+// size n and channel count c, any height and width >= 1, and does not overlap src
+// (CheckWarpDestination). Spreads (sample, row band) tasks over `pool` (null: inline). Returns
+// INTERNAL when these preconditions are broken (kernels/common/checks.h); never throws.
 // Thread-safe for distinct outputs.
 absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
                            absl::Span<const Affine> inverse, const WarpParams& params,
@@ -72,6 +77,14 @@ absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
 // enums. INTERNAL "<function>: <what>" otherwise. Thread-safe.
 absl::Status CheckWarpSource(absl::string_view function, const ConstTensorView& src,
                              absl::Span<const Affine> inverse, const WarpParams& params);
+
+// The destination check of every warp entry point, after CheckWarpSource passed: dst.shape.n and
+// dst.shape.c equal src's, dst.shape.h and dst.shape.w >= 1 (they may differ from src's),
+// dst.dtype equals `dtype` (src.dtype, or the output dtype of a fused element-wise chain), data
+// not null, and no byte of dst within src's bytes. INTERNAL "<function>: <what>" otherwise.
+// Thread-safe; never dereferences either view.
+absl::Status CheckWarpDestination(absl::string_view function, const ConstTensorView& src,
+                                  const TensorView& dst, DType dtype);
 
 TP_HD Affine Affine::Then(const Affine& f) const {
   Affine r;

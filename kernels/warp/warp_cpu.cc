@@ -5,8 +5,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
-#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -95,10 +95,15 @@ struct Pixel<Half> {
   static Half Store(float a) { return RoundBlend<Half>(a); }
 };
 
+// A sample's source geometry (h, w, c: every source bound and border) and the output it is
+// warped into (out_w: every loop over output columns and the output row pitch; out_h: where the
+// output ends, for the prefetch of the next band only).
 struct Geometry {
   int64_t h;
   int64_t w;
   int64_t c;
+  int64_t out_h;
+  int64_t out_w;
 };
 
 // Fills the buffers with the source position of output pixels [x_begin, x_end) of row y
@@ -187,15 +192,15 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
   using Acc = typename P::Acc;
   const float* table = HalfToFloatTable();
   const int64_t cn = kC > 0 ? kC : g.c;
-  const int64_t row = g.w * cn;
+  const int64_t out_row = g.out_w * cn;  // output row pitch
   // Column blocks: the source footprint of a block of rows stays in L1 from one row to the
   // next, whatever the angle or mirror (a full row of a rotated image spans many source rows).
   // Blocks, rows and pixels are visited in the order that walks the source forwards (see Walk).
   const Walk walk = ForwardWalk(a, g.w);
-  const int64_t blocks = (g.w + kBlockCols - 1) / kBlockCols;
+  const int64_t blocks = (g.out_w + kBlockCols - 1) / kBlockCols;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t x0 = (walk.reverse_x ? blocks - 1 - b : b) * kBlockCols;
-    const int64_t x1 = std::min(g.w, x0 + kBlockCols);
+    const int64_t x1 = std::min(g.out_w, x0 + kBlockCols);
     const int64_t cols = x1 - x0;
     for (int64_t k = 0; k < y_end - y_begin; ++k) {
       const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
@@ -204,7 +209,7 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
       const int64_t dj = walk.reverse_x ? -1 : 1;
       const int64_t step = dj * cn;
       int64_t j = walk.reverse_x ? cols - 1 : 0;
-      T* out = dst + (y - y_begin) * row + (x0 + j) * cn;
+      T* out = dst + (y - y_begin) * out_row + (x0 + j) * cn;
       for (int64_t i = 0; i < cols; ++i, j += dj, out += step) {
         const double sx = sxs[j];
         const double sy = sys[j];
@@ -220,7 +225,7 @@ void BilinearRows(const T* src, T* dst, const Geometry& g, const Affine& a, int6
         if (static_cast<uint64_t>(ix) < static_cast<uint64_t>(g.w - 1) &&
             static_cast<uint64_t>(iy) < static_cast<uint64_t>(g.h - 1)) {
           const T* p0 = src + (iy * g.w + ix) * cn;
-          const T* p1 = p0 + row;
+          const T* p1 = p0 + g.w * cn;  // the source row below
           for (int64_t c = 0; c < cn; ++c) {
             out[c] = P::Store(BlendTaps(P::Load(p0[c], table), P::Load(p0[c + cn], table),
                                         P::Load(p1[c], table), P::Load(p1[c + cn], table), wt));
@@ -237,15 +242,15 @@ template <typename T, int kC>
 void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64_t y_begin,
                  int64_t y_end, Border border, T fill, double* sxs, double* sys) {
   const int64_t cn = kC > 0 ? kC : g.c;
-  const int64_t row = g.w * cn;
+  const int64_t out_row = g.out_w * cn;  // output row pitch
   // Column blocks: the source footprint of a block of rows stays in L1 from one row to the
   // next, whatever the angle or mirror (a full row of a rotated image spans many source rows).
   // Blocks, rows and pixels are visited in the order that walks the source forwards (see Walk).
   const Walk walk = ForwardWalk(a, g.w);
-  const int64_t blocks = (g.w + kBlockCols - 1) / kBlockCols;
+  const int64_t blocks = (g.out_w + kBlockCols - 1) / kBlockCols;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t x0 = (walk.reverse_x ? blocks - 1 - b : b) * kBlockCols;
-    const int64_t x1 = std::min(g.w, x0 + kBlockCols);
+    const int64_t x1 = std::min(g.out_w, x0 + kBlockCols);
     const int64_t cols = x1 - x0;
     for (int64_t k = 0; k < y_end - y_begin; ++k) {
       const int64_t y = walk.reverse_y ? y_end - 1 - k : y_begin + k;
@@ -254,7 +259,7 @@ void NearestRows(const T* src, T* dst, const Geometry& g, const Affine& a, int64
       const int64_t dj = walk.reverse_x ? -1 : 1;
       const int64_t step = dj * cn;
       int64_t j = walk.reverse_x ? cols - 1 : 0;
-      T* out = dst + (y - y_begin) * row + (x0 + j) * cn;
+      T* out = dst + (y - y_begin) * out_row + (x0 + j) * cn;
       for (int64_t i = 0; i < cols; ++i, j += dj, out += step) {
         const double sx = sxs[j];
         const double sy = sys[j];
@@ -591,8 +596,9 @@ class TilePrefetch {
   int64_t per_step_ = 0;
 };
 
-// The tile after block b (in walk order) of band [y_begin, y_end): the next block, or after the
-// last one the first block of the band below, which this thread usually runs next.
+// The tile after block b (in walk order) of band [y_begin, y_end) (output rows and blocks): the
+// next block, or after the last one the first block of the band below, which this thread usually
+// runs next, unless the band ends the output (g.out_h).
 inline void PlanNextTile(TilePrefetch* prefetch, const Affine& a, const Geometry& g,
                          size_t pixel_bytes, const Walk& walk, int64_t blocks, int64_t b,
                          int64_t y_begin, int64_t y_end) {
@@ -601,14 +607,14 @@ inline void PlanNextTile(TilePrefetch* prefetch, const Affine& a, const Geometry
   if (next == blocks) {
     next = 0;
     ya = y_end;
-    yb = std::min(g.h, y_end + (y_end - y_begin));
+    yb = std::min(g.out_h, y_end + (y_end - y_begin));
   }
   if (ya >= yb) {  // the band is the image's last: nothing to fetch
     prefetch->Clear();
     return;
   }
   const int64_t x0 = (walk.reverse_x ? blocks - 1 - next : next) * kBlockCols;
-  const int64_t x1 = std::min(g.w, x0 + kBlockCols);
+  const int64_t x1 = std::min(g.out_w, x0 + kBlockCols);
   prefetch->Plan(a, g, pixel_bytes, x0, x1, ya, yb, y_end - y_begin);
 }
 
@@ -1037,15 +1043,15 @@ TP_AVX2 void RowsAvx2Loop(const T* src, const Geometry& g, const Affine& a, int6
                           int64_t y_end, const PassConstants& k, RowTaps* t, Row& r, Pass pass,
                           T* dst, WarpStores stores) {
   constexpr int64_t cn = kC;
-  const int64_t row = g.w * cn;
+  const int64_t row = g.out_w * cn;  // output row pitch
   // Streamed: each block row is written to this buffer, then to dst by StreamOut.
   alignas(64) T stage[kBlockCols * cn];
   const Walk walk = ForwardWalk(a, g.w);
-  const int64_t blocks = (g.w + kBlockCols - 1) / kBlockCols;
+  const int64_t blocks = (g.out_w + kBlockCols - 1) / kBlockCols;
   TilePrefetch prefetch;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t x0 = (walk.reverse_x ? blocks - 1 - b : b) * kBlockCols;
-    const int64_t x1 = std::min(g.w, x0 + kBlockCols);
+    const int64_t x1 = std::min(g.out_w, x0 + kBlockCols);
     const int64_t cols = x1 - x0;
     if (b == 0) {  // the band's first tile, in case nobody fetched it ahead
       prefetch.Plan(a, g, sizeof(T) * cn, x0, x1, y_begin, y_end, 1);
@@ -1134,45 +1140,67 @@ bool RowsAvx2(const T*, T*, const Geometry&, const Affine&, int64_t, int64_t, co
 
 #endif  // defined(__x86_64__)
 
-// Rows [y_begin, y_end) of sample n into `rows` (packed from row y_begin).
+// Rows [y_begin, y_end) of sample n into `rows` (packed from row y_begin, g.out_w pixels each).
 template <typename T, int kC>
-void RowsTyped(WarpIsa isa, WarpStores stores, const ConstTensorView& src, int64_t n,
-               int64_t y_begin, int64_t y_end, const Affine& a, const WarpParams& params,
+void RowsTyped(WarpIsa isa, WarpStores stores, const ConstTensorView& src, const Geometry& g,
+               int64_t n, int64_t y_begin, int64_t y_end, const Affine& a, const WarpParams& params,
                T* rows) {
-  const BatchShape& s = src.shape;
-  const Geometry g{s.h, s.w, s.c};
   // `fill` converted as kCast converts (elementwise.h).
   const T fill = FromDouble<T>(CastDouble(params.fill, DTypeOf<T>::kValue));
-  const T* in = src.as<T>() + n * s.sample_elements();
+  const T* in = src.as<T>() + n * src.shape.sample_elements();
   if (isa == WarpIsa::kAvx2 && RowsAvx2(in, rows, g, a, y_begin, y_end, params, fill, stores)) {
     return;
   }
-  // Source positions of one row; reused by this thread's later bands.
-  thread_local std::vector<double> positions;
-  if (positions.size() < 2 * static_cast<size_t>(s.w)) positions.resize(2 * s.w);
+  // Source positions of one block row (the loops fill at most kBlockCols of each).
+  double sxs[kBlockCols];
+  double sys[kBlockCols];
   if (params.interp == Interp::kNearest) {
-    NearestRows<T, kC>(in, rows, g, a, y_begin, y_end, params.border, fill, positions.data(),
-                       positions.data() + s.w);
+    NearestRows<T, kC>(in, rows, g, a, y_begin, y_end, params.border, fill, sxs, sys);
   } else {
-    BilinearRows<T, kC>(in, rows, g, a, y_begin, y_end, params.border, fill, positions.data(),
-                        positions.data() + s.w);
+    BilinearRows<T, kC>(in, rows, g, a, y_begin, y_end, params.border, fill, sxs, sys);
   }
 }
 
 template <typename T>
-void RowsChannels(WarpIsa isa, WarpStores stores, const ConstTensorView& src, int64_t n,
-                  int64_t y_begin, int64_t y_end, const Affine& a, const WarpParams& params,
-                  T* rows) {
+void RowsChannels(WarpIsa isa, WarpStores stores, const ConstTensorView& src, const Geometry& g,
+                  int64_t n, int64_t y_begin, int64_t y_end, const Affine& a,
+                  const WarpParams& params, T* rows) {
   switch (src.shape.c) {
     case 1:
-      return RowsTyped<T, 1>(isa, stores, src, n, y_begin, y_end, a, params, rows);
+      return RowsTyped<T, 1>(isa, stores, src, g, n, y_begin, y_end, a, params, rows);
     case 3:
-      return RowsTyped<T, 3>(isa, stores, src, n, y_begin, y_end, a, params, rows);
+      return RowsTyped<T, 3>(isa, stores, src, g, n, y_begin, y_end, a, params, rows);
     case 4:
-      return RowsTyped<T, 4>(isa, stores, src, n, y_begin, y_end, a, params, rows);
+      return RowsTyped<T, 4>(isa, stores, src, g, n, y_begin, y_end, a, params, rows);
     default:
-      return RowsTyped<T, 0>(isa, stores, src, n, y_begin, y_end, a, params, rows);
+      return RowsTyped<T, 0>(isa, stores, src, g, n, y_begin, y_end, a, params, rows);
   }
+}
+
+// Every row entry point: rows [y_begin, y_end) of sample n of an output `g.out_w` wide.
+void RowsOf(WarpIsa isa, const ConstTensorView& src, const Geometry& g, int64_t n, int64_t y_begin,
+            int64_t y_end, const Affine& inverse, const WarpParams& params, void* rows,
+            WarpStores stores) {
+  switch (src.dtype) {
+    case DType::kUInt8:
+      return RowsChannels(isa, stores, src, g, n, y_begin, y_end, inverse, params,
+                          static_cast<uint8_t*>(rows));
+    case DType::kInt32:
+      return RowsChannels(isa, stores, src, g, n, y_begin, y_end, inverse, params,
+                          static_cast<int32_t*>(rows));
+    case DType::kFloat32:
+      return RowsChannels(isa, stores, src, g, n, y_begin, y_end, inverse, params,
+                          static_cast<float*>(rows));
+    case DType::kFloat16:
+      return RowsChannels(isa, stores, src, g, n, y_begin, y_end, inverse, params,
+                          static_cast<Half*>(rows));
+  }
+}
+
+// The geometry of a row-band call that names only the output's width: its height is unknown, so
+// the band below is assumed to exist (a prefetch hint, clipped to the source, at worst wasted).
+Geometry BandGeometry(const BatchShape& s, int64_t out_w) {
+  return Geometry{s.h, s.w, s.c, std::numeric_limits<int64_t>::max(), out_w};
 }
 
 const WarpIsa kBestIsa = kHaveAvx2 ? WarpIsa::kAvx2 : WarpIsa::kPortable;
@@ -1195,25 +1223,50 @@ absl::Status CheckWarpSource(absl::string_view function, const ConstTensorView& 
   return absl::OkStatus();
 }
 
+absl::Status CheckWarpDestination(absl::string_view function, const ConstTensorView& src,
+                                  const TensorView& dst, DType dtype) {
+  const BatchShape& s = src.shape;
+  const BatchShape& d = dst.shape;
+  if (d.n != s.n || d.c != s.c || d.h < 1 || d.w < 1) {
+    return PreconditionError(
+        function,
+        absl::StrCat("dst shape ", ShapeString(d), "; expected n = ", s.n, " and c = ", s.c,
+                     " (src shape ", ShapeString(s), ") and a height and width >= 1"));
+  }
+  if (dst.dtype != dtype) {
+    return PreconditionError(function, absl::StrCat("dst dtype ", DTypeName(dst.dtype),
+                                                    "; expected ", DTypeName(dtype)));
+  }
+  if (dst.data == nullptr) return PreconditionError(function, "dst data is null");
+  const auto sb = reinterpret_cast<uintptr_t>(src.data);
+  const auto db = reinterpret_cast<uintptr_t>(dst.data);
+  if (sb < db + dst.bytes() && db < sb + src.bytes()) {
+    return PreconditionError(function, "src and dst overlap; expected distinct memory");
+  }
+  return absl::OkStatus();
+}
+
 bool WarpIsaSupported(WarpIsa isa) { return isa == WarpIsa::kPortable || kHaveAvx2; }
+
+void WarpAffineRowsCpuIsa(WarpIsa isa, const ConstTensorView& src, int64_t n, int64_t y_begin,
+                          int64_t y_end, int64_t out_w, const Affine& inverse,
+                          const WarpParams& params, void* rows, WarpStores stores) {
+  RowsOf(isa, src, BandGeometry(src.shape, out_w), n, y_begin, y_end, inverse, params, rows,
+         stores);
+}
 
 void WarpAffineRowsCpuIsa(WarpIsa isa, const ConstTensorView& src, int64_t n, int64_t y_begin,
                           int64_t y_end, const Affine& inverse, const WarpParams& params,
                           void* rows, WarpStores stores) {
-  switch (src.dtype) {
-    case DType::kUInt8:
-      return RowsChannels(isa, stores, src, n, y_begin, y_end, inverse, params,
-                          static_cast<uint8_t*>(rows));
-    case DType::kInt32:
-      return RowsChannels(isa, stores, src, n, y_begin, y_end, inverse, params,
-                          static_cast<int32_t*>(rows));
-    case DType::kFloat32:
-      return RowsChannels(isa, stores, src, n, y_begin, y_end, inverse, params,
-                          static_cast<float*>(rows));
-    case DType::kFloat16:
-      return RowsChannels(isa, stores, src, n, y_begin, y_end, inverse, params,
-                          static_cast<Half*>(rows));
-  }
+  const BatchShape& s = src.shape;
+  RowsOf(isa, src, Geometry{s.h, s.w, s.c, s.h, s.w}, n, y_begin, y_end, inverse, params, rows,
+         stores);
+}
+
+void WarpAffineRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
+                       int64_t out_w, const Affine& inverse, const WarpParams& params, void* rows) {
+  WarpAffineRowsCpuIsa(kBestIsa, src, n, y_begin, y_end, out_w, inverse, params, rows,
+                       WarpStores::kCached);
 }
 
 void WarpAffineRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
@@ -1227,12 +1280,14 @@ absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
                            ThreadPool* pool) {
   constexpr char kFn[] = "WarpAffineCpu";
   TP_RETURN_IF_ERROR(CheckWarpSource(kFn, src, inverse, params));
-  TP_RETURN_IF_ERROR(CheckDestinationView(kFn, src, dst, src.dtype, Aliasing::kDistinct));
+  TP_RETURN_IF_ERROR(CheckWarpDestination(kFn, src, dst, src.dtype));
   const BatchShape& s = src.shape;
+  const BatchShape& d = dst.shape;  // the output: s.n samples of d.h x d.w pixels
+  const Geometry g{s.h, s.w, s.c, d.h, d.w};
   // (sample, row band) tasks; a small image is one task and runs on the calling thread.
-  const int64_t band_rows = std::max<int64_t>(1, (kMinTaskPixels + s.w - 1) / s.w);
-  const int64_t bands = (s.h + band_rows - 1) / band_rows;
-  const size_t row_bytes = static_cast<size_t>(s.w * s.c) * DTypeSize(src.dtype);
+  const int64_t band_rows = std::max<int64_t>(1, (kMinTaskPixels + d.w - 1) / d.w);
+  const int64_t bands = (d.h + band_rows - 1) / band_rows;
+  const size_t row_bytes = static_cast<size_t>(d.w * d.c) * DTypeSize(dst.dtype);
   auto* out = static_cast<unsigned char*>(dst.data);
   // A result larger than the last-level cache share goes out with non-temporal stores: it would
   // not stay in cache anyway, and writing it through the cache first reads every line from
@@ -1249,10 +1304,9 @@ absl::Status WarpAffineCpu(const ConstTensorView& src, const TensorView& dst,
     for (int64_t t = task * per_task; t < (task + 1) * per_task; ++t) {
       const int64_t n = t / bands;
       const int64_t y_begin = (t % bands) * band_rows;
-      const int64_t y_end = std::min(s.h, y_begin + band_rows);
-      WarpAffineRowsCpuIsa(kBestIsa, src, n, y_begin, y_end,
-                           inverse.size() == 1 ? inverse[0] : inverse[n], params,
-                           out + (n * s.h + y_begin) * row_bytes, stores);
+      const int64_t y_end = std::min(d.h, y_begin + band_rows);
+      RowsOf(kBestIsa, src, g, n, y_begin, y_end, inverse.size() == 1 ? inverse[0] : inverse[n],
+             params, out + (n * d.h + y_begin) * row_bytes, stores);
     }
   });
   return absl::OkStatus();

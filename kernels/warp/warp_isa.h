@@ -33,6 +33,12 @@ enum class WarpStores : uint8_t { kCached, kStreamed };
 // infinity weighted 0), which of the NaNs comes out follows the compiler's operand order, as it
 // differs between the CPU and CUDA; every other value, NaN or not, is the same.
 void WarpAffineRowsCpuIsa(WarpIsa isa, const ConstTensorView& src, int64_t n, int64_t y_begin,
+                          int64_t y_end, int64_t out_w, const Affine& inverse,
+                          const WarpParams& params, void* rows,
+                          WarpStores stores = WarpStores::kCached);
+
+// The same for an output of the source's size: out_w = src.shape.w, y_end <= src.shape.h.
+void WarpAffineRowsCpuIsa(WarpIsa isa, const ConstTensorView& src, int64_t n, int64_t y_begin,
                           int64_t y_end, const Affine& inverse, const WarpParams& params,
                           void* rows, WarpStores stores = WarpStores::kCached);
 

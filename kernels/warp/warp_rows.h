@@ -13,11 +13,17 @@
 
 namespace tensorprep::kernels {
 
-// Writes output rows [y_begin, y_end) of sample `n` of WarpAffineCpu(src, ..., inverse, params)
-// to `rows`: (y_end - y_begin) rows of src.shape.w * src.shape.c elements of src.dtype, packed,
-// aligned to the dtype, not overlapping src. `inverse` is sample n's map. Runs on the calling
-// thread. Preconditions (unchecked): CheckWarpSource (warp.h) passed, 0 <= n < src.shape.n,
-// 0 <= y_begin < y_end <= src.shape.h. Thread-safe for distinct `rows`.
+// Writes output rows [y_begin, y_end) of sample `n` of WarpAffineCpu(src, dst, inverse, params)
+// for a dst whose rows are `out_w` pixels wide: (y_end - y_begin) rows of out_w * src.shape.c
+// elements of src.dtype, packed, aligned to the dtype, not overlapping src. y_begin and y_end
+// count output rows (the output's height is the caller's; rows below it are never read or
+// written). `inverse` is sample n's map. Runs on the calling thread. Preconditions (unchecked):
+// CheckWarpSource (warp.h) passed, 0 <= n < src.shape.n, 0 <= y_begin < y_end, out_w >= 1.
+// Thread-safe for distinct `rows`.
+void WarpAffineRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
+                       int64_t out_w, const Affine& inverse, const WarpParams& params, void* rows);
+
+// The same for an output of the source's size: out_w = src.shape.w, y_end <= src.shape.h.
 void WarpAffineRowsCpu(const ConstTensorView& src, int64_t n, int64_t y_begin, int64_t y_end,
                        const Affine& inverse, const WarpParams& params, void* rows);
 

@@ -1,12 +1,15 @@
 // WarpAffineCpu against the reference, plus checks that do not go through the reference: the
-// rotation direction on hand-computed grids, OpenCV's warpAffine, label sets, identity and flips.
+// rotation direction on hand-computed grids, OpenCV's warpAffine and resize, label sets, identity
+// and flips, crops as exact copies and pads through every border; outputs of the source's size
+// and of other sizes; every row loop against the portable one bit for bit.
 #include "kernels/warp/warp.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <sys/mman.h>
-#include <unistd.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
 #include <set>
@@ -16,10 +19,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/common/numerics.h"
 #include "kernels/common/thread_pool.h"
 #include "kernels/flip/flip.h"
 #include "kernels/reference/reference.h"
+#include "kernels/warp/sampling.h"
 #include "kernels/warp/warp_isa.h"
+#include "kernels/warp/warp_rows.h"
 #include "tests/kernels/test_util.h"
 
 namespace tensorprep::kernels {
@@ -72,10 +78,12 @@ Buffer RunAllPools(const Buffer& src, absl::Span<const Affine> maps, const WarpP
   return out;
 }
 
-// Compares a result with the reference; reports the first few differences.
+// Compares a result (of any output height and width) with the reference; reports the first few
+// differences.
 void ExpectMatchesReference(const Buffer& src, const Buffer& out, absl::Span<const Affine> maps,
                             const WarpParams& params) {
-  const std::vector<double> want = reference::WarpAffine(src.view(), maps, params);
+  const std::vector<double> want =
+      reference::WarpAffine(src.view(), maps, params, out.shape().h, out.shape().w);
   const std::vector<double> got = reference::ToDoubles(out.view());
   ASSERT_EQ(want.size(), got.size());
   int reported = 0;
@@ -525,11 +533,43 @@ TEST(WarpAffineCpu, RejectsMismatchedViews) {
     EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
     EXPECT_NE(st.message().find("dst dtype uint8"), std::string::npos) << st;
   }
+  // The output's height and width are free; its batch size and channel count are src's.
+  for (const BatchShape& bad :
+       {BatchShape{2, 4, 4, 3}, BatchShape{3, 4, 4, 1}, BatchShape{1, 4, 4, 1},
+        BatchShape{2, 0, 4, 1}, BatchShape{2, 4, 0, 1}}) {
+    Buffer dst(DType::kFloat32, BatchShape{3, 5, 5, 3});  // room for every shape above
+    TensorView dv = dst.mutable_view();
+    dv.shape = bad;
+    const absl::Status st = WarpAffineCpu(src.view(), dv, {id}, params, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << testing::ShapeName(bad);
+    EXPECT_NE(st.message().find(
+                  absl::StrCat("dst shape (", bad.n, ", ", bad.h, ", ", bad.w, ", ", bad.c, ")")),
+              std::string::npos)
+        << st;
+  }
+  for (const BatchShape& good :
+       {BatchShape{2, 4, 5, 1}, BatchShape{2, 1, 1, 1}, BatchShape{2, 9, 3, 1}}) {
+    Buffer dst(DType::kFloat32, good);
+    EXPECT_TRUE(WarpAffineCpu(src.view(), dst.mutable_view(), {id}, params, nullptr).ok())
+        << testing::ShapeName(good);
+  }
   {
-    Buffer dst(DType::kFloat32, BatchShape{2, 4, 5, 1});
-    const absl::Status st = WarpAffineCpu(src.view(), dst.mutable_view(), {id}, params, nullptr);
+    // A smaller output inside the source's bytes still overlaps.
+    Buffer same(DType::kFloat32, shape);
+    TensorView inside = same.mutable_view();
+    inside.shape = BatchShape{2, 1, 2, 1};
+    inside.data = static_cast<float*>(inside.data) + 5;
+    const absl::Status st = WarpAffineCpu(same.view(), inside, {id}, params, nullptr);
     EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
-    EXPECT_NE(st.message().find("dst shape (2, 4, 5, 1)"), std::string::npos) << st;
+    EXPECT_NE(st.message().find("overlap"), std::string::npos) << st;
+  }
+  {
+    Buffer dst(DType::kFloat32, BatchShape{2, 3, 3, 1});
+    TensorView dv = dst.mutable_view();
+    dv.data = nullptr;
+    const absl::Status st = WarpAffineCpu(src.view(), dv, {id}, params, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+    EXPECT_NE(st.message().find("dst data is null"), std::string::npos) << st;
   }
   {
     Buffer dst(DType::kFloat32, shape);
@@ -554,6 +594,231 @@ TEST(WarpAffineCpu, RejectsMismatchedViews) {
   }
 }
 
+// ---- Outputs whose height and width differ from the source's -----------------------------------
+
+// The source box [top, top + box_h) x [left, left + box_w) resized to out_h x out_w with
+// torchvision's half-pixel centres (resize with antialias off, and random resized crop): output
+// x samples sx = left + s * x + 0.5 * s - 0.5 with s = box_w / out_w, and y likewise.
+Affine ResizedCropMap(double top, double left, double box_h, double box_w, int64_t out_h,
+                      int64_t out_w) {
+  const double sx = box_w / static_cast<double>(out_w);
+  const double sy = box_h / static_cast<double>(out_h);
+  Affine m;
+  m.m[0] = sx, m.m[1] = 0, m.m[2] = left + 0.5 * sx - 0.5;
+  m.m[3] = 0, m.m[4] = sy, m.m[5] = top + 0.5 * sy - 0.5;
+  return m;
+}
+
+// The whole h x w source resized to out_h x out_w.
+Affine ResizeMap(int64_t h, int64_t w, int64_t out_h, int64_t out_w) {
+  return ResizedCropMap(0, 0, static_cast<double>(h), static_cast<double>(w), out_h, out_w);
+}
+
+// Output pixel (x, y) samples source pixel (x + dx, y + dy): a crop whose top-left corner is
+// (dx, dy), or for negative offsets a pad by -dx columns on the left and -dy rows on top.
+Affine Translate(int64_t dx, int64_t dy) {
+  Affine m;
+  m.m[2] = static_cast<double>(dx);
+  m.m[5] = static_cast<double>(dy);
+  return m;
+}
+
+// Runs WarpAffineCpu into an out_h x out_w output inline and on pools of 1 and 2 threads;
+// expects identical bytes from all three and returns the inline result.
+Buffer RunSized(const Buffer& src, int64_t out_h, int64_t out_w, absl::Span<const Affine> maps,
+                const WarpParams& params) {
+  static ThreadPool one(1);
+  static ThreadPool two(2);
+  const BatchShape shape{src.shape().n, out_h, out_w, src.shape().c};
+  Buffer out(src.dtype(), shape);
+  const absl::Status st = WarpAffineCpu(src.view(), out.mutable_view(), maps, params, nullptr);
+  EXPECT_TRUE(st.ok()) << st;
+  for (ThreadPool* pool : {&one, &two}) {
+    Buffer again(src.dtype(), shape);
+    const absl::Status st2 = WarpAffineCpu(src.view(), again.mutable_view(), maps, params, pool);
+    EXPECT_TRUE(st2.ok()) << st2;
+    EXPECT_EQ(again.bytes(), out.bytes()) << pool->size() << " threads changed the result";
+  }
+  return out;
+}
+
+class WarpOutputSizes : public ::testing::TestWithParam<WarpCase> {};
+
+// Resize (down, up, to 1 x N and N x 1), resized crops, integer crops and pads, a rotation
+// composed with a resize, and per-sample maps, against the reference at output sizes other than
+// the source's.
+TEST_P(WarpOutputSizes, ResizeCropPadMatchReference) {
+  const auto [dtype, interp, border] = GetParam();
+  double lo, hi;
+  testing::DefaultRange(dtype, &lo, &hi);
+  const WarpParams params{interp, border, 3.5};
+  uint64_t seed = 40;
+  for (int64_t c : {1, 2, 3, 4}) {  // 2: the generic channel loops
+    for (const auto& [n, h, w] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 1, 1}, {1, 7, 5}, {3, 17, 13}, {1, 30, 70}}) {
+      const BatchShape shape{n, h, w, c};
+      const Buffer src = RandomBuffer(dtype, shape, seed++, lo, hi);
+      for (const auto& [oh, ow] : std::vector<std::pair<int64_t, int64_t>>{{1, 1},
+                                                                           {1, 9},
+                                                                           {6, 1},
+                                                                           {h / 2 + 1, w / 3 + 1},
+                                                                           {2 * h + 3, 2 * w + 1},
+                                                                           {h + 4, 67}}) {
+        std::vector<std::vector<Affine>> map_sets = {
+            {ResizeMap(h, w, oh, ow)},
+            {ResizedCropMap(0.25 * h, 0.1 * w, 0.6 * h, 0.7 * w, oh, ow)},
+            {Translate((w - ow) / 2, (h - oh) / 2)},  // centre crop, or centred pad
+            {Translate(-3, -2)},                      // pad top and left, crop or pad the rest
+            {RotationInverse(30, h, w).Then(ResizeMap(h, w, oh, ow))},
+        };
+        if (n > 1) {  // one map per sample, as random resized crop draws them
+          map_sets.push_back({ResizedCropMap(1, 2, h - 1.5, w - 2.25, oh, ow), Translate(1, 0),
+                              ResizeMap(h, w, oh, ow)});
+        }
+        for (const auto& maps : map_sets) {
+          SCOPED_TRACE(absl::StrCat(testing::ShapeName(shape), " -> ", oh, "x", ow, " map[0]=(",
+                                    maps[0].m[0], ", ", maps[0].m[1], ", ", maps[0].m[2], ", ",
+                                    maps[0].m[3], ", ", maps[0].m[4], ", ", maps[0].m[5],
+                                    ") maps=", maps.size()));
+          const Buffer out = RunSized(src, oh, ow, maps, params);
+          ExpectMatchesReference(src, out, maps, params);
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, WarpOutputSizes,
+                         ::testing::Combine(::testing::Values(DType::kUInt8, DType::kInt32,
+                                                              DType::kFloat32, DType::kFloat16),
+                                            ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                                            ::testing::Values(Border::kConstant, Border::kEdge,
+                                                              Border::kReflect, Border::kReflect101,
+                                                              Border::kWrap)),
+                         CaseName);
+
+// A crop (an integer translation into a smaller output) copies its box exactly, with either
+// interpolation and any border: bilinear weights are then (1, 0, 0, 0), and a tap of weight 0
+// beyond the box's last column or row adds nothing. Expected bytes come straight from the source.
+TEST(WarpOutputSizes, CropIsAnExactCopyOfTheBox) {
+  struct Box {
+    int64_t top, left, h, w;
+  };
+  const int64_t h = 23, w = 70;
+  const Box boxes[] = {{0, 0, 23, 70}, {3, 5, 10, 64}, {0, 0, 1, 70}, {0, 69, 23, 1},
+                       {22, 69, 1, 1}, {7, 1, 16, 69}, {4, 2, 9, 13}};
+  for (DType dtype : {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16}) {
+    for (int64_t c : {1, 2, 3, 4}) {
+      const BatchShape shape{2, h, w, c};
+      double lo, hi;
+      testing::DefaultRange(dtype, &lo, &hi);
+      const Buffer src = RandomBuffer(dtype, shape, 8 + c, lo, hi);
+      const size_t px = static_cast<size_t>(c) * DTypeSize(dtype);
+      for (const Box& b : boxes) {
+        // Sample 1 takes the box shifted up and left where there is room (per-sample maps).
+        const Box b1{b.top > 0 ? b.top - 1 : b.top, b.left > 0 ? b.left - 1 : b.left, b.h, b.w};
+        const std::vector<Affine> maps = {Translate(b.left, b.top), Translate(b1.left, b1.top)};
+        std::vector<unsigned char> want;
+        for (int64_t sample = 0; sample < 2; ++sample) {
+          const Box& box = sample == 0 ? b : b1;
+          for (int64_t y = box.top; y < box.top + box.h; ++y) {
+            const unsigned char* row = src.bytes().data() + ((sample * h + y) * w + box.left) * px;
+            want.insert(want.end(), row, row + box.w * px);
+          }
+        }
+        for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+          for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect101}) {
+            const Buffer out = RunSized(src, b.h, b.w, maps, WarpParams{interp, border, 3.5});
+            const auto* got = static_cast<const unsigned char*>(out.view().data);
+            ASSERT_EQ(out.view().bytes(), want.size());
+            EXPECT_TRUE(std::equal(want.begin(), want.end(), got))
+                << DTypeName(dtype) << " c " << c << " box " << b.top << "," << b.left << " " << b.h
+                << "x" << b.w << " interp " << static_cast<int>(interp) << " border "
+                << BorderName(border);
+          }
+        }
+      }
+    }
+  }
+}
+
+// A pad (an integer translation into a larger output) keeps the source exactly where it lands and
+// fills every side through the border: the fill value (cast to the dtype) for kConstant, else the
+// source pixel the border mode maps the position to, with either interpolation. Pads wider than
+// the source reach several periods of reflect and wrap.
+TEST(WarpOutputSizes, PadPlacesTheSourceAndResolvesEveryBorder) {
+  struct Pad {
+    int64_t top, left, bottom, right;
+  };
+  const Pad pads[] = {{3, 4, 2, 9}, {0, 0, 5, 0}, {6, 1, 0, 0}, {12, 15, 12, 15}, {0, 70, 0, 1}};
+  for (DType dtype : {DType::kUInt8, DType::kInt32, DType::kFloat32, DType::kFloat16}) {
+    for (int64_t c : {1, 3, 4}) {
+      const BatchShape shape{2, 5, 7, c};
+      double lo, hi;
+      testing::DefaultRange(dtype, &lo, &hi);
+      const Buffer src = RandomBuffer(dtype, shape, 30 + c, lo, hi);
+      const std::vector<double> values = reference::ToDoubles(src.view());
+      const double fill = 300.7;
+      const double cast_fill = CastDouble(fill, dtype);
+      for (const Pad& p : pads) {
+        const int64_t oh = shape.h + p.top + p.bottom;
+        const int64_t ow = shape.w + p.left + p.right;
+        for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect,
+                              Border::kReflect101, Border::kWrap}) {
+          std::vector<double> want;
+          for (int64_t n = 0; n < shape.n; ++n) {
+            for (int64_t i = 0; i < oh; ++i) {
+              for (int64_t j = 0; j < ow; ++j) {
+                const int64_t y = ResolveBorder(i - p.top, shape.h, border);
+                const int64_t x = ResolveBorder(j - p.left, shape.w, border);
+                for (int64_t k = 0; k < c; ++k) {
+                  want.push_back(x < 0 || y < 0
+                                     ? cast_fill
+                                     : values[((n * shape.h + y) * shape.w + x) * c + k]);
+                }
+              }
+            }
+          }
+          for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+            const Buffer out = RunSized(src, oh, ow, {Translate(-p.left, -p.top)},
+                                        WarpParams{interp, border, fill});
+            EXPECT_EQ(reference::ToDoubles(out.view()), want)
+                << DTypeName(dtype) << " c " << c << " pad " << p.top << "," << p.left << ","
+                << p.bottom << "," << p.right << " border " << BorderName(border) << " interp "
+                << static_cast<int>(interp);
+          }
+        }
+      }
+    }
+  }
+}
+
+// An independent check of the resize convention: cv::resize with INTER_LINEAR uses the same
+// half-pixel centres as torchvision and clamps taps to the image (the edge border). float32:
+// OpenCV blends with float weights, so only float rounding differs (values in [0, 1]: 1e-5).
+// uint8: OpenCV's weights are fixed-point (11 bits), so a result may land one level off.
+TEST(WarpOutputSizes, ResizeAgreesWithOpenCv) {
+  const BatchShape shape{1, 48, 64, 3};
+  for (DType dtype : {DType::kFloat32, DType::kUInt8}) {
+    const double scale = dtype == DType::kUInt8 ? 255.0 : 1.0;
+    const double tol = dtype == DType::kUInt8 ? 1.0 : 1e-5;
+    const Buffer src = SmoothImage(dtype, shape, scale);
+    const cv::Mat cv_src(static_cast<int>(shape.h), static_cast<int>(shape.w),
+                         dtype == DType::kUInt8 ? CV_8UC3 : CV_32FC3,
+                         const_cast<void*>(src.view().data));
+    for (const auto& [oh, ow] :
+         std::vector<std::pair<int, int>>{{20, 30}, {101, 77}, {48, 129}, {17, 64}, {1, 5}}) {
+      SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " -> ", oh, "x", ow));
+      const Affine map = ResizeMap(shape.h, shape.w, oh, ow);
+      const Buffer ours =
+          RunSized(src, oh, ow, {map}, WarpParams{Interp::kBilinear, Border::kEdge, 0});
+      cv::Mat cv_dst;
+      cv::resize(cv_src, cv_dst, cv::Size(ow, oh), 0, 0, cv::INTER_LINEAR);
+      const ConstTensorView cv_view{dtype, BatchShape{1, oh, ow, 3}, cv_dst.data};
+      EXPECT_LE(MaxAbsDiff(reference::ToDoubles(ours.view()), reference::ToDoubles(cv_view)), tol);
+    }
+  }
+}
 
 // ---- Every row loop this CPU has writes the portable loops' bits -------------------------------
 
@@ -681,6 +946,86 @@ TEST(WarpIsa, EveryIsaWritesThePortableBits) {
   EXPECT_EQ(checked, 4 * 4 * 7 * 2 * 5 * 31);
 }
 
+// Maps for outputs of out_h x out_w from an h x w source: a subset of IsaMaps (rotations with and
+// without mirrors, and every special map) plus resizes, crops and pads into the output.
+std::vector<Affine> SizedIsaMaps(int64_t h, int64_t w, int64_t out_h, int64_t out_w) {
+  const std::vector<Affine> all = IsaMaps(h, w);
+  std::vector<Affine> maps;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i >= 24 || i % 8 == 1 || i % 8 == 5) maps.push_back(all[i]);  // 30 and 135 degrees
+  }
+  maps.push_back(ResizeMap(h, w, out_h, out_w));
+  maps.push_back(ResizedCropMap(0.3 * h, 0.2 * w, 0.5 * h, 0.7 * w, out_h, out_w));
+  maps.push_back(Translate((w - out_w) / 2, (h - out_h) / 2));
+  maps.push_back(Translate(-5, -3));
+  maps.push_back(RotationInverse(-20, h, w).Then(ResizeMap(h, w, out_h, out_w)));
+  return maps;
+}
+
+// The row loops at output sizes other than the source's: smaller and larger, one row, one
+// column, widths that are and are not whole column blocks. Every ISA and kind of store writes the
+// portable bits, and nothing after the last output row.
+TEST(WarpIsa, OtherOutputSizesWriteThePortableBits) {
+  if (!WarpIsaSupported(WarpIsa::kAvx2)) GTEST_SKIP() << "this CPU has no AVX2";
+  const std::vector<std::pair<int64_t, int64_t>> sizes = {
+      {1, 1}, {3, 5}, {17, 13}, {9, 16}, {70, 131}};
+  int checked = 0;
+  for (DType dtype : {DType::kUInt8, DType::kFloat32}) {
+    for (int64_t c : {1, 3, 4}) {
+      for (const auto& [h, w] : sizes) {
+        const BatchShape shape{1, h, w, c};
+        Buffer src = RandomBuffer(dtype, shape, 3 + h * 31 + w + c, dtype == DType::kUInt8 ? 0 : -1,
+                                  dtype == DType::kUInt8 ? 255 : 1);
+        if (dtype == DType::kFloat32 && shape.elements() > 11) {
+          auto* f = static_cast<float*>(src.mutable_view().data);
+          f[0] = -0.0f;
+          f[shape.elements() / 2] = std::nanf("");
+          f[shape.elements() / 3] = INFINITY;
+        }
+        for (const auto& [oh, ow] : std::vector<std::pair<int64_t, int64_t>>{{1, 1},
+                                                                             {1, 67},
+                                                                             {33, 1},
+                                                                             {h / 2 + 1, w / 3 + 1},
+                                                                             {2 * h + 1, 2 * w + 9},
+                                                                             {5, 64}}) {
+          const BatchShape out_shape{1, oh, ow, c};
+          const size_t out_bytes = static_cast<size_t>(out_shape.elements()) * DTypeSize(dtype);
+          for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+            for (Border border : {Border::kConstant, Border::kEdge, Border::kReflect,
+                                  Border::kReflect101, Border::kWrap}) {
+              const double fills[] = {77.0, -0.5, 300.7, std::nan(""), -0.0};
+              const WarpParams params{interp, border,
+                                      fills[(oh + ow + c + static_cast<int>(border)) % 5]};
+              for (const Affine& map : SizedIsaMaps(h, w, oh, ow)) {
+                Buffer portable(dtype, out_shape);
+                WarpAffineRowsCpuIsa(WarpIsa::kPortable, src.view(), 0, 0, oh, ow, map, params,
+                                     portable.mutable_view().data);
+                for (WarpStores stores : {WarpStores::kCached, WarpStores::kStreamed}) {
+                  // Guard bytes after the output: the loops write out_h rows of out_w pixels.
+                  std::vector<unsigned char> out(out_bytes + 64, 0xa5);
+                  WarpAffineRowsCpuIsa(WarpIsa::kAvx2, src.view(), 0, 0, oh, ow, map, params,
+                                       out.data(), stores);
+                  for (size_t i = out_bytes; i < out.size(); ++i) ASSERT_EQ(out[i], 0xa5);
+                  Buffer avx2(dtype, out_shape);
+                  std::memcpy(avx2.mutable_view().data, out.data(), out_bytes);
+                  ASSERT_EQ(NanFolded(portable), NanFolded(avx2))
+                      << testing::ShapeName(shape) << " -> " << oh << "x" << ow << " dtype "
+                      << DTypeName(dtype) << " interp " << static_cast<int>(interp) << " border "
+                      << BorderName(border) << " streamed " << (stores == WarpStores::kStreamed)
+                      << " map " << map.m[0] << " " << map.m[1] << " " << map.m[2] << " "
+                      << map.m[3] << " " << map.m[4] << " " << map.m[5];
+                }
+                ++checked;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 2 * 3 * 5 * 6 * 2 * 5 * 18);
+}
+
 // Bands of rows (the CPU backend's fused path), on every ISA, write what the portable loops
 // write for the whole image, including bands that start and end inside a column block's walk,
 // one-channel rows (the fused edge-border rows and the gathers) and the fill paths.
@@ -724,8 +1069,65 @@ TEST(WarpIsa, BandsEqualPortableWholeImage) {
   }
 }
 
+// Bands of an output narrower or wider than the source, through the public row entry point
+// (the CPU backend's fused path) and every ISA, write what the portable loops write for the whole
+// output, and what WarpAffineCpu writes.
+TEST(WarpIsa, BandsAtOtherOutputSizesEqualPortableWholeImage) {
+  for (int64_t c : {1, 3}) {
+    const BatchShape shape{2, 45, 128, c};
+    for (DType dtype : {DType::kUInt8, DType::kFloat32, DType::kFloat16}) {
+      const Buffer src = RandomBuffer(dtype, shape, 6, 0, dtype == DType::kUInt8 ? 255 : 1);
+      for (const auto& [oh, ow] :
+           std::vector<std::pair<int64_t, int64_t>>{{37, 150}, {60, 20}, {1, 200}, {50, 1}}) {
+        const BatchShape out_shape{2, oh, ow, c};
+        const int64_t row_bytes = ow * c * DTypeSize(dtype);
+        for (Border border : {Border::kEdge, Border::kConstant, Border::kReflect101}) {
+          for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+            const WarpParams params{interp, border, 9};
+            const std::vector<Affine> maps = {
+                ResizeMap(shape.h, shape.w, oh, ow),
+                RotationInverse(37, shape.h, shape.w).Then(Translate(-7, 4))};
+            Buffer whole(dtype, out_shape);
+            auto* wb = static_cast<unsigned char*>(whole.mutable_view().data);
+            for (int64_t n = 0; n < shape.n; ++n) {
+              WarpAffineRowsCpuIsa(WarpIsa::kPortable, src.view(), n, 0, oh, ow, maps[n], params,
+                                   wb + n * oh * row_bytes);
+            }
+            Buffer kernel(dtype, out_shape);
+            ASSERT_TRUE(
+                WarpAffineCpu(src.view(), kernel.mutable_view(), maps, params, nullptr).ok());
+            EXPECT_EQ(whole.bytes(), kernel.bytes());
+            for (int isa = -1; isa < 2; ++isa) {  // -1: WarpAffineRowsCpu's own choice
+              if (isa >= 0 && !WarpIsaSupported(static_cast<WarpIsa>(isa))) continue;
+              Buffer banded(dtype, out_shape);
+              auto* bb = static_cast<unsigned char*>(banded.mutable_view().data);
+              for (int64_t n = 0; n < shape.n; ++n) {
+                for (int64_t y = 0; y < oh; y += 7) {
+                  const int64_t end = std::min<int64_t>(oh, y + 7);
+                  void* rows = bb + (n * oh + y) * row_bytes;
+                  if (isa < 0) {
+                    WarpAffineRowsCpu(src.view(), n, y, end, ow, maps[n], params, rows);
+                  } else {
+                    WarpAffineRowsCpuIsa(static_cast<WarpIsa>(isa), src.view(), n, y, end, ow,
+                                         maps[n], params, rows);
+                  }
+                }
+              }
+              EXPECT_EQ(whole.bytes(), banded.bytes())
+                  << "isa " << isa << " " << DTypeName(dtype) << " c " << c << " -> " << oh << "x"
+                  << ow << " border " << BorderName(border) << " interp "
+                  << static_cast<int>(interp);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The vector loads and gathers never read past a sample's last byte: the image ends right before
-// a page that may not be read, and every map, border and interpolation runs over it.
+// a page that may not be read, and every map, border and interpolation runs over it, into an
+// output of the source's size and of other sizes.
 TEST(WarpIsa, NoReadPastTheSample) {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   void* mapping = mmap(nullptr, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -756,6 +1158,16 @@ TEST(WarpIsa, NoReadPastTheSample) {
                                      out.mutable_view().data);
                 ++runs;
               }
+              // Outputs of other sizes read the same source: one row, one column, larger.
+              for (const auto& [oh, ow] : std::vector<std::pair<int64_t, int64_t>>{
+                       {1, 2 * w + 5}, {2 * h + 3, 1}, {h / 2 + 1, w + 67}}) {
+                for (const Affine& map : SizedIsaMaps(h, w, oh, ow)) {
+                  Buffer out(dtype, BatchShape{1, oh, ow, c});
+                  WarpAffineRowsCpuIsa(isa, src, 0, 0, oh, ow, map, WarpParams{interp, border, 0},
+                                       out.mutable_view().data);
+                  ++runs;
+                }
+              }
             }
           }
         }
@@ -780,6 +1192,18 @@ TEST(WarpIsa, LargeResultsStreamedEqualPortable) {
   Buffer out(DType::kFloat32, shape);
   ASSERT_TRUE(WarpAffineCpu(src.view(), out.mutable_view(), {&map, 1}, params, &pool).ok());
   EXPECT_TRUE(portable.bytes() == out.bytes());
+
+  // The same for a resize into a larger output (18.4 MB) of a source that is not (2.9 MB).
+  const BatchShape small{1, 500, 480, 3};
+  const Buffer src2 = RandomBuffer(DType::kFloat32, small, 12, -1, 1);
+  const BatchShape big{1, 1250, 1230, 3};
+  const Affine up = ResizeMap(small.h, small.w, big.h, big.w);
+  Buffer portable2(DType::kFloat32, big);
+  WarpAffineRowsCpuIsa(WarpIsa::kPortable, src2.view(), 0, 0, big.h, big.w, up, params,
+                       portable2.mutable_view().data);
+  Buffer out2(DType::kFloat32, big);
+  ASSERT_TRUE(WarpAffineCpu(src2.view(), out2.mutable_view(), {&up, 1}, params, &pool).ok());
+  EXPECT_TRUE(portable2.bytes() == out2.bytes());
 }
 
 }  // namespace
