@@ -149,7 +149,8 @@ absl::Status CheckContext();
 // may be freed when it returns. One kernel launch covers the whole batch. Height, width and
 // channels must each be below 2^31.
 
-// WarpAffineCpu on the device.
+// WarpAffineCpu on the device: dst has src's n, c and dtype, and any height and width >= 1 (a
+// resize, crop or pad writes an output of another size).
 absl::Status WarpAffineCuda(const ConstTensorView& src, const TensorView& dst,
                             absl::Span<const Affine> inverse, const WarpParams& params,
                             Stream& stream);
@@ -168,8 +169,9 @@ absl::Status ElementwiseCuda(const ConstTensorView& src, const TensorView& dst,
 // The warp followed by the element-wise chain `post_ops` in one pass: each warped value (already
 // rounded to src.dtype, exactly as WarpAffineCuda stores it) goes through the chain before it is
 // stored, so the result equals WarpAffineCuda then ElementwiseCuda, with one read and one write of
-// memory. dst.dtype must be ElementwiseOutputDType(src.dtype, post_ops), dst.shape src.shape; src
-// and dst must not overlap. An empty chain is WarpAffineCuda.
+// memory. dst.dtype must be ElementwiseOutputDType(src.dtype, post_ops); dst.shape has src's n
+// and c and any height and width >= 1, as for WarpAffineCuda; src and dst must not overlap. An
+// empty chain is WarpAffineCuda.
 absl::Status WarpElementwiseCuda(const ConstTensorView& src, const TensorView& dst,
                                  absl::Span<const Affine> inverse, const WarpParams& params,
                                  absl::Span<const ElementwiseOp> post_ops, Stream& stream);

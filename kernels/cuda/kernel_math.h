@@ -171,7 +171,8 @@ struct WarpArgs {
   const void* src = nullptr;
   void* dst = nullptr;
   int64_t n = 0;
-  int32_t h = 0, w = 0, c = 0;
+  int32_t h = 0, w = 0, c = 0;      // the source
+  int32_t out_h = 0, out_w = 0;     // the output (n and c are the source's)
   const double* affines = nullptr;  // 6 doubles per entry (Affine::m)
   int64_t affine_stride = 0;        // entries per sample: 0 (one entry for all) or 1
   Interp interp = Interp::kBilinear;
@@ -180,13 +181,14 @@ struct WarpArgs {
   OpChain chain;    // applied to each sampled value before it is stored (may be empty)
 };
 
-// All channels of output pixel (x, y) of sample n: sample the source in TIn, run the chain,
-// store as TOut.
+// All channels of output pixel (x, y) of sample n (0 <= x < out_w, 0 <= y < out_h): sample the
+// source in TIn, run the chain, store as TOut.
 template <typename TIn, typename TOut>
 TP_HD void WarpPixel(const WarpArgs& a, int64_t n, int64_t y, int64_t x) {
   const int64_t w = a.w, h = a.h, channels = a.c;
   const TIn* src = static_cast<const TIn*>(a.src) + n * h * w * channels;
-  TOut* dst = static_cast<TOut*>(a.dst) + ((n * h + y) * w + x) * channels;
+  TOut* dst = static_cast<TOut*>(a.dst) +
+              ((n * static_cast<int64_t>(a.out_h) + y) * a.out_w + x) * channels;
   const double* m = a.affines + 6 * (n * a.affine_stride);
   const double xd = static_cast<double>(x), yd = static_cast<double>(y);
   const double sx = SourceX(m, xd, yd);

@@ -90,7 +90,10 @@ absl::StatusOr<WarpLaunch> PrepareWarp(const char* function, const ConstTensorVi
   TP_RETURN_IF_ERROR(CheckWarpSource(function, src, inverse, params));
   TP_ASSIGN_OR_RETURN(ChainTable table,
                       BuildChainTable(function, src.dtype, src.shape.c, post_ops));
-  TP_RETURN_IF_ERROR(CheckViews(function, src, dst, table.out, Aliasing::kDistinct));
+  // The output's height and width may differ from the source's (CheckWarpDestination).
+  TP_RETURN_IF_ERROR(CheckWarpDestination(function, src, dst, table.out));
+  TP_RETURN_IF_ERROR(CheckDeviceView(function, "src", src.shape, src.dtype, src.data));
+  TP_RETURN_IF_ERROR(CheckDeviceView(function, "dst", dst.shape, dst.dtype, dst.data));
 
   WarpLaunch launch;
   launch.in = src.dtype;
@@ -105,6 +108,8 @@ absl::StatusOr<WarpLaunch> PrepareWarp(const char* function, const ConstTensorVi
   args.src = src.data;
   args.dst = dst.data;
   SetGeometry(src.shape, &args.n, &args.h, &args.w, &args.c);
+  args.out_h = static_cast<int32_t>(dst.shape.h);
+  args.out_w = static_cast<int32_t>(dst.shape.w);
   args.affine_stride = inverse.size() == 1 ? 0 : 1;
   args.interp = params.interp;
   args.border = params.border;

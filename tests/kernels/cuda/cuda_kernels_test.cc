@@ -98,13 +98,15 @@ void ExpectSame(const std::vector<double>& got, const std::vector<double>& want)
 // ---- Running a launcher on either backend ----------------------------------------------------
 
 // Device round trip: uploads `src`, calls launch(src_view, dst_view, stream) on device views,
-// downloads dst (dtype `out`), returns it as doubles. `in_place` makes dst alias src.
+// downloads dst (dtype `out`, shape `out_shape`), returns it as doubles. `in_place` makes dst
+// alias src (then out_shape must be src's).
 template <typename Launch>
-absl::StatusOr<std::vector<double>> RunOnDevice(const Buffer& src, DType out, bool in_place,
+absl::StatusOr<std::vector<double>> RunOnDevice(const Buffer& src, DType out,
+                                                const BatchShape& out_shape, bool in_place,
                                                 Launch launch) {
   TP_ASSIGN_OR_RETURN(Stream stream, Stream::Create());
   const size_t src_bytes = src.view().bytes();
-  Buffer dst(out, src.shape());
+  Buffer dst(out, out_shape);
   const size_t dst_bytes = dst.view().bytes();
   TP_ASSIGN_OR_RETURN(DeviceBuffer d_src, DeviceBuffer::Allocate(src_bytes));
   DeviceBuffer d_dst;
@@ -114,25 +116,35 @@ absl::StatusOr<std::vector<double>> RunOnDevice(const Buffer& src, DType out, bo
   TP_RETURN_IF_ERROR(CopyToDevice(src.view().data, d_src, src_bytes, stream));
   DeviceBuffer& result = in_place ? d_src : d_dst;
   const ConstTensorView src_view{src.dtype(), src.shape(), d_src.data()};
-  const TensorView dst_view{out, src.shape(), result.data()};
+  const TensorView dst_view{out, out_shape, result.data()};
   TP_RETURN_IF_ERROR(launch(src_view, dst_view, stream));
   TP_RETURN_IF_ERROR(CopyToHost(result, dst.mutable_view().data, dst_bytes, stream));
   TP_RETURN_IF_ERROR(Synchronize(stream));
   return reference::ToDoubles(dst.view());
 }
+template <typename Launch>
+absl::StatusOr<std::vector<double>> RunOnDevice(const Buffer& src, DType out, bool in_place,
+                                                Launch launch) {
+  return RunOnDevice(src, out, src.shape(), in_place, launch);
+}
 
+// The warp (and chain) into an output of out_h x out_w pixels per sample (-1: the source's).
 absl::StatusOr<std::vector<double>> RunWarp(Backend backend, const Buffer& src,
                                             absl::Span<const Affine> maps, const WarpParams& params,
-                                            absl::Span<const ElementwiseOp> post_ops) {
+                                            absl::Span<const ElementwiseOp> post_ops,
+                                            int64_t out_h = -1, int64_t out_w = -1) {
   const DType out = ElementwiseOutputDType(src.dtype(), post_ops);
+  const BatchShape out_shape{src.shape().n, out_h < 0 ? src.shape().h : out_h,
+                             out_w < 0 ? src.shape().w : out_w, src.shape().c};
   if (backend == Backend::kDevice) {
     return RunOnDevice(
-        src, out, false, [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
+        src, out, out_shape, false,
+        [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
           return post_ops.empty() ? WarpAffineCuda(s, d, maps, params, stream)
                                   : WarpElementwiseCuda(s, d, maps, params, post_ops, stream);
         });
   }
-  Buffer dst(out, src.shape());
+  Buffer dst(out, out_shape);
   TP_ASSIGN_OR_RETURN(
       detail::WarpLaunch launch,
       detail::PrepareWarp("test", src.view(), dst.mutable_view(), maps, params, post_ops));
@@ -141,8 +153,8 @@ absl::StatusOr<std::vector<double>> RunWarp(Backend backend, const Buffer& src,
   WithType(launch.in, [&](auto tin) {
     WithType(launch.out, [&](auto tout) {
       for (int64_t n = 0; n < a.n; ++n) {
-        for (int64_t y = 0; y < a.h; ++y) {
-          for (int64_t x = 0; x < a.w; ++x) {
+        for (int64_t y = 0; y < a.out_h; ++y) {
+          for (int64_t x = 0; x < a.out_w; ++x) {
             detail::WarpPixel<decltype(tin), decltype(tout)>(a, n, y, x);
           }
         }
@@ -397,6 +409,119 @@ INSTANTIATE_TEST_SUITE_P(All, FusedWarpTest,
                                                               Border::kReflect101)),
                          FusedCaseName);
 
+// ---- Warp into outputs of other sizes (resize, crop, pad) --------------------------------------
+
+// The source box [top, top + box_h) x [left, left + box_w) resized to out_h x out_w with
+// torchvision's half-pixel centres: sx = left + s * x + 0.5 * s - 0.5, s = box_w / out_w.
+Affine ResizedCropMap(double top, double left, double box_h, double box_w, int64_t out_h,
+                      int64_t out_w) {
+  const double sx = box_w / static_cast<double>(out_w);
+  const double sy = box_h / static_cast<double>(out_h);
+  return Affine{{sx, 0, left + 0.5 * sx - 0.5, 0, sy, top + 0.5 * sy - 0.5}};
+}
+
+// Output pixel (x, y) samples source pixel (x + dx, y + dy): a crop, or a pad for negative offsets.
+Affine Translate(int64_t dx, int64_t dy) {
+  return Affine{{1, 0, static_cast<double>(dx), 0, 1, static_cast<double>(dy)}};
+}
+
+using SizedCase = std::tuple<Backend, DType, Interp, Border>;
+
+std::string SizedCaseName(const ::testing::TestParamInfo<SizedCase>& info) {
+  const auto& [backend, dtype, interp, border] = info.param;
+  return absl::StrCat(BackendName(backend), "_", DTypeName(dtype), "_",
+                      interp == Interp::kNearest ? "nearest" : "bilinear", "_", BorderName(border));
+}
+
+class WarpOutputSizeTest : public ::testing::TestWithParam<SizedCase> {};
+
+// Resize-like maps (down, up, to 1 x N and N x 1), per-sample resized crops, crops and pads into
+// outputs of other sizes: the reference within the CPU tests' tolerances, the CPU bit for bit,
+// and a fused chain equal to the warp followed by the chain.
+TEST_P(WarpOutputSizeTest, MatchesReferenceAndCpu) {
+  const auto [backend, dtype, interp, border] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  double lo, hi;
+  DefaultRange(dtype, &lo, &hi);
+  const WarpParams params{interp, border, TestFill(dtype)};
+  for (const BatchShape& shape :
+       {BatchShape{2, 17, 13, 3}, BatchShape{3, 8, 40, 1}, BatchShape{1, 1, 7, 4}}) {
+    const Buffer src = RandomBuffer(dtype, shape, 5 + shape.h + shape.w, lo, hi);
+    const int64_t h = shape.h, w = shape.w;
+    for (const auto& [oh, ow] : std::vector<std::pair<int64_t, int64_t>>{
+             {h / 2 + 1, w / 3 + 1}, {2 * h + 3, 2 * w + 1}, {1, 37}, {29, 1}, {1, 1}}) {
+      std::vector<std::vector<Affine>> map_sets = {
+          {ResizedCropMap(0, 0, static_cast<double>(h), static_cast<double>(w), oh, ow)},
+          {Translate((w - ow) / 2, (h - oh) / 2)},  // centre crop, or centred pad
+          {Translate(-3, -2)},                      // pad top and left
+          {RotationInverse(30, h, w).Then(
+              ResizedCropMap(0, 0, static_cast<double>(h), static_cast<double>(w), oh, ow))},
+      };
+      std::vector<Affine> per_sample;
+      for (int64_t n = 0; n < shape.n; ++n) {
+        per_sample.push_back(ResizedCropMap(0.2 * static_cast<double>(n), 0.5,
+                                            0.7 * static_cast<double>(h), 0.6 * w, oh, ow));
+      }
+      map_sets.push_back(per_sample);
+      for (const auto& maps : map_sets) {
+        SCOPED_TRACE(absl::StrCat(ShapeName(shape), " -> ", oh, "x", ow, " map[0]=(", maps[0].m[0],
+                                  ", ", maps[0].m[2], ", ", maps[0].m[4], ", ", maps[0].m[5],
+                                  ") maps=", maps.size()));
+        auto got = RunWarp(backend, src, maps, params, {}, oh, ow);
+        ASSERT_TRUE(got.ok()) << got.status();
+        const std::vector<double> want = reference::WarpAffine(src.view(), maps, params, oh, ow);
+        ExpectClose(*got, want, [&](double e) { return WarpTolerance(dtype, interp, e); });
+        const BatchShape out_shape{shape.n, oh, ow, shape.c};
+        Buffer cpu(dtype, out_shape);
+        ASSERT_TRUE(WarpAffineCpu(src.view(), cpu.mutable_view(), maps, params, nullptr).ok());
+        ExpectSame(*got, reference::ToDoubles(cpu.view()));
+
+        const std::vector<ElementwiseOp> chain = FusedChains(dtype, shape.c)[0];
+        auto fused = RunWarp(backend, src, maps, params, chain, oh, ow);
+        ASSERT_TRUE(fused.ok()) << fused.status();
+        ExpectSame(*fused, reference::Elementwise(cpu.view(), chain));
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, WarpOutputSizeTest,
+                         ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                                            ::testing::ValuesIn(kAllDTypes),
+                                            ::testing::Values(Interp::kNearest, Interp::kBilinear),
+                                            ::testing::ValuesIn(kAllBorders)),
+                         SizedCaseName);
+
+// A crop copies its box exactly on the device too (bilinear weights (1, 0, 0, 0)).
+TEST(WarpOutputSize, CropIsAnExactCopyOfTheBox) {
+  for (Backend backend : {Backend::kHost, Backend::kDevice}) {
+    if (backend == Backend::kDevice && !Probe().usable) continue;
+    SCOPED_TRACE(BackendName(backend));
+    const BatchShape shape{2, 9, 70, 3};
+    const Buffer src = RandomBuffer(DType::kFloat32, shape, 4, -1, 1);
+    const std::vector<double> values = reference::ToDoubles(src.view());
+    const int64_t top = 2, left = 60, oh = 7, ow = 10;  // touches the right and bottom edges
+    std::vector<double> want;
+    for (int64_t n = 0; n < shape.n; ++n) {
+      for (int64_t y = top; y < top + oh; ++y) {
+        for (int64_t x = left; x < left + ow; ++x) {
+          for (int64_t c = 0; c < shape.c; ++c) {
+            want.push_back(values[((n * shape.h + y) * shape.w + x) * shape.c + c]);
+          }
+        }
+      }
+    }
+    for (Interp interp : {Interp::kNearest, Interp::kBilinear}) {
+      for (Border border : kAllBorders) {
+        auto got = RunWarp(backend, src, {Translate(left, top)}, WarpParams{interp, border, 2.5},
+                           {}, oh, ow);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ExpectSame(*got, want);
+      }
+    }
+  }
+}
+
 // ---- Flip -------------------------------------------------------------------------------------
 
 using FlipCase = std::tuple<Backend, DType, BatchShape>;
@@ -628,6 +753,14 @@ TEST(Validation, BrokenPreconditionsAreInternal) {
   EXPECT_EQ(m.code(), internal);
   EXPECT_NE(m.message().find("src data is not aligned to 4 bytes"), std::string::npos) << m;
   EXPECT_EQ(WarpAffineCuda(src, wrong_shape, {Affine{}}, {}, none).code(), internal);
+  // The warp's output may have another height and width, never another n or c, nor an empty side.
+  const TensorView wrong_n{DType::kFloat32, {1, 2, 2, 3}, b};
+  const TensorView no_rows{DType::kFloat32, {2, 0, 2, 3}, b};
+  EXPECT_EQ(WarpAffineCuda(src, wrong_n, {Affine{}}, {}, none).code(), internal);
+  EXPECT_EQ(WarpAffineCuda(src, no_rows, {Affine{}}, {}, none).code(), internal);
+  const TensorView other_size{DType::kFloat32, {2, 1, 4, 3}, b};  // valid: fails for the stream
+  EXPECT_EQ(WarpAffineCuda(src, other_size, {Affine{}}, {}, none).code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(WarpAffineCuda(src, wrong_dtype, {Affine{}}, {}, none).code(), internal);
   EXPECT_EQ(WarpAffineCuda(src, overlapping, {Affine{}}, {}, none).code(), internal);
   EXPECT_EQ(WarpAffineCuda(src, null_data, {Affine{}}, {}, none).code(), internal);
