@@ -29,6 +29,7 @@
 #include "kernels/common/tensor.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/flip/flip.h"
+#include "kernels/resample/resample.h"
 #include "kernels/warp/warp.h"
 
 namespace tensorprep::kernels::cuda {
@@ -158,6 +159,12 @@ absl::Status WarpAffineCuda(const ConstTensorView& src, const TensorView& dst,
 // FlipCpu on the device.
 absl::Status FlipCuda(const ConstTensorView& src, const TensorView& dst,
                       absl::Span<const FlipFlags> flags, Stream& stream);
+
+// ResampleAaCpu on the device (kernels/resample/resample.h): the same tap tables, built on the
+// host and uploaded with the call, and the same arithmetic, so the same bits. One thread per
+// output pixel; no intermediate buffer (each pixel sums its own horizontal taps per row).
+absl::Status ResampleAaCuda(const ConstTensorView& src, const TensorView& dst,
+                            absl::Span<const ResampleMap> maps, Stream& stream);
 
 // ElementwiseCpu on the device (in place allowed when the dtypes have the same size), with the
 // same `channels_first` option: dst's memory planar per sample, (N, C, H, W), dst.shape the
