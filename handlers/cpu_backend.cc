@@ -14,10 +14,12 @@
 #include "absl/strings/str_cat.h"
 #include "handlers/backend.h"
 #include "handlers/tensor_codec.h"
+#include "kernels/color/color.h"
 #include "kernels/common/checks.h"
 #include "kernels/common/status.h"
 #include "kernels/elementwise/elementwise_program.h"
 #include "kernels/flip/flip_rows.h"
+#include "kernels/resample/resample.h"
 #include "kernels/warp/warp_rows.h"
 
 namespace tensorprep::handlers {
@@ -37,10 +39,15 @@ using Clock = std::chrono::steady_clock;
 // L2 between the two stages and large enough that a task is worth handing to another thread.
 constexpr size_t kFusedBandBytes = 96 * 1024;
 
-// Runs one step on one tensor. `aux` selects the aux sampling rules for warps.
+// Runs one step on one tensor. `aux` selects the aux sampling rules for warps (and makes a
+// resample step a warp: aux tensors follow it with their own interpolation); `channels_first`
+// writes an element-wise step's output (N, C, H, W).
 absl::Status RunStep(const Step& step, const ConstTensorView& in, const TensorView& out,
-                     const AuxSampling* aux, kernels::ThreadPool* pool) {
+                     const AuxSampling* aux, bool channels_first, kernels::ThreadPool* pool) {
   switch (step.kind) {
+    case KernelKind::kResample:
+      if (aux == nullptr) return kernels::ResampleAaCpu(in, out, step.maps, pool);
+      [[fallthrough]];
     case KernelKind::kWarp: {
       kernels::WarpParams p = step.params;
       if (aux != nullptr) {
@@ -52,7 +59,9 @@ absl::Status RunStep(const Step& step, const ConstTensorView& in, const TensorVi
     case KernelKind::kFlip:
       return kernels::FlipCpu(in, out, step.flags, pool);
     case KernelKind::kElementwise:
-      return kernels::ElementwiseCpu(in, out, step.chain, pool);
+      return kernels::ElementwiseCpu(in, out, step.chain, pool, channels_first);
+    case KernelKind::kColor:
+      return kernels::ColorCpu(in, out, step.color, pool);
   }
   return absl::InternalError("unknown step kind");
 }
@@ -113,7 +122,7 @@ class PingPong {
 // Geometric step `geo` then element-wise step `ew` on the main batch, fused band by band.
 // Appends two timings (the wall time split in proportion to the time spent in each stage).
 absl::Status RunFused(const Step& geo, const Step& ew, const ConstTensorView& in,
-                      const TensorView& out, kernels::ThreadPool* pool,
+                      const TensorView& out, bool channels_first, kernels::ThreadPool* pool,
                       std::vector<StepTiming>* timings) {
   const auto start = Clock::now();
   // The kernels' own precondition checks (kernels/common/checks.h), as their entry points make
@@ -126,10 +135,16 @@ absl::Status RunFused(const Step& geo, const Step& ew, const ConstTensorView& in
   }
   TP_ASSIGN_OR_RETURN(const kernels::ElementwiseProgram program,
                       kernels::ElementwiseProgram::Make(kFn, in.dtype, in.shape.c, ew.chain));
-  TP_RETURN_IF_ERROR(kernels::CheckDestinationView(kFn, in, out, program.output_dtype(),
-                                                   kernels::Aliasing::kDistinct));
-  const kernels::BatchShape& s = in.shape;
+  if (geo.kind == KernelKind::kWarp) {
+    TP_RETURN_IF_ERROR(kernels::CheckWarpDestination(kFn, in, out, program.output_dtype()));
+  } else {
+    TP_RETURN_IF_ERROR(kernels::CheckDestinationView(kFn, in, out, program.output_dtype(),
+                                                     kernels::Aliasing::kDistinct));
+  }
+  // The output's shape: a warp's may differ from the source's in height and width.
+  const kernels::BatchShape& s = out.shape;
   const size_t row_elems = static_cast<size_t>(s.w * s.c);
+  const int64_t plane = s.h * s.w;
   const size_t in_row_bytes = row_elems * kernels::DTypeSize(in.dtype);
   const size_t out_row_bytes = row_elems * kernels::DTypeSize(out.dtype);
   const int64_t band_rows =
@@ -146,7 +161,7 @@ absl::Status RunFused(const Step& geo, const Step& ew, const ConstTensorView& in
     void* band = ThreadScratch::Get(ThreadScratch::kBandSlot, band_rows * in_row_bytes);
     const auto t0 = timed ? Clock::now() : Clock::time_point();
     if (geo.kind == KernelKind::kWarp) {
-      kernels::WarpAffineRowsCpu(in, n, y_begin, y_end,
+      kernels::WarpAffineRowsCpu(in, n, y_begin, y_end, s.w,
                                  geo.inverse.size() == 1 ? geo.inverse[0] : geo.inverse[n],
                                  geo.params, band);
     } else {
@@ -154,8 +169,13 @@ absl::Status RunFused(const Step& geo, const Step& ew, const ConstTensorView& in
                            geo.flags.size() == 1 ? geo.flags[0] : geo.flags[n], band);
     }
     const auto t1 = timed ? Clock::now() : Clock::time_point();
-    program.Run(band, dst + (n * s.h + y_begin) * out_row_bytes,
-                (y_end - y_begin) * static_cast<int64_t>(row_elems));
+    if (channels_first) {
+      program.RunChannelsFirst(band, dst + n * s.h * out_row_bytes, plane, y_begin * s.w,
+                               (y_end - y_begin) * s.w);
+    } else {
+      program.Run(band, dst + (n * s.h + y_begin) * out_row_bytes,
+                  (y_end - y_begin) * static_cast<int64_t>(row_elems));
+    }
     if (timed) {
       const auto t2 = Clock::now();
       geo_ns.fetch_add((t1 - t0).count(), std::memory_order_relaxed);
@@ -194,28 +214,35 @@ absl::Status CpuBackend::Execute(const Plan& plan, const ExecInputs& in, const E
   for (size_t k = 0; k < plan.steps.size(); ++k) {
     const Step& step = plan.steps[k];
     const auto start = Clock::now();
-    const bool fuse = step.geometric() && k + 1 < plan.steps.size() &&
+    // Warps and flips have row-band entry points; a flip keeps the size.
+    const bool fuse = (step.kind == KernelKind::kWarp || step.kind == KernelKind::kFlip) &&
+                      k + 1 < plan.steps.size() &&
                       plan.steps[k + 1].kind == KernelKind::kElementwise;
     const Step& producer = fuse ? plan.steps[k + 1] : step;  // the step whose output `main` is
     const bool last = (fuse ? k + 1 : k) + 1 == plan.steps.size();
+    // The plan's layout is written by its last step, element-wise by construction (plan.h).
+    const bool channels_first = last && plan.channels_first;
     const kernels::DType dtype =
         producer.kind == KernelKind::kElementwise
             ? kernels::ElementwiseOutputDType(main.dtype, producer.chain)
             : main.dtype;
-    TensorView dst = last ? out.main : main_scratch.Next(dtype, main.shape);
+    TensorView dst = last ? out.main : main_scratch.Next(dtype, producer.out);
     if (fuse) {
-      TP_RETURN_IF_ERROR(RunFused(step, producer, main, dst, pool_, timings));
+      TP_RETURN_IF_ERROR(RunFused(step, producer, main, dst, channels_first, pool_, timings));
     } else {
-      TP_RETURN_IF_ERROR(RunStep(step, main, dst, nullptr, pool_));
+      TP_RETURN_IF_ERROR(RunStep(step, main, dst, nullptr, channels_first, pool_));
     }
     main = dst.as_const();
     const auto main_done = Clock::now();
     if (step.geometric()) {
       for (size_t j = 0; j < aux.size(); ++j) {
+        kernels::BatchShape aux_shape = aux[j].shape;
+        aux_shape.h = step.out.h;
+        aux_shape.w = step.out.w;
         TensorView aux_dst = static_cast<int>(k) == last_geometric
                                  ? out.aux[j]
-                                 : aux_scratch[j].Next(aux[j].dtype, aux[j].shape);
-        TP_RETURN_IF_ERROR(RunStep(step, aux[j], aux_dst, &plan.aux[j], pool_));
+                                 : aux_scratch[j].Next(aux[j].dtype, aux_shape);
+        TP_RETURN_IF_ERROR(RunStep(step, aux[j], aux_dst, &plan.aux[j], false, pool_));
         aux[j] = aux_dst.as_const();
       }
     }

@@ -171,21 +171,24 @@ class CudaBackend : public Backend {
     for (size_t k = 0; k < plan.steps.size(); ++k) {
       const Step& step = plan.steps[k];
       const auto start = std::chrono::steady_clock::now();
-      // A warp followed by element-wise ops runs as one fused kernel.
+      // A warp followed by element-wise ops runs as one fused kernel, but for a last
+      // element-wise step that writes channels-first (the fused kernel writes NHWC).
       const Step* post = nullptr;
       if (step.kind == KernelKind::kWarp && k + 1 < plan.steps.size() &&
-          plan.steps[k + 1].kind == KernelKind::kElementwise) {
+          plan.steps[k + 1].kind == KernelKind::kElementwise &&
+          !(plan.channels_first && k + 2 == plan.steps.size())) {
         post = &plan.steps[k + 1];
       }
+      const bool channels_first = plan.channels_first && k + 1 == plan.steps.size();
       const kernels::DType dtype =
           step.kind == KernelKind::kElementwise
               ? kernels::ElementwiseOutputDType(main.dtype, step.chain)
               : (post != nullptr ? kernels::ElementwiseOutputDType(main.dtype, post->chain)
                                  : main.dtype);
       cu::DeviceBuffer& next = lane.buffers[main_cur ^ 1];
-      TP_RETURN_IF_ERROR(Ensure(next, static_cast<size_t>(main.shape.elements()) *
+      TP_RETURN_IF_ERROR(Ensure(next, static_cast<size_t>(step.out.elements()) *
                                           kernels::DTypeSize(dtype)));
-      const TensorView dst{dtype, main.shape, next.data()};
+      const TensorView dst{dtype, step.out, next.data()};
       switch (step.kind) {
         case KernelKind::kWarp:
           TP_RETURN_IF_ERROR(
@@ -198,7 +201,14 @@ class CudaBackend : public Backend {
           TP_RETURN_IF_ERROR(cu::FlipCuda(main, dst, step.flags, lane.stream));
           break;
         case KernelKind::kElementwise:
-          TP_RETURN_IF_ERROR(cu::ElementwiseCuda(main, dst, step.chain, lane.stream));
+          TP_RETURN_IF_ERROR(
+              cu::ElementwiseCuda(main, dst, step.chain, lane.stream, channels_first));
+          break;
+        case KernelKind::kResample:
+          TP_RETURN_IF_ERROR(cu::ResampleAaCuda(main, dst, step.maps, lane.stream));
+          break;
+        case KernelKind::kColor:
+          return absl::UnimplementedError("PENDING-COLORCUDA");
           break;
       }
       main = dst.as_const();
@@ -206,9 +216,14 @@ class CudaBackend : public Backend {
       if (step.geometric()) {
         for (size_t j = 0; j < n_aux; ++j) {
           cu::DeviceBuffer& an = lane.buffers[2 + 2 * j + (aux_cur[j] ^ 1)];
-          TP_RETURN_IF_ERROR(Ensure(an, aux[j].bytes()));
-          const TensorView adst{aux[j].dtype, aux[j].shape, an.data()};
-          if (step.kind == KernelKind::kWarp) {
+          kernels::BatchShape aux_shape = aux[j].shape;
+          aux_shape.h = step.out.h;
+          aux_shape.w = step.out.w;
+          TP_RETURN_IF_ERROR(Ensure(an, static_cast<size_t>(aux_shape.elements()) *
+                                            kernels::DTypeSize(aux[j].dtype)));
+          const TensorView adst{aux[j].dtype, aux_shape, an.data()};
+          if (step.kind == KernelKind::kWarp || step.kind == KernelKind::kResample) {
+            // Aux tensors follow a resample step through the warp, with their own sampling.
             kernels::WarpParams p = step.params;
             p.interp = plan.aux[j].interp;
             p.fill = plan.aux[j].fill;

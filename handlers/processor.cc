@@ -56,8 +56,9 @@ absl::Status PlaceOutputs(const pb::ProcessRequest& request, const SharedMemoryR
     const pb::AuxTensor& a = request.aux(static_cast<int>(j));
     if (!a.has_output()) continue;
     const DecodedTensor& d = prepared->aux[j];
-    absl::Status s = resolve(a.output(), absl::StrCat("aux[", j, "].output"), d.view.bytes(),
-                             d.view.dtype, &prepared->aux_out[j]);
+    absl::Status s = resolve(a.output(), absl::StrCat("aux[", j, "].output"),
+                             Processor::AuxOutputBytes(*prepared, j), d.view.dtype,
+                             &prepared->aux_out[j]);
     if (!s.ok()) return s;
   }
   // Every output against every input and every earlier output (nothing to do, and nothing
@@ -192,9 +193,12 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                              request.device())),
                          id);
   }
+  PlanOptions plan_options = options_.plan;
+  plan_options.max_tensor_bytes = std::min(plan_options.max_tensor_bytes,
+                                           options_.limits.max_tensor_bytes);
   auto plan = BuildPlan(request.pipeline(), BatchState{shape, prepared->main.view.dtype},
                         request.seed(), request.sample_offset(), std::move(sampling),
-                        options_.plan);
+                        plan_options);
   if (!plan.ok()) return WithRequestId(plan.status(), id);
   prepared->plan = std::move(*plan);
   absl::Status placed = PlaceOutputs(request, shm_, prepared.get());
@@ -230,15 +234,27 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
 }
 
 uint64_t Processor::MainOutputBytes(const PreparedRequest& prepared) {
-  return static_cast<uint64_t>(prepared.main.view.shape.elements()) *
+  return static_cast<uint64_t>(prepared.plan.output_shape.elements()) *
          kernels::DTypeSize(prepared.plan.output_dtype);
+}
+
+kernels::BatchShape Processor::AuxOutputShape(const PreparedRequest& prepared, size_t j) {
+  kernels::BatchShape s = prepared.aux[j].view.shape;
+  s.h = prepared.plan.output_shape.h;
+  s.w = prepared.plan.output_shape.w;
+  return s;
+}
+
+uint64_t Processor::AuxOutputBytes(const PreparedRequest& prepared, size_t j) {
+  return static_cast<uint64_t>(AuxOutputShape(prepared, j).elements()) *
+         kernels::DTypeSize(prepared.aux[j].view.dtype);
 }
 
 uint64_t Processor::InlineOutputBytes(const PreparedRequest& prepared) {
   uint64_t bytes = prepared.main_out.data != nullptr ? 0 : MainOutputBytes(prepared);
   for (size_t j = 0; j < prepared.aux.size(); ++j) {
     if (j >= prepared.aux_out.size() || prepared.aux_out[j].data == nullptr) {
-      bytes += prepared.aux[j].view.bytes();
+      bytes += AuxOutputBytes(prepared, j);
     }
   }
   return bytes;
@@ -250,7 +266,7 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
   RunStats stats;
   auto start = Clock::now();
   response->set_request_id(request.request_id());
-  const kernels::BatchShape& shape = prepared.main.view.shape;
+  const kernels::BatchShape& shape = prepared.plan.output_shape;
   ExecOutputs out;
   if (prepared.main_out.data != nullptr) {
     out.main = PrepareOutput(response->mutable_images(), prepared.plan.output_dtype, shape,
@@ -265,6 +281,12 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
                              prepared.main.rank);
     stats.inline_bytes_out += out.main.bytes();
   }
+  if (prepared.plan.channels_first) {
+    // The kernels see the logical (N, H, W, C) view; the wire says how the bytes lie.
+    pb::Tensor* t = response->mutable_images();
+    t->clear_shape();
+    for (int64_t d : {shape.n, shape.c, shape.h, shape.w}) t->add_shape(d);
+  }
   ExecInputs in;
   in.main = prepared.main.view;
   for (size_t j = 0; j < prepared.aux.size(); ++j) {
@@ -275,12 +297,14 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
     a->set_fill(req_aux.fill());
     const DecodedTensor& d = prepared.aux[j];
     if (j < prepared.aux_out.size() && prepared.aux_out[j].data != nullptr) {
-      out.aux.push_back(PrepareOutput(a->mutable_tensor(), d.view.dtype, d.view.shape, d.rank,
+      out.aux.push_back(PrepareOutput(a->mutable_tensor(), d.view.dtype,
+                                      AuxOutputShape(prepared, j), d.rank,
                                       prepared.aux_out[j].data));
       *a->mutable_tensor()->mutable_shm() = req_aux.output();
     } else {
-      out.aux.push_back(PrepareOutput(a->mutable_tensor(), d.view.dtype, d.view.shape, d.rank));
-      stats.inline_bytes_out += d.view.bytes();
+      out.aux.push_back(
+          PrepareOutput(a->mutable_tensor(), d.view.dtype, AuxOutputShape(prepared, j), d.rank));
+      stats.inline_bytes_out += out.aux.back().bytes();
     }
     in.aux.push_back(d.view);
   }
@@ -336,19 +360,14 @@ void DescribeOps(const std::vector<const Backend*>& backends, pb::ListOpsRespons
     info->set_name(spec.name);
     info->set_summary(spec.summary);
     info->set_geometric(spec.geometric);
+    info->set_random(spec.random);
     for (const ArgSpec& a : spec.args) {
       pb::ArgInfo* arg = info->add_args();
       arg->set_name(a.name);
       arg->set_type(a.type);
       arg->set_description(a.description);
     }
-    for (pb::DType d : {pb::DTYPE_UINT8, pb::DTYPE_INT32, pb::DTYPE_FLOAT32, pb::DTYPE_FLOAT16}) {
-      // normalize takes floating batches only.
-      if (spec.kind == pb::Op::kNormalize && (d == pb::DTYPE_UINT8 || d == pb::DTYPE_INT32)) {
-        continue;
-      }
-      info->add_dtypes(d);
-    }
+    for (kernels::DType d : spec.dtypes) info->add_dtypes(EncodeDType(d));
     for (const Backend* b : backends) info->add_devices(ToWire(b->kind()));
   }
   for (const Backend* b : backends) {

@@ -85,6 +85,9 @@ class Processor {
 
   // Bytes of a prepared request's main result.
   static uint64_t MainOutputBytes(const PreparedRequest& prepared);
+  // Shape and bytes of aux tensor j's result: the input's N and C at the result's H and W.
+  static kernels::BatchShape AuxOutputShape(const PreparedRequest& prepared, size_t j);
+  static uint64_t AuxOutputBytes(const PreparedRequest& prepared, size_t j);
   // Result bytes the server holds in memory for a prepared request until they are sent (those
   // written to shared memory excluded).
   static uint64_t InlineOutputBytes(const PreparedRequest& prepared);

@@ -75,6 +75,7 @@ TEST(CpuBackendTest, FusedGeometricAndElementwiseEqualsKernelsOneAfterAnother) {
     Plan plan;
     Step geo;
     geo.ops = {0};
+    geo.out = c.shape;
     if (c.warp) {
       geo.kind = KernelKind::kWarp;
       for (int64_t i = 0; i < c.shape.n; ++i) {
@@ -88,9 +89,11 @@ TEST(CpuBackendTest, FusedGeometricAndElementwiseEqualsKernelsOneAfterAnother) {
     Step ew;
     ew.kind = KernelKind::kElementwise;
     ew.ops = {1};
+    ew.out = c.shape;
     ew.chain = Chain(c.dtype, rng);
     plan.steps = {geo, ew};
     plan.output_dtype = kernels::ElementwiseOutputDType(c.dtype, ew.chain);
+    plan.output_shape = c.shape;
 
     Buffer got(plan.output_dtype, c.shape);
     ExecInputs in{src.view(), {}};

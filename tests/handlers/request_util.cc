@@ -89,7 +89,11 @@ absl::StatusOr<RunResult> Process(const Processor& processor, const v1::ProcessR
   if (!stats.ok()) return stats.status();
   RunResult out;
   out.images = response.images().data();
-  for (const auto& a : response.aux()) out.aux.push_back(a.tensor().data());
+  out.images_shape.assign(response.images().shape().begin(), response.images().shape().end());
+  for (const auto& a : response.aux()) {
+    out.aux.push_back(a.tensor().data());
+    out.aux_shapes.emplace_back(a.tensor().shape().begin(), a.tensor().shape().end());
+  }
   out.device = response.device();
   return out;
 }

@@ -31,7 +31,9 @@ void AddRotate(::tensorprep::v1::Pipeline& p, double angle,
 // What a Process call returned: the result bytes, each aux tensor's bytes, the device that ran.
 struct RunResult {
   std::string images;
+  std::vector<int64_t> images_shape;  // as the response's header says
   std::vector<std::string> aux;
+  std::vector<std::vector<int64_t>> aux_shapes;
   ::tensorprep::v1::Device device = ::tensorprep::v1::DEVICE_AUTO;
 };
 

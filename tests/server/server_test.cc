@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "google/protobuf/descriptor.h"
 #include "kernels/common/philox.h"
 #include "kernels/reference/reference.h"
 #include "tests/handlers/request_util.h"
@@ -214,11 +215,31 @@ TEST_F(ServerTest, StreamBadRequestGetsErrorResponseAndStreamContinues) {
 TEST_F(ServerTest, ListOpsAndHealth) {
   auto ops = client_.ListOps();
   ASSERT_TRUE(ops.ok()) << ops.status();
+  // Every field of the Op oneof is served, described from the descriptor: its arguments are its
+  // message's fields, each with a description, and the flags are the field's (op) option.
   std::set<std::string> names;
-  for (const auto& op : ops->ops()) names.insert(op.name());
-  EXPECT_EQ(names, (std::set<std::string>{"rotate", "flip", "add", "subtract", "multiply",
-                                          "divide", "normalize", "clamp", "cast", "random_flip",
-                                          "random_rotate"}));
+  for (const auto& op : ops->ops()) {
+    names.insert(op.name());
+    const google::protobuf::FieldDescriptor* f = v1::Op::descriptor()->FindFieldByName(op.name());
+    ASSERT_NE(f, nullptr) << op.name();
+    const v1::OpOptions& o = f->options().GetExtension(v1::op);
+    EXPECT_FALSE(op.summary().empty()) << op.name();
+    EXPECT_EQ(op.summary(), o.summary()) << op.name();
+    EXPECT_EQ(op.geometric(), o.geometric()) << op.name();
+    EXPECT_EQ(op.random(), o.random()) << op.name();
+    ASSERT_EQ(op.args_size(), f->message_type()->field_count()) << op.name();
+    for (int k = 0; k < op.args_size(); ++k) {
+      EXPECT_EQ(op.args(k).name(), f->message_type()->field(k)->name()) << op.name();
+      EXPECT_FALSE(op.args(k).description().empty()) << op.name() << "." << op.args(k).name();
+    }
+    EXPECT_GE(op.dtypes_size(), 1) << op.name();
+  }
+  std::set<std::string> fields;
+  const google::protobuf::OneofDescriptor* kind = v1::Op::descriptor()->FindOneofByName("kind");
+  for (int k = 0; k < kind->field_count(); ++k) fields.insert(std::string(kind->field(k)->name()));
+  EXPECT_EQ(names, fields);
+  EXPECT_TRUE(names.count("random_resized_crop") && names.count("color_jitter") &&
+              names.count("channels_first"));
   ASSERT_GE(ops->devices_size(), 1);
   EXPECT_EQ(ops->devices(0).device(), v1::DEVICE_CPU);
   EXPECT_TRUE(ops->devices(0).usable());
