@@ -222,10 +222,9 @@ absl::Status CpuBackend::Execute(const Plan& plan, const ExecInputs& in, const E
     const bool last = (fuse ? k + 1 : k) + 1 == plan.steps.size();
     // The plan's layout is written by its last step, element-wise by construction (plan.h).
     const bool channels_first = last && plan.channels_first;
-    const kernels::DType dtype =
-        producer.kind == KernelKind::kElementwise
-            ? kernels::ElementwiseOutputDType(main.dtype, producer.chain)
-            : main.dtype;
+    const kernels::DType dtype = producer.kind == KernelKind::kElementwise
+                                     ? kernels::ElementwiseOutputDType(main.dtype, producer.chain)
+                                     : main.dtype;
     TensorView dst = last ? out.main : main_scratch.Next(dtype, producer.out);
     if (fuse) {
       TP_RETURN_IF_ERROR(RunFused(step, producer, main, dst, channels_first, pool_, timings));

@@ -186,8 +186,8 @@ class CudaBackend : public Backend {
               : (post != nullptr ? kernels::ElementwiseOutputDType(main.dtype, post->chain)
                                  : main.dtype);
       cu::DeviceBuffer& next = lane.buffers[main_cur ^ 1];
-      TP_RETURN_IF_ERROR(Ensure(next, static_cast<size_t>(step.out.elements()) *
-                                          kernels::DTypeSize(dtype)));
+      TP_RETURN_IF_ERROR(
+          Ensure(next, static_cast<size_t>(step.out.elements()) * kernels::DTypeSize(dtype)));
       const TensorView dst{dtype, step.out, next.data()};
       switch (step.kind) {
         case KernelKind::kWarp:
@@ -219,8 +219,8 @@ class CudaBackend : public Backend {
           kernels::BatchShape aux_shape = aux[j].shape;
           aux_shape.h = step.out.h;
           aux_shape.w = step.out.w;
-          TP_RETURN_IF_ERROR(Ensure(an, static_cast<size_t>(aux_shape.elements()) *
-                                            kernels::DTypeSize(aux[j].dtype)));
+          TP_RETURN_IF_ERROR(Ensure(
+              an, static_cast<size_t>(aux_shape.elements()) * kernels::DTypeSize(aux[j].dtype)));
           const TensorView adst{aux[j].dtype, aux_shape, an.data()};
           if (step.kind == KernelKind::kWarp || step.kind == KernelKind::kResample) {
             // Aux tensors follow a resample step through the warp, with their own sampling.
@@ -248,8 +248,8 @@ class CudaBackend : public Backend {
 
     // Download through staging, then copy into the response buffers.
     offset = 0;
-    TP_RETURN_IF_ERROR(cu::CopyToHost(lane.buffers[main_cur], lane.staging.data(),
-                                      out.main.bytes(), lane.stream));
+    TP_RETURN_IF_ERROR(
+        cu::CopyToHost(lane.buffers[main_cur], lane.staging.data(), out.main.bytes(), lane.stream));
     offset += out.main.bytes();
     for (size_t j = 0; j < n_aux; ++j) {
       TP_RETURN_IF_ERROR(cu::CopyToHost(lane.buffers[2 + 2 * j + aux_cur[j]],
@@ -279,8 +279,6 @@ class CudaBackend : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> MakeCudaBackend() {
-  return std::make_unique<CudaBackend>(cu::Probe());
-}
+std::unique_ptr<Backend> MakeCudaBackend() { return std::make_unique<CudaBackend>(cu::Probe()); }
 
 }  // namespace tensorprep::handlers

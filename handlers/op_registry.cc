@@ -9,8 +9,8 @@
 #include "absl/types/span.h"
 #include "google/protobuf/descriptor.h"
 #include "handlers/tensor_codec.h"
-#include "kernels/common/philox.h"
 #include "kernels/color/color.h"
+#include "kernels/common/philox.h"
 #include "kernels/common/status.h"
 #include "kernels/elementwise/elementwise.h"
 
@@ -42,8 +42,7 @@ const char* KernelName(KernelKind kind) {
 // ---------------------------------------------------------------------------------------------
 // PlanBuilder
 
-PlanBuilder::PlanBuilder(const BatchState& input, uint64_t seed, uint64_t sample_offset,
-                         bool fuse)
+PlanBuilder::PlanBuilder(const BatchState& input, uint64_t seed, uint64_t sample_offset, bool fuse)
     : state_(input), seed_(seed), sample_offset_(sample_offset), fuse_(fuse) {}
 
 double PlanBuilder::Uniform(int op_index, int64_t i, uint32_t draw) const {
@@ -94,9 +93,8 @@ void PlanBuilder::AddWarp(int op_index, std::vector<Affine> inverse, const WarpP
       std::vector<Affine> composed(m);
       for (int64_t i = 0; i < m; ++i) {
         const FlipFlags& f = At(last.flags, i);
-        composed[i] =
-            kernels::FlipInverse(f.horizontal, f.vertical, in_shape.h, in_shape.w)
-                .Then(At(inverse, i));
+        composed[i] = kernels::FlipInverse(f.horizontal, f.vertical, in_shape.h, in_shape.w)
+                          .Then(At(inverse, i));
       }
       last.kind = KernelKind::kWarp;
       last.flags.clear();
@@ -149,8 +147,9 @@ void PlanBuilder::AddFlip(int op_index, std::vector<FlipFlags> flags) {
         maps[i] = At(last.maps, i);
         if (f.horizontal) maps[i].x = MirrorAxis(maps[i].x, state_.shape.w);
         if (f.vertical) maps[i].y = MirrorAxis(maps[i].y, state_.shape.h);
-        inverse[i] = At(last.inverse, i).Then(
-            kernels::FlipInverse(f.horizontal, f.vertical, state_.shape.h, state_.shape.w));
+        inverse[i] = At(last.inverse, i)
+                         .Then(kernels::FlipInverse(f.horizontal, f.vertical, state_.shape.h,
+                                                    state_.shape.w));
       }
       last.maps = std::move(maps);
       last.inverse = std::move(inverse);
@@ -159,8 +158,9 @@ void PlanBuilder::AddFlip(int op_index, std::vector<FlipFlags> flags) {
       std::vector<Affine> composed(m);
       for (int64_t i = 0; i < m; ++i) {
         const FlipFlags& f = At(flags, i);
-        composed[i] = At(last.inverse, i).Then(
-            kernels::FlipInverse(f.horizontal, f.vertical, state_.shape.h, state_.shape.w));
+        composed[i] = At(last.inverse, i)
+                          .Then(kernels::FlipInverse(f.horizontal, f.vertical, state_.shape.h,
+                                                     state_.shape.w));
       }
       last.inverse = std::move(composed);
     }
@@ -192,8 +192,7 @@ void PlanBuilder::AddElementwise(int op_index, ElementwiseOp op) {
 }
 
 void PlanBuilder::AddResize(int op_index, std::vector<Affine> maps, std::vector<ResampleBox> boxes,
-                            kernels::Interp interp, bool antialias, int64_t out_h,
-                            int64_t out_w) {
+                            kernels::Interp interp, bool antialias, int64_t out_h, int64_t out_w) {
   // PyTorch clamps source positions to the image: the edge border.
   const WarpParams params{interp, kernels::Border::kEdge, 0};
   bool shrinks = false;
@@ -311,11 +310,10 @@ absl::Status CheckAxis(int v, const std::string& path) {
 // A per-channel vector under the kernels' operand rules (kernels::CheckOperand, the one statement
 // of them; kernels/common/checks.h says who checks what), worded for the client.
 absl::Status CheckChannelVector(const google::protobuf::RepeatedField<double>& v,
-                                const BatchState& state, const std::string& path,
-                                bool nonzero) {
-  const kernels::OperandProblem p = kernels::CheckOperand(
-      absl::MakeConstSpan(v.data(), static_cast<size_t>(v.size())), state.shape.c, state.dtype,
-      nonzero);
+                                const BatchState& state, const std::string& path, bool nonzero) {
+  const kernels::OperandProblem p =
+      kernels::CheckOperand(absl::MakeConstSpan(v.data(), static_cast<size_t>(v.size())),
+                            state.shape.c, state.dtype, nonzero);
   const std::string item = absl::StrCat(path, "[", p.index, "]");
   switch (p.kind) {
     case kernels::OperandProblem::kNone:
@@ -486,8 +484,7 @@ void LowerArithmetic(const pb::Op& op, int index, PlanBuilder& b) {
 
 // normalize
 
-absl::Status ValidateNormalize(const pb::Op& op, const BatchState& state,
-                               const std::string& path) {
+absl::Status ValidateNormalize(const pb::Op& op, const BatchState& state, const std::string& path) {
   if (!kernels::IsFloating(state.dtype)) {
     return Invalid(path, absl::StrCat("expected a float32 or float16 batch, got ",
                                       kernels::DTypeName(state.dtype),
@@ -623,14 +620,14 @@ absl::Status InferCrop(const pb::Op& op, const BatchState& in, const std::string
   if (c.top() < 0 || c.top() > in.shape.h - c.height()) {
     return Invalid(path + ".top",
                    absl::StrCat("expected the box inside the image: 0 <= top <= H - height = ",
-                                in.shape.h - c.height(), " (H = ", in.shape.h, ", height = ",
-                                c.height(), "), got ", c.top()));
+                                in.shape.h - c.height(), " (H = ", in.shape.h,
+                                ", height = ", c.height(), "), got ", c.top()));
   }
   if (c.left() < 0 || c.left() > in.shape.w - c.width()) {
     return Invalid(path + ".left",
                    absl::StrCat("expected the box inside the image: 0 <= left <= W - width = ",
-                                in.shape.w - c.width(), " (W = ", in.shape.w, ", width = ",
-                                c.width(), "), got ", c.left()));
+                                in.shape.w - c.width(), " (W = ", in.shape.w,
+                                ", width = ", c.width(), "), got ", c.left()));
   }
   out->shape.h = c.height();
   out->shape.w = c.width();
@@ -643,9 +640,8 @@ const WarpParams kCopy{kernels::Interp::kNearest, kernels::Border::kConstant, 0}
 
 void LowerCrop(const pb::Op& op, int index, PlanBuilder& b) {
   const pb::CropOp& c = op.crop();
-  b.AddWarp(index,
-            {Translation(static_cast<double>(c.left()), static_cast<double>(c.top()))}, kCopy,
-            c.height(), c.width());
+  b.AddWarp(index, {Translation(static_cast<double>(c.left()), static_cast<double>(c.top()))},
+            kCopy, c.height(), c.width());
 }
 
 // center_crop: torchvision's offsets, round((S - size) / 2) with Python's ties-to-even; a size
@@ -692,12 +688,12 @@ absl::Status InferPad(const pb::Op& op, const BatchState& in, const std::string&
   const int64_t h = in.shape.h + p.top() + p.bottom();
   const int64_t w = in.shape.w + p.left() + p.right();
   if (h > kMaxSide) {
-    return Invalid(path + ".bottom", absl::StrCat("expected H + top + bottom <= ", kMaxSide,
-                                                  ", got ", h));
+    return Invalid(path + ".bottom",
+                   absl::StrCat("expected H + top + bottom <= ", kMaxSide, ", got ", h));
   }
   if (w > kMaxSide) {
-    return Invalid(path + ".right", absl::StrCat("expected W + left + right <= ", kMaxSide,
-                                                 ", got ", w));
+    return Invalid(path + ".right",
+                   absl::StrCat("expected W + left + right <= ", kMaxSide, ", got ", w));
   }
   out->shape.h = h;
   out->shape.w = w;
@@ -710,8 +706,7 @@ void LowerPad(const pb::Op& op, int index, PlanBuilder& b) {
   WarpParams params = kCopy;
   params.border = ToBorder(p.border());
   params.fill = p.fill();
-  b.AddWarp(index,
-            {Translation(-static_cast<double>(p.left()), -static_cast<double>(p.top()))},
+  b.AddWarp(index, {Translation(-static_cast<double>(p.left()), -static_cast<double>(p.top()))},
             params, s.h + p.top() + p.bottom(), s.w + p.left() + p.right());
 }
 
@@ -733,8 +728,8 @@ RrcRanges Ranges(const pb::RandomResizedCropOp& r) {
   return g;
 }
 
-absl::Status InferRandomResizedCrop(const pb::Op& op, const BatchState& in,
-                                    const std::string& path, BatchState* out) {
+absl::Status InferRandomResizedCrop(const pb::Op& op, const BatchState& in, const std::string& path,
+                                    BatchState* out) {
   const pb::RandomResizedCropOp& r = op.random_resized_crop();
   TP_RETURN_IF_ERROR(CheckSide(r.height(), path + ".height"));
   TP_RETURN_IF_ERROR(CheckSide(r.width(), path + ".width"));
@@ -770,10 +765,10 @@ ResampleBox DrawBox(const PlanBuilder& b, int index, int64_t i, int64_t h, int64
     const auto bw = static_cast<int64_t>(std::nearbyint(std::sqrt(target * ratio)));
     const auto bh = static_cast<int64_t>(std::nearbyint(std::sqrt(target / ratio)));
     if (bw > 0 && bw <= w && bh > 0 && bh <= h) {
-      const auto top = static_cast<int64_t>(b.Uniform(index, i, 4 * k + 2) *
-                                            static_cast<double>(h - bh + 1));
-      const auto left = static_cast<int64_t>(b.Uniform(index, i, 4 * k + 3) *
-                                             static_cast<double>(w - bw + 1));
+      const auto top =
+          static_cast<int64_t>(b.Uniform(index, i, 4 * k + 2) * static_cast<double>(h - bh + 1));
+      const auto left =
+          static_cast<int64_t>(b.Uniform(index, i, 4 * k + 3) * static_cast<double>(w - bw + 1));
       return {std::min(top, h - bh), std::min(left, w - bw), bh, bw};
     }
   }
@@ -800,8 +795,8 @@ void LowerRandomResizedCrop(const pb::Op& op, int index, PlanBuilder& b) {
     const ResampleBox box = DrawBox(b, index, i, s.h, s.w, g);
     boxes[i] = box;
     maps[i] = ResizeMap(static_cast<double>(box.top), static_cast<double>(box.left),
-                        static_cast<double>(box.height), static_cast<double>(box.width),
-                        r.height(), r.width(), interp);
+                        static_cast<double>(box.height), static_cast<double>(box.width), r.height(),
+                        r.width(), interp);
   }
   b.AddResize(index, std::move(maps), std::move(boxes), interp, r.antialias(), r.height(),
               r.width());
@@ -865,8 +860,9 @@ absl::Status InferAffine(const pb::Op& op, const BatchState&, const std::string&
 void LowerAffine(const pb::Op& op, int index, PlanBuilder& b) {
   const pb::AffineOp& a = op.affine();
   const auto& s = b.state().shape;
-  const AffineArgs args{a.angle_deg(),    a.translate_x(), a.translate_y(),
-                        a.scale() == 0 ? 1.0 : a.scale(), a.shear_x_deg(), a.shear_y_deg()};
+  const AffineArgs args{a.angle_deg(),   a.translate_x(),
+                        a.translate_y(), a.scale() == 0 ? 1.0 : a.scale(),
+                        a.shear_x_deg(), a.shear_y_deg()};
   b.AddWarp(index, {AffineInverse(args, s.h, s.w)},
             WarpParams{MainInterp(a.interpolation()), ToBorder(a.border()), a.fill()});
 }
@@ -876,9 +872,9 @@ absl::Status InferRandomAffine(const pb::Op& op, const BatchState&, const std::s
   const pb::RandomAffineOp& a = op.random_affine();
   TP_RETURN_IF_ERROR(CheckRange(a.angle_min_deg(), a.angle_max_deg(), path + ".angle_min_deg",
                                 path + ".angle_max_deg"));
-  for (const auto& [v, name] : {std::pair<double, const char*>{a.max_translate_x(),
-                                                               "max_translate_x"},
-                                {a.max_translate_y(), "max_translate_y"}}) {
+  for (const auto& [v, name] :
+       {std::pair<double, const char*>{a.max_translate_x(), "max_translate_x"},
+        {a.max_translate_y(), "max_translate_y"}}) {
     if (!(v >= 0 && v <= 1)) {
       return Invalid(absl::StrCat(path, ".", name),
                      absl::StrCat("expected a fraction of the size in [0, 1], got ", v));
@@ -894,10 +890,10 @@ absl::Status InferRandomAffine(const pb::Op& op, const BatchState&, const std::s
   TP_RETURN_IF_ERROR(CheckShear(a.shear_x_max_deg(), path + ".shear_x_max_deg"));
   TP_RETURN_IF_ERROR(CheckShear(a.shear_y_min_deg(), path + ".shear_y_min_deg"));
   TP_RETURN_IF_ERROR(CheckShear(a.shear_y_max_deg(), path + ".shear_y_max_deg"));
-  TP_RETURN_IF_ERROR(CheckRange(a.shear_x_min_deg(), a.shear_x_max_deg(),
-                                path + ".shear_x_min_deg", path + ".shear_x_max_deg"));
-  TP_RETURN_IF_ERROR(CheckRange(a.shear_y_min_deg(), a.shear_y_max_deg(),
-                                path + ".shear_y_min_deg", path + ".shear_y_max_deg"));
+  TP_RETURN_IF_ERROR(CheckRange(a.shear_x_min_deg(), a.shear_x_max_deg(), path + ".shear_x_min_deg",
+                                path + ".shear_x_max_deg"));
+  TP_RETURN_IF_ERROR(CheckRange(a.shear_y_min_deg(), a.shear_y_max_deg(), path + ".shear_y_min_deg",
+                                path + ".shear_y_max_deg"));
   TP_RETURN_IF_ERROR(CheckInterpolation(a.interpolation(), path + ".interpolation"));
   TP_RETURN_IF_ERROR(CheckBorder(a.border(), path + ".border"));
   return CheckFinite(a.fill(), path + ".fill");
@@ -971,11 +967,9 @@ absl::Status CheckColorFactor(kernels::ColorKind kind, double v, const std::stri
                                     r.lo, ", ", r.hi, "], got ", v));
 }
 
-absl::Status ValidateColorFactor(const pb::Op& op, const BatchState& in,
-                                 const std::string& path) {
+absl::Status ValidateColorFactor(const pb::Op& op, const BatchState& in, const std::string& path) {
   TP_RETURN_IF_ERROR(CheckRgb(in, path));
-  return CheckColorFactor(ColorKindOf(op.kind_case()), ColorFactor(op).factor(),
-                          path + ".factor");
+  return CheckColorFactor(ColorKindOf(op.kind_case()), ColorFactor(op).factor(), path + ".factor");
 }
 
 void LowerColorFactor(const pb::Op& op, int index, PlanBuilder& b) {
@@ -1023,8 +1017,7 @@ std::array<JitterRange, 4> JitterRanges(const pb::ColorJitterOp& j) {
 
 bool LeftOut(const JitterRange& r) { return r.lo == 0 && r.hi == 0; }
 
-absl::Status ValidateColorJitter(const pb::Op& op, const BatchState& in,
-                                 const std::string& path) {
+absl::Status ValidateColorJitter(const pb::Op& op, const BatchState& in, const std::string& path) {
   TP_RETURN_IF_ERROR(CheckRgb(in, path));
   for (const JitterRange& r : JitterRanges(op.color_jitter())) {
     if (LeftOut(r)) continue;
@@ -1119,8 +1112,7 @@ const std::vector<kernels::DType> kAll = {DType::kUInt8, DType::kInt32, DType::k
                                           DType::kFloat16};
 const std::vector<kernels::DType> kFloating = {DType::kFloat32, DType::kFloat16};
 // The colour kernels' dtypes (kernels/color/color.h): uint8 in [0, 255], floating in [0, 1].
-const std::vector<kernels::DType> kColorDTypes = {DType::kUInt8, DType::kFloat32,
-                                                  DType::kFloat16};
+const std::vector<kernels::DType> kColorDTypes = {DType::kUInt8, DType::kFloat32, DType::kFloat16};
 
 }  // namespace
 
@@ -1130,45 +1122,89 @@ const std::vector<kernels::DType> kColorDTypes = {DType::kUInt8, DType::kFloat32
 OpRegistry::OpRegistry() {
   const std::vector<Entry> entries = {
       {pb::Op::kRotate, kAll, SameBatch<ValidateRotate>, LowerRotate, {KernelKind::kWarp}},
-      {pb::Op::kFlip, kAll, SameBatch<ValidateFlip>, LowerFlip,
+      {pb::Op::kFlip,
+       kAll,
+       SameBatch<ValidateFlip>,
+       LowerFlip,
        {KernelKind::kFlip, KernelKind::kWarp}},
-      {pb::Op::kAdd, kAll, SameBatch<ValidateArithmetic>, LowerArithmetic,
+      {pb::Op::kAdd,
+       kAll,
+       SameBatch<ValidateArithmetic>,
+       LowerArithmetic,
        {KernelKind::kElementwise}},
-      {pb::Op::kSubtract, kAll, SameBatch<ValidateArithmetic>, LowerArithmetic,
+      {pb::Op::kSubtract,
+       kAll,
+       SameBatch<ValidateArithmetic>,
+       LowerArithmetic,
        {KernelKind::kElementwise}},
-      {pb::Op::kMultiply, kAll, SameBatch<ValidateArithmetic>, LowerArithmetic,
+      {pb::Op::kMultiply,
+       kAll,
+       SameBatch<ValidateArithmetic>,
+       LowerArithmetic,
        {KernelKind::kElementwise}},
-      {pb::Op::kDivide, kAll, SameBatch<ValidateArithmetic>, LowerArithmetic,
+      {pb::Op::kDivide,
+       kAll,
+       SameBatch<ValidateArithmetic>,
+       LowerArithmetic,
        {KernelKind::kElementwise}},
-      {pb::Op::kNormalize, kFloating, SameBatch<ValidateNormalize>, LowerNormalize,
+      {pb::Op::kNormalize,
+       kFloating,
+       SameBatch<ValidateNormalize>,
+       LowerNormalize,
        {KernelKind::kElementwise}},
       {pb::Op::kClamp, kAll, SameBatch<ValidateClamp>, LowerClamp, {KernelKind::kElementwise}},
       {pb::Op::kCast, kAll, InferCast, LowerCast, {KernelKind::kElementwise}},
-      {pb::Op::kRandomFlip, kAll, SameBatch<ValidateRandomFlip>, LowerRandomFlip,
+      {pb::Op::kRandomFlip,
+       kAll,
+       SameBatch<ValidateRandomFlip>,
+       LowerRandomFlip,
        {KernelKind::kFlip, KernelKind::kWarp}},
-      {pb::Op::kRandomRotate, kAll, SameBatch<ValidateRandomRotate>, LowerRandomRotate,
+      {pb::Op::kRandomRotate,
+       kAll,
+       SameBatch<ValidateRandomRotate>,
+       LowerRandomRotate,
        {KernelKind::kWarp}},
-      {pb::Op::kResize, kAll, InferResize, LowerResize,
-       {KernelKind::kWarp, KernelKind::kResample}},
+      {pb::Op::kResize, kAll, InferResize, LowerResize, {KernelKind::kWarp, KernelKind::kResample}},
       {pb::Op::kCrop, kAll, InferCrop, LowerCrop, {KernelKind::kWarp}},
       {pb::Op::kCenterCrop, kAll, InferCenterCrop, LowerCenterCrop, {KernelKind::kWarp}},
       {pb::Op::kPad, kAll, InferPad, LowerPad, {KernelKind::kWarp}},
-      {pb::Op::kRandomResizedCrop, kAll, InferRandomResizedCrop, LowerRandomResizedCrop,
+      {pb::Op::kRandomResizedCrop,
+       kAll,
+       InferRandomResizedCrop,
+       LowerRandomResizedCrop,
        {KernelKind::kWarp, KernelKind::kResample}},
       {pb::Op::kAffine, kAll, InferAffine, LowerAffine, {KernelKind::kWarp}},
       {pb::Op::kRandomAffine, kAll, InferRandomAffine, LowerRandomAffine, {KernelKind::kWarp}},
-      {pb::Op::kBrightness, kColorDTypes, SameBatch<ValidateColorFactor>, LowerColorFactor,
+      {pb::Op::kBrightness,
+       kColorDTypes,
+       SameBatch<ValidateColorFactor>,
+       LowerColorFactor,
        {KernelKind::kColor}},
-      {pb::Op::kContrast, kColorDTypes, SameBatch<ValidateColorFactor>, LowerColorFactor,
+      {pb::Op::kContrast,
+       kColorDTypes,
+       SameBatch<ValidateColorFactor>,
+       LowerColorFactor,
        {KernelKind::kColor}},
-      {pb::Op::kSaturation, kColorDTypes, SameBatch<ValidateColorFactor>, LowerColorFactor,
+      {pb::Op::kSaturation,
+       kColorDTypes,
+       SameBatch<ValidateColorFactor>,
+       LowerColorFactor,
        {KernelKind::kColor}},
-      {pb::Op::kHue, kColorDTypes, SameBatch<ValidateColorFactor>, LowerColorFactor,
+      {pb::Op::kHue,
+       kColorDTypes,
+       SameBatch<ValidateColorFactor>,
+       LowerColorFactor,
        {KernelKind::kColor}},
       {pb::Op::kGrayscale, kColorDTypes, InferGrayscale, LowerGrayscale, {KernelKind::kColor}},
-      {pb::Op::kColorJitter, kColorDTypes, SameBatch<ValidateColorJitter>, LowerColorJitter,
+      {pb::Op::kColorJitter,
+       kColorDTypes,
+       SameBatch<ValidateColorJitter>,
+       LowerColorJitter,
        {KernelKind::kColor}},
-      {pb::Op::kChannelsFirst, kAll, InferChannelsFirst, LowerChannelsFirst,
+      {pb::Op::kChannelsFirst,
+       kAll,
+       InferChannelsFirst,
+       LowerChannelsFirst,
        {KernelKind::kElementwise}},
   };
   const google::protobuf::OneofDescriptor* oneof = pb::Op::descriptor()->FindOneofByName("kind");
@@ -1176,8 +1212,8 @@ OpRegistry::OpRegistry() {
     const google::protobuf::FieldDescriptor* f = pb::Op::descriptor()->FindFieldByNumber(e.kind);
     if (f == nullptr || f->containing_oneof() != oneof) continue;
     const pb::OpOptions& o = f->options().GetExtension(pb::op);
-    OpSpec spec{std::string(f->name()), e.kind, o.summary(), o.geometric(), o.random(),
-                ArgsOf(f->message_type()), e.dtypes, e.infer, e.lower, e.kernels};
+    OpSpec spec{std::string(f->name()),    e.kind,   o.summary(), o.geometric(), o.random(),
+                ArgsOf(f->message_type()), e.dtypes, e.infer,     e.lower,       e.kernels};
     ops_.push_back(std::move(spec));
   }
 }
@@ -1200,16 +1236,16 @@ std::string OpRegistry::Names() const {
   return out;
 }
 
-absl::StatusOr<Plan> BuildPlan(const pb::Pipeline& pipeline, const BatchState& input,
-                               uint64_t seed, uint64_t sample_offset,
-                               std::vector<AuxSampling> aux, const PlanOptions& options) {
+absl::StatusOr<Plan> BuildPlan(const pb::Pipeline& pipeline, const BatchState& input, uint64_t seed,
+                               uint64_t sample_offset, std::vector<AuxSampling> aux,
+                               const PlanOptions& options) {
   const OpRegistry& registry = OpRegistry::Default();
   if (pipeline.ops_size() == 0) {
     return Invalid("pipeline.ops", "expected at least 1 op, got 0");
   }
   if (pipeline.ops_size() > options.max_ops) {
-    return Invalid("pipeline.ops", absl::StrCat("expected at most ", options.max_ops,
-                                                " ops, got ", pipeline.ops_size()));
+    return Invalid("pipeline.ops", absl::StrCat("expected at most ", options.max_ops, " ops, got ",
+                                                pipeline.ops_size()));
   }
   PlanBuilder builder(input, seed, sample_offset, options.fuse);
   for (int i = 0; i < pipeline.ops_size(); ++i) {
@@ -1224,19 +1260,19 @@ absl::StatusOr<Plan> BuildPlan(const pb::Pipeline& pipeline, const BatchState& i
     const std::string path = absl::StrCat("pipeline.ops[", i, "].", spec->name);
     const BatchState& in = builder.state();
     if (in.channels_first) {
-      return Invalid(absl::StrCat("pipeline.ops[", i - 1, "].channels_first"),
-                     absl::StrCat("expected channels_first as the last op, got ", spec->name,
-                                  " after it"));
+      return Invalid(
+          absl::StrCat("pipeline.ops[", i - 1, "].channels_first"),
+          absl::StrCat("expected channels_first as the last op, got ", spec->name, " after it"));
     }
     if (std::find(spec->dtypes.begin(), spec->dtypes.end(), in.dtype) == spec->dtypes.end()) {
       std::string names;
-      for (DType d : spec->dtypes) absl::StrAppend(&names, names.empty() ? "" : " or ", 
-                                                   kernels::DTypeName(d));
-      return Invalid(path, absl::StrCat("expected a ", names, " batch, got ",
-                                        kernels::DTypeName(in.dtype),
-                                        spec->kind == pb::Op::kNormalize
-                                            ? "; add a cast to DTYPE_FLOAT32 before normalize"
-                                            : ""));
+      for (DType d : spec->dtypes)
+        absl::StrAppend(&names, names.empty() ? "" : " or ", kernels::DTypeName(d));
+      return Invalid(
+          path, absl::StrCat("expected a ", names, " batch, got ", kernels::DTypeName(in.dtype),
+                             spec->kind == pb::Op::kNormalize
+                                 ? "; add a cast to DTYPE_FLOAT32 before normalize"
+                                 : ""));
     }
     BatchState out = in;
     TP_RETURN_IF_ERROR(spec->infer(op, in, path, &out));

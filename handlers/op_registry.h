@@ -62,8 +62,7 @@ class PlanBuilder {
                  kernels::Interp interp, bool antialias, int64_t out_h, int64_t out_w);
   void AddFlip(int op_index, std::vector<kernels::FlipFlags> flags);
   // Colour chains (1, or one per sample) on the main batch, which then has `out_c` channels.
-  void AddColor(int op_index, std::vector<std::vector<kernels::ColorAdjust>> chains,
-                int64_t out_c);
+  void AddColor(int op_index, std::vector<std::vector<kernels::ColorAdjust>> chains, int64_t out_c);
   void AddElementwise(int op_index, kernels::ElementwiseOp op);
   // The main batch is written channels-first by the last step.
   void SetChannelsFirst();
@@ -132,9 +131,9 @@ inline constexpr int64_t kMaxSide = (int64_t{1} << 31) - 1;
 // Validates `pipeline` for `input` and lowers it. INVALID_ARGUMENT for an empty or too-long
 // pipeline, an unknown op or bad arguments, naming the field; RESOURCE_EXHAUSTED when an op
 // would make a batch over options.max_tensor_bytes, before anything is allocated. Thread-safe.
-absl::StatusOr<Plan> BuildPlan(const pb::Pipeline& pipeline, const BatchState& input,
-                               uint64_t seed, uint64_t sample_offset,
-                               std::vector<AuxSampling> aux, const PlanOptions& options);
+absl::StatusOr<Plan> BuildPlan(const pb::Pipeline& pipeline, const BatchState& input, uint64_t seed,
+                               uint64_t sample_offset, std::vector<AuxSampling> aux,
+                               const PlanOptions& options);
 
 }  // namespace tensorprep::handlers
 

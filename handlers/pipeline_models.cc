@@ -145,9 +145,34 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
   state.shape.w = main.shape[2] == -1 ? 16 : main.shape[2];
   state.shape.c = main.shape.size() == 3 ? 1 : (main.shape[3] == -1 ? 3 : main.shape[3]);
   std::vector<AuxSampling> aux(spec.inputs.size() - 1);
-  auto plan = BuildPlan(m.pipeline(), state, 0, 0, std::move(aux), PlanOptions{});
+  auto plan = BuildPlan(m.pipeline(), state, 0, 0, aux, PlanOptions{});
   if (!plan.ok()) return plan.status();  // its message names the field under "pipeline"
   spec.pipeline = m.pipeline();
+  // The outputs' shapes: the pipeline planned again with other sizes for the free dimensions;
+  // a dimension of the result that moves with them is free (-1), one that does not is fixed
+  // (resize, crop and random_resized_crop fix H and W; grayscale fixes C).
+  BatchState probe = state;
+  if (main.shape[1] == -1) probe.shape.h = 17;
+  if (main.shape[2] == -1) probe.shape.w = 19;
+  auto probed = BuildPlan(m.pipeline(), probe, 0, 0, aux, PlanOptions{});
+  if (!probed.ok()) return probed.status();
+  auto dim = [](int64_t declared, int64_t a, int64_t b) {
+    return declared == -1 && a != b ? -1 : a;
+  };
+  const kernels::BatchShape& o = plan->output_shape;
+  const int64_t out_h = dim(main.shape[1], o.h, probed->output_shape.h);
+  const int64_t out_w = dim(main.shape[2], o.w, probed->output_shape.w);
+  // C: free when the input's is and the pipeline keeps it (the probe's C is 3 both times).
+  const int64_t in_c = main.shape.size() == 3 ? 1 : main.shape[3];
+  const int64_t out_c = in_c == -1 && o.c == state.shape.c ? -1 : o.c;
+  std::vector<int64_t> main_out = {main.shape[0], out_h, out_w};
+  if (plan->channels_first) {
+    main_out = {main.shape[0], out_c, out_h, out_w};
+  } else if (main.shape.size() == 4 || o.c != 1) {
+    main_out.push_back(out_c);
+  }
+  bool geometric = false;
+  for (const Step& step : plan->steps) geometric = geometric || step.geometric();
 
   if (m.outputs_size() == 0) {
     return absl::InvalidArgumentError("outputs: expected at least one output");
@@ -192,12 +217,20 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
                          " from input '", src.name, "', but ", t.datatype(), " is declared"));
       }
     }
+    // Aux tensors take the main batch's H and W when the pipeline moves pixels.
+    std::vector<int64_t> made = src.shape;
+    if (out.source == 0) {
+      made = main_out;
+    } else if (geometric) {
+      made[1] = out_h;
+      made[2] = out_w;
+    }
     if (t.shape_size() != 0) {
       std::vector<int64_t> declared(t.shape().begin(), t.shape().end());
-      if (declared != src.shape) {
+      if (declared != made) {
         return absl::InvalidArgumentError(
-            absl::StrCat(path, ".shape: an output has its input's shape ", ShapeText(src.shape),
-                         ", got ", ShapeText(declared), " (leave it out)"));
+            absl::StrCat(path, ".shape: the pipeline makes ", ShapeText(made), " from input '",
+                         src.name, "', got ", ShapeText(declared), " (leave it out)"));
       }
     }
     if (t.interpolation() != pb::INTERPOLATION_UNSPECIFIED || t.fill() != 0 || t.optional()) {
@@ -205,7 +238,7 @@ absl::StatusOr<PipelineModelSpec> CheckModel(const pb::PipelineModel& m) {
           absl::StrCat(path, ": interpolation, fill and optional belong to the input (",
                        QuoteCallerString(src.name), ")"));
     }
-    out.shape = src.shape;
+    out.shape = std::move(made);
     out.optional = src.optional;
     spec.outputs.push_back(std::move(out));
   }

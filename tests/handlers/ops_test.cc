@@ -91,7 +91,8 @@ std::vector<double> Slice(const std::vector<double>& v, size_t from, size_t coun
 TEST(ResizeTest, AntialiasedDownscaleIsTheFilterOverTheWholeImage) {
   for (const DType dtype : {DType::kUInt8, DType::kFloat32, DType::kFloat16}) {
     SCOPED_TRACE(kernels::DTypeName(dtype));
-    const Buffer images = RandomBuffer(dtype, {2, 37, 53, 3}, 3, 0, dtype == DType::kUInt8 ? 255 : 1);
+    const Buffer images =
+        RandomBuffer(dtype, {2, 37, 53, 3}, 3, 0, dtype == DType::kUInt8 ? 255 : 1);
     v1::ProcessRequest r = Request(images);
     auto* op = r.mutable_pipeline()->add_ops()->mutable_resize();
     op->set_height(20);
@@ -165,8 +166,7 @@ TEST(ResizeTest, FlipAfterAntialiasedResizeIsTheMirroredResult) {
   Buffer resized(DType::kUInt8, {3, 32, 24, 3});
   std::memcpy(resized.mutable_view().data, a->images.data(), a->images.size());
   const kernels::FlipFlags h{true, false};
-  EXPECT_EQ(Values(b->images, DType::kUInt8),
-            kernels::reference::Flip(resized.view(), {&h, 1}));
+  EXPECT_EQ(Values(b->images, DType::kUInt8), kernels::reference::Flip(resized.view(), {&h, 1}));
 }
 
 // ---- crop, center_crop, pad ---------------------------------------------------------------------
@@ -236,8 +236,8 @@ TEST(CropTest, CropCenterCropAndPadCopyExactly) {
       kernels::Affine t;
       t.m[2] = -4;
       t.m[5] = -1;
-      const kernels::Border kb[] = {kernels::Border::kConstant, kernels::Border::kConstant,
-                                    kernels::Border::kEdge,     kernels::Border::kReflect,
+      const kernels::Border kb[] = {kernels::Border::kConstant,   kernels::Border::kConstant,
+                                    kernels::Border::kEdge,       kernels::Border::kReflect,
                                     kernels::Border::kReflect101, kernels::Border::kWrap};
       const kernels::WarpParams params{kernels::Interp::kNearest, kb[border], -5};
       EXPECT_EQ(Values(got->images, DType::kFloat32),
@@ -246,7 +246,8 @@ TEST(CropTest, CropCenterCropAndPadCopyExactly) {
   }
 }
 
-// ---- random_resized_crop -------------------------------------------------------------------------
+// ---- random_resized_crop
+// -------------------------------------------------------------------------
 
 v1::ProcessRequest RrcRequest(const Buffer& images, uint64_t seed, uint64_t offset,
                               bool antialias) {
@@ -275,8 +276,8 @@ TEST(RandomResizedCropTest, ResultDoesNotDependOnTheBatchSplit) {
     const size_t sample = 24 * 20 * 3;
     for (int64_t first = 0; first < 6; first += 2) {
       Buffer part(DType::kUInt8, {2, 40, 50, 3});
-      std::memcpy(part.mutable_view().data,
-                  images.bytes().data() + first * 40 * 50 * 3, part.view().bytes());
+      std::memcpy(part.mutable_view().data, images.bytes().data() + first * 40 * 50 * 3,
+                  part.view().bytes());
       auto got = run(RrcRequest(part, 42, 100 + static_cast<uint64_t>(first), antialias));
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_EQ(got->images, whole->images.substr(first * sample, 2 * sample))
@@ -447,9 +448,9 @@ TEST(ColorTest, JitterIsTheFixedOpsInADrawnOrder) {
   j->set_saturation_max(1.6);
   auto got = run(one);
   ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(Values(got->images, DType::kFloat32),
-            ColorReference(images, {{kernels::ColorAdjust{kernels::ColorKind::kSaturation, 1.6}}},
-                           3));
+  EXPECT_EQ(
+      Values(got->images, DType::kFloat32),
+      ColorReference(images, {{kernels::ColorAdjust{kernels::ColorKind::kSaturation, 1.6}}}, 3));
 
   v1::ProcessRequest all = Request(images);
   auto* a = all.mutable_pipeline()->add_ops()->mutable_color_jitter();
@@ -471,8 +472,7 @@ TEST(ColorTest, JitterIsTheFixedOpsInADrawnOrder) {
   const size_t sample = 6 * 7 * 3;
   for (int64_t i = 0; i < 3; ++i) {
     Buffer one_image(DType::kFloat32, {1, 6, 7, 3});
-    std::memcpy(one_image.mutable_view().data, images.bytes().data() + i * sample * 4,
-                sample * 4);
+    std::memcpy(one_image.mutable_view().data, images.bytes().data() + i * sample * 4, sample * 4);
     std::vector<int> order = {0, 1, 2, 3};
     bool matched = false;
     do {
@@ -600,16 +600,16 @@ TEST(AuxTest, MasksFollowResizeCropAndPadWithTheirOwnFill) {
   EXPECT_EQ(Values(got->aux[0], DType::kInt32), Values(got->images, DType::kFloat32));
   // And the values are the resize's floor map: row y of the output shows source row 2 * y.
   const auto v = Values(got->aux[0], DType::kInt32);
-  EXPECT_EQ(v[0], -1);                              // padded row
-  EXPECT_EQ(v[2 * 10 + 0], 0);                      // output (0, 0) -> source (0, 0)
-  EXPECT_EQ(v[3 * 10 + 1], 2 * 18 + 2);             // output (1, 1) -> source (2, 2)
-  EXPECT_EQ(v[3 * 10 + 9], -1);                     // padded column
+  EXPECT_EQ(v[0], -1);                   // padded row
+  EXPECT_EQ(v[2 * 10 + 0], 0);           // output (0, 0) -> source (0, 0)
+  EXPECT_EQ(v[3 * 10 + 1], 2 * 18 + 2);  // output (1, 1) -> source (2, 2)
+  EXPECT_EQ(v[3 * 10 + 9], -1);          // padded column
 }
 
 // ---- bad input ----------------------------------------------------------------------------------
 
 absl::Status PlanStatus(const v1::Pipeline& p, BatchShape shape, DType dtype = DType::kUInt8,
-                  uint64_t max_bytes = uint64_t{1} << 40) {
+                        uint64_t max_bytes = uint64_t{1} << 40) {
   PlanOptions o;
   o.max_tensor_bytes = max_bytes;
   return BuildPlan(p, BatchState{shape, dtype}, 0, 0, {}, o).status();

@@ -106,6 +106,37 @@ TEST_F(PipelineFileTest, LoadsAFileWithShapesDatatypesAndSources) {
   EXPECT_EQ(flip.FindOutput("nope"), -1);
 }
 
+// Shape-changing pipelines: the outputs' shapes are what the pipeline makes, fixed where an op
+// fixes them (random_resized_crop's H and W), free where they follow a free input dimension
+// (pad's), permuted by channels_first; aux outputs take the main batch's H and W.
+TEST_F(PipelineFileTest, OutputShapesFollowTheOps) {
+  const std::string rrc =
+      FlipModel("train", "UINT8", "[-1, -1, -1]", "\"FP32\"", "LABELS",
+                R"([{"randomResizedCrop": {"height": 224, "width": 200, "antialias": true}},
+          {"cast": {"dtype": "DTYPE_FLOAT32"}}, {"channelsFirst": {}}])");
+  const std::string pad = FlipModel(
+      "padded", "UINT8", "[-1, -1, -1]", "\"FP32\"", "LABELS",
+      R"([{"pad": {"top": 2, "left": 3}}, {"grayscale": {}}, {"cast": {"dtype": "DTYPE_FLOAT32"}}])");
+  auto models = LoadPipelineModels(Write("models.json", File(rrc + "," + pad)));
+  ASSERT_TRUE(models.ok()) << models.status();
+  const PipelineModelSpec& train = (*models)[0];
+  EXPECT_EQ(train.outputs[0].shape, (std::vector<int64_t>{-1, 3, 224, 200}));
+  EXPECT_EQ(train.outputs[1].shape, (std::vector<int64_t>{-1, 224, 200}));
+  const PipelineModelSpec& padded = (*models)[1];
+  EXPECT_EQ(padded.outputs[0].shape, (std::vector<int64_t>{-1, -1, -1, 1}));
+  EXPECT_EQ(padded.outputs[1].shape, (std::vector<int64_t>{-1, -1, -1}));
+
+  // A declared shape must be the one made.
+  const std::string wrong = std::string(R"({"name": "r", "inputs": [{"name": "IMAGES",
+      "datatype": "UINT8", "shape": [-1, 256, 256, 3]}], "outputs": [{"name": "OUT",
+      "source": "IMAGES", "shape": [-1, 256, 256, 3]}],
+      "pipeline": {"ops": [{"resize": {"height": 128, "width": 64}}]}})");
+  auto bad = LoadPipelineModels(Write("wrong.json", File(wrong)));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("the pipeline makes [-1,128,64,3]"), std::string::npos)
+      << bad.status();
+}
+
 TEST_F(PipelineFileTest, LoadsEveryJsonFileOfADirectoryInNameOrder) {
   Write("b.json", File(FlipModel("second")));
   Write("a.json", File(FlipModel("first")));

@@ -49,8 +49,7 @@ v1::Pipeline RandomPipeline(std::mt19937& rng, bool nearest, int channels) {
       }
       case 3:
         if (!rotated) {
-          AddRotate(p, angle(rng),
-                    nearest ? v1::INTERPOLATION_NEAREST : v1::INTERPOLATION_BILINEAR,
+          AddRotate(p, angle(rng), nearest ? v1::INTERPOLATION_NEAREST : v1::INTERPOLATION_BILINEAR,
                     static_cast<v1::Border>(1 + rng() % 5));
           rotated = true;
         }

@@ -201,7 +201,8 @@ TEST_F(ServerTest, StreamBadRequestGetsErrorResponseAndStreamContinues) {
   }
   reqs[2].mutable_images()->mutable_data()->resize(10);
   std::map<std::string, v1::ProcessResponse> got;
-  ASSERT_TRUE(client_.Stream(ptrs, 2, [&](v1::ProcessResponse& r) { got[r.request_id()] = r; }).ok());
+  ASSERT_TRUE(
+      client_.Stream(ptrs, 2, [&](v1::ProcessResponse& r) { got[r.request_id()] = r; }).ok());
   ASSERT_EQ(got.size(), 5u);
   EXPECT_EQ(got["2"].error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
   EXPECT_NE(got["2"].error().message().find("images.data: expected 48 bytes"), std::string::npos)
