@@ -9,6 +9,7 @@
 // so the fuzzer could never guess one), so offsets, sizes, alignment and overlaps of inputs and
 // outputs in shared memory are fuzzed like any other field.
 #include <fcntl.h>
+#include <google/protobuf/stubs/logging.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -16,8 +17,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-
-#include <google/protobuf/stubs/logging.h>
 
 #include "handlers/backend.h"
 #include "handlers/processor.h"
@@ -106,7 +105,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Env* env = new Env();  // lives for the whole run
   pb::ProcessRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
-  if (request.images().has_shm()) PointAtRegion(request.mutable_images()->mutable_shm(), env->handle);
+  if (request.images().has_shm())
+    PointAtRegion(request.mutable_images()->mutable_shm(), env->handle);
   if (request.has_images_output()) PointAtRegion(request.mutable_images_output(), env->handle);
   for (pb::AuxTensor& a : *request.mutable_aux()) {
     if (a.tensor().has_shm()) PointAtRegion(a.mutable_tensor()->mutable_shm(), env->handle);
@@ -125,20 +125,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   pb::ProcessResponse response;
   auto stats = env->processor.Run(request, **prepared, &response);
   if (!stats.ok()) Fail("run of a validated request", stats.status().ToString());
-  if (response.images().shape_size() != request.images().shape_size()) {
-    Fail("output rank", response.images().DebugString().substr(0, 200));
+  // The main batch keeps its N and rank (4, (N, C, H, W), when written channels-first); ops
+  // may change H, W and C. Aux tensors keep N, C, rank and dtype and take the main batch's H and
+  // W. Every output holds exactly the bytes its header promises.
+  const pb::Tensor& main = response.images();
+  const bool channels_first = main.shape_size() == 4 && request.images().shape_size() == 3;
+  if (main.shape_size() != request.images().shape_size() && !channels_first) {
+    Fail("output rank", main.DebugString().substr(0, 200));
   }
-  for (int i = 0; i < 3; ++i) {
-    if (response.images().shape(i) != request.images().shape(i)) Fail("output shape", "N/H/W");
+  if (main.shape(0) != request.images().shape(0)) Fail("output shape", "N");
+  for (int64_t d : main.shape()) {
+    if (d < 1) Fail("output shape", "a dimension < 1");
   }
-  if (OutputBytes(response.images()) != ExpectedBytes(response.images())) {
-    Fail("output bytes", std::to_string(response.images().data().size()));
+  if (OutputBytes(main) != ExpectedBytes(main)) {
+    Fail("output bytes", std::to_string(main.data().size()));
   }
   if (response.aux_size() != request.aux_size()) Fail("aux count", "");
   for (int j = 0; j < response.aux_size(); ++j) {
     const pb::Tensor& out = response.aux(j).tensor();
-    if (out.dtype() != request.aux(j).tensor().dtype() ||
-        OutputBytes(out) != ExpectedBytes(request.aux(j).tensor())) {
+    const pb::Tensor& in = request.aux(j).tensor();
+    if (out.dtype() != in.dtype() || out.shape_size() != in.shape_size() ||
+        out.shape(0) != in.shape(0) || (in.shape_size() == 4 && out.shape(3) != in.shape(3)) ||
+        OutputBytes(out) != ExpectedBytes(out)) {
       Fail("aux output", response.aux(j).name());
     }
   }

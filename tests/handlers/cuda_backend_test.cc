@@ -7,10 +7,9 @@
 // only float results of bilinear sampling get a float rounding tolerance, as in planner_test.
 // Every test skips without a usable CUDA device.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
@@ -67,8 +66,7 @@ class CudaVsCpu : public ::testing::Test {
     ExpectEqualResults(*got, *want, float_bilinear);
   }
 
-  static void ExpectEqualResults(const RunResult& got, const RunResult& want,
-                                 bool float_bilinear) {
+  static void ExpectEqualResults(const RunResult& got, const RunResult& want, bool float_bilinear) {
     ASSERT_EQ(got.aux, want.aux) << "aux tensors (nearest, integer) must match exactly";
     ASSERT_EQ(got.images.size(), want.images.size());
     if (!float_bilinear) {
@@ -93,8 +91,8 @@ class CudaVsCpu : public ::testing::Test {
 
 v1::ProcessRequest ImagesWithLabels(const BatchShape& shape, uint64_t seed) {
   const auto images = kernels::testing::RandomBuffer(DType::kFloat32, shape, seed, 0, 1);
-  const auto labels = kernels::testing::RandomBuffer(DType::kInt32, {shape.n, shape.h, shape.w, 1},
-                                                     seed, 0, 9);
+  const auto labels =
+      kernels::testing::RandomBuffer(DType::kInt32, {shape.n, shape.h, shape.w, 1}, seed, 0, 9);
   v1::ProcessRequest request;
   *request.mutable_images() = Wire(images, v1::DTYPE_FLOAT32, false);
   auto* aux = request.add_aux();
@@ -110,7 +108,8 @@ void CudaVsCpu::RandomPipelines(bool nearest) {
   std::mt19937 rng(nearest ? 11 : 12);
   for (int trial = 0; trial < 60; ++trial) {
     const int channels = 1 + static_cast<int>(rng() % 4);
-    const BatchShape shape{1 + static_cast<int64_t>(rng() % 9), 5 + static_cast<int64_t>(rng() % 40),
+    const BatchShape shape{1 + static_cast<int64_t>(rng() % 9),
+                           5 + static_cast<int64_t>(rng() % 40),
                            5 + static_cast<int64_t>(rng() % 40), channels};
     v1::ProcessRequest request = ImagesWithLabels(shape, (nearest ? 0 : 100) + trial);
     *request.mutable_pipeline() = RandomPipeline(rng, nearest, channels);
@@ -139,6 +138,74 @@ TEST_F(CudaVsCpu, RandomOpsDrawTheSameDecisions) {
     rf->set_p(0.5);
     SCOPED_TRACE(offset);
     ExpectSameOnBoth(request, false);
+  }
+}
+
+// The issue-15 ops on the device: the ImageNet training transform (random resized crop with
+// antialias, flip, colour jitter, normalize, float16 channels-first) and a segmentation
+// transform (random affine, resize, pad, crop and a flip of image and mask) at several sizes;
+// the resample, colour and element-wise kernels round as the CPU's, so the uint8 and float16
+// results are equal bit for bit.
+TEST_F(CudaVsCpu, TrainingAndSegmentationTransforms) {
+  for (const BatchShape& shape : {BatchShape{5, 256, 256, 3}, BatchShape{3, 37, 61, 3}}) {
+    SCOPED_TRACE(::testing::Message() << shape.n << "x" << shape.h << "x" << shape.w);
+    const auto images = kernels::testing::RandomBuffer(DType::kUInt8, shape, 21, 0, 255);
+    v1::ProcessRequest train;
+    *train.mutable_images() = Wire(images, v1::DTYPE_UINT8, false);
+    train.set_seed(8);
+    auto* p = train.mutable_pipeline();
+    auto* rrc = p->add_ops()->mutable_random_resized_crop();
+    rrc->set_height(24);
+    rrc->set_width(20);
+    rrc->set_antialias(true);
+    auto* rf = p->add_ops()->mutable_random_flip();
+    rf->set_axis(v1::FLIP_AXIS_HORIZONTAL);
+    rf->set_p(0.5);
+    auto* j = p->add_ops()->mutable_color_jitter();
+    j->set_brightness_min(0.6);
+    j->set_brightness_max(1.4);
+    j->set_contrast_min(0.6);
+    j->set_contrast_max(1.4);
+    j->set_saturation_min(0.6);
+    j->set_saturation_max(1.4);
+    j->set_hue_min(-0.1);
+    j->set_hue_max(0.1);
+    p->add_ops()->mutable_cast()->set_dtype(v1::DTYPE_FLOAT32);
+    p->add_ops()->mutable_divide()->add_value(255);
+    auto* n = p->add_ops()->mutable_normalize();
+    for (double m : {0.485, 0.456, 0.406}) n->add_mean(m);
+    for (double sd : {0.229, 0.224, 0.225}) n->add_std(sd);
+    p->add_ops()->mutable_cast()->set_dtype(v1::DTYPE_FLOAT16);
+    p->add_ops()->mutable_channels_first();
+    ExpectSameOnBoth(train, false);
+
+    v1::ProcessRequest seg = ImagesWithLabels(shape, 31);
+    seg.mutable_aux(0)->set_fill(255);
+    auto* q = seg.mutable_pipeline();
+    auto* ra = q->add_ops()->mutable_random_affine();
+    ra->set_angle_min_deg(-10);
+    ra->set_angle_max_deg(10);
+    ra->set_scale_min(0.5);
+    ra->set_scale_max(2);
+    ra->set_interpolation(v1::INTERPOLATION_NEAREST);
+    auto* rs = q->add_ops()->mutable_resize();
+    rs->set_height(shape.h / 2 + 3);
+    rs->set_width(shape.w / 2 + 1);
+    rs->set_interpolation(v1::INTERPOLATION_NEAREST);
+    auto* pad = q->add_ops()->mutable_pad();
+    pad->set_top(4);
+    pad->set_right(7);
+    pad->set_border(v1::BORDER_REFLECT);
+    auto* crop = q->add_ops()->mutable_crop();
+    crop->set_top(2);
+    crop->set_left(1);
+    crop->set_height(shape.h / 2);
+    crop->set_width(shape.w / 2);
+    auto* sf = q->add_ops()->mutable_random_flip();
+    sf->set_axis(v1::FLIP_AXIS_HORIZONTAL);
+    sf->set_p(0.5);
+    q->add_ops()->mutable_channels_first();
+    ExpectSameOnBoth(seg, false);
   }
 }
 
