@@ -42,6 +42,9 @@ class Backend {
   virtual bool usable() const = 0;
   virtual std::string name() const = 0;
   virtual std::string detail() const = 0;
+  // Whether this backend has a kernel for `kind`. The processor routes a plan only to a backend
+  // that implements every step's kind, and ListOps lists an op's devices from it.
+  virtual bool Implements(KernelKind) const { return true; }
   // Runs `plan` over `in`, writing `out` (which must not overlap `in`). Appends one timing per
   // step to `timings` (may be null). Errors are returned, never thrown; a device error fails only
   // this call. Thread-safe: many calls may run at once.

@@ -1,5 +1,6 @@
 #include "handlers/processor.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <set>
@@ -25,7 +26,9 @@ absl::Status WithRequestId(const absl::Status& s, const std::string& id) {
   return absl::Status(s.code(), absl::StrCat(RequestIdPrefix(id), s.message()));
 }
 
-pb::Device ToWire(DeviceKind d) { return d == DeviceKind::kCuda ? pb::DEVICE_CUDA : pb::DEVICE_CPU; }
+pb::Device ToWire(DeviceKind d) {
+  return d == DeviceKind::kCuda ? pb::DEVICE_CUDA : pb::DEVICE_CPU;
+}
 
 // Resolves the request's shared-memory output places (after planning, which fixes the result's
 // dtype) and refuses an output that overlaps an input or another output: kernels read their
@@ -37,8 +40,9 @@ absl::Status PlaceOutputs(const pb::ProcessRequest& request, const SharedMemoryR
                      kernels::DType dtype, ShmSpan* out) -> absl::Status {
     if (shm == nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(
-          path, ": shared memory is disabled on this server; leave it unset to get the bytes "
-                "in the response"));
+          path,
+          ": shared memory is disabled on this server; leave it unset to get the bytes "
+          "in the response"));
     }
     auto span = shm->Resolve(ref, path, 0, bytes, kernels::DTypeSize(dtype));
     if (!span.ok()) return span.status();
@@ -47,18 +51,18 @@ absl::Status PlaceOutputs(const pb::ProcessRequest& request, const SharedMemoryR
     return absl::OkStatus();
   };
   if (request.has_images_output()) {
-    absl::Status s = resolve(request.images_output(), "images_output",
-                             Processor::MainOutputBytes(*prepared),
-                             prepared->plan.output_dtype, &prepared->main_out);
+    absl::Status s =
+        resolve(request.images_output(), "images_output", Processor::MainOutputBytes(*prepared),
+                prepared->plan.output_dtype, &prepared->main_out);
     if (!s.ok()) return s;
   }
   for (size_t j = 0; j < prepared->aux.size(); ++j) {
     const pb::AuxTensor& a = request.aux(static_cast<int>(j));
     if (!a.has_output()) continue;
     const DecodedTensor& d = prepared->aux[j];
-    absl::Status s = resolve(a.output(), absl::StrCat("aux[", j, "].output"),
-                             Processor::AuxOutputBytes(*prepared, j), d.view.dtype,
-                             &prepared->aux_out[j]);
+    absl::Status s =
+        resolve(a.output(), absl::StrCat("aux[", j, "].output"),
+                Processor::AuxOutputBytes(*prepared, j), d.view.dtype, &prepared->aux_out[j]);
     if (!s.ok()) return s;
   }
   // Every output against every input and every earlier output (nothing to do, and nothing
@@ -80,16 +84,16 @@ absl::Status PlaceOutputs(const pb::ProcessRequest& request, const SharedMemoryR
   for (size_t o = 0; o < outputs.size(); ++o) {
     for (const auto& [name, span] : inputs) {
       if (outputs[o].second->Overlaps(*span)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            outputs[o].first, ": overlaps the shared-memory bytes of the input ", name,
-            "; results must go to memory that no input of the request uses"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(outputs[o].first, ": overlaps the shared-memory bytes of the input ", name,
+                         "; results must go to memory that no input of the request uses"));
       }
     }
     for (size_t p = 0; p < o; ++p) {
       if (outputs[o].second->Overlaps(*outputs[p].second)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            outputs[o].first, ": overlaps the shared-memory place of ", outputs[p].first,
-            "; each result needs a place of its own"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(outputs[o].first, ": overlaps the shared-memory place of ",
+                         outputs[p].first, "; each result needs a place of its own"));
       }
     }
   }
@@ -127,8 +131,8 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
   auto prepared = std::make_unique<PreparedRequest>();
   const std::string& id = request.request_id();
   if (!request.has_images()) {
-    return WithRequestId(
-        absl::InvalidArgumentError("images: expected a batch tensor, got none"), id);
+    return WithRequestId(absl::InvalidArgumentError("images: expected a batch tensor, got none"),
+                         id);
   }
   auto main = DecodeBatch(request.images(), "images", options_.limits, shm_);
   if (!main.ok()) return WithRequestId(main.status(), id);
@@ -143,10 +147,10 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
     const pb::AuxTensor& a = request.aux(j);
     const std::string path = absl::StrCat("aux[", j, "]");
     if (!a.name().empty() && !names.insert(a.name()).second) {
-      return WithRequestId(absl::InvalidArgumentError(absl::StrCat(
-                               path, ".name: expected a unique name, got ",
-                               QuoteCallerString(a.name()), " a second time")),
-                           id);
+      return WithRequestId(
+          absl::InvalidArgumentError(absl::StrCat(path, ".name: expected a unique name, got ",
+                                                  QuoteCallerString(a.name()), " a second time")),
+          id);
     }
     if (!a.has_tensor()) {
       return WithRequestId(
@@ -165,10 +169,11 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
     }
     if (a.interpolation() < pb::INTERPOLATION_UNSPECIFIED ||
         a.interpolation() > pb::INTERPOLATION_BILINEAR) {
-      return WithRequestId(absl::InvalidArgumentError(absl::StrCat(
-                               path, ".interpolation: expected INTERPOLATION_NEAREST or "
-                                     "INTERPOLATION_BILINEAR, got unknown value ",
-                               a.interpolation())),
+      return WithRequestId(absl::InvalidArgumentError(
+                               absl::StrCat(path,
+                                            ".interpolation: expected INTERPOLATION_NEAREST or "
+                                            "INTERPOLATION_BILINEAR, got unknown value ",
+                                            a.interpolation())),
                            id);
     }
     if (!std::isfinite(a.fill())) {
@@ -178,7 +183,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
     }
     AuxSampling s;
     s.interp = a.interpolation() == pb::INTERPOLATION_BILINEAR ? kernels::Interp::kBilinear
-                                                                : kernels::Interp::kNearest;
+                                                               : kernels::Interp::kNearest;
     s.fill = a.fill();
     sampling.push_back(s);
     bytes_in += aux->view.bytes();
@@ -194,17 +199,23 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                          id);
   }
   PlanOptions plan_options = options_.plan;
-  plan_options.max_tensor_bytes = std::min(plan_options.max_tensor_bytes,
-                                           options_.limits.max_tensor_bytes);
+  plan_options.max_tensor_bytes =
+      std::min(plan_options.max_tensor_bytes, options_.limits.max_tensor_bytes);
   auto plan = BuildPlan(request.pipeline(), BatchState{shape, prepared->main.view.dtype},
-                        request.seed(), request.sample_offset(), std::move(sampling),
-                        plan_options);
+                        request.seed(), request.sample_offset(), std::move(sampling), plan_options);
   if (!plan.ok()) return WithRequestId(plan.status(), id);
   prepared->plan = std::move(*plan);
   absl::Status placed = PlaceOutputs(request, shm_, prepared.get());
   if (!placed.ok()) return WithRequestId(placed, id);
 
   const bool cuda_usable = cuda_ != nullptr && cuda_->usable();
+  // A step the CUDA backend has no kernel for keeps the request on the CPU.
+  const Step* cpu_only = nullptr;
+  if (cuda_ != nullptr) {
+    for (const Step& step : prepared->plan.steps) {
+      if (!cuda_->Implements(step.kind)) cpu_only = &step;
+    }
+  }
   switch (request.device()) {
     case pb::DEVICE_CUDA:
       if (!cuda_usable) {
@@ -215,13 +226,21 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                 "); use DEVICE_AUTO or DEVICE_CPU")),
             id);
       }
+      if (cpu_only != nullptr) {
+        return WithRequestId(
+            absl::FailedPreconditionError(absl::StrCat(
+                "device: DEVICE_CUDA requested but pipeline.ops[", cpu_only->ops.front(),
+                "] runs a ", KernelName(cpu_only->kind),
+                " kernel, which this server has only on the CPU; use DEVICE_AUTO or DEVICE_CPU")),
+            id);
+      }
       prepared->device = DeviceKind::kCuda;
       break;
     case pb::DEVICE_CPU:
       prepared->device = DeviceKind::kCpu;
       break;
     default:
-      prepared->device = cuda_usable && options_.allow_cuda &&
+      prepared->device = cuda_usable && options_.allow_cuda && cpu_only == nullptr &&
                                  bytes_in >= options_.auto_cuda_min_bytes
                              ? DeviceKind::kCuda
                              : DeviceKind::kCpu;
@@ -368,7 +387,12 @@ void DescribeOps(const std::vector<const Backend*>& backends, pb::ListOpsRespons
       arg->set_description(a.description);
     }
     for (kernels::DType d : spec.dtypes) info->add_dtypes(EncodeDType(d));
-    for (const Backend* b : backends) info->add_devices(ToWire(b->kind()));
+    for (const Backend* b : backends) {
+      if (std::all_of(spec.kernels.begin(), spec.kernels.end(),
+                      [b](KernelKind k) { return b->Implements(k); })) {
+        info->add_devices(ToWire(b->kind()));
+      }
+    }
   }
   for (const Backend* b : backends) {
     pb::DeviceInfo* d = response->add_devices();

@@ -12,13 +12,15 @@ namespace {
 namespace v1 = ::tensorprep::v1;
 
 v1::ProcessRequest FlipRequest(v1::Device device) {
-  const auto images = kernels::testing::RandomBuffer(kernels::DType::kUInt8, {2, 4, 6, 3}, 1, 0, 255);
+  const auto images =
+      kernels::testing::RandomBuffer(kernels::DType::kUInt8, {2, 4, 6, 3}, 1, 0, 255);
   v1::ProcessRequest r;
   r.set_device(device);
   auto* t = r.mutable_images();
   t->set_dtype(v1::DTYPE_UINT8);
   for (int d : {2, 4, 6, 3}) t->add_shape(d);
-  t->set_data(std::string(reinterpret_cast<const char*>(images.bytes().data()), images.view().bytes()));
+  t->set_data(
+      std::string(reinterpret_cast<const char*>(images.bytes().data()), images.view().bytes()));
   r.mutable_pipeline()->add_ops()->mutable_flip()->set_axis(v1::FLIP_AXIS_HORIZONTAL);
   return r;
 }
@@ -36,6 +38,12 @@ class FailingBackend : public Backend {
     return absl::InternalError("cuda: cudaLaunchKernel: an illegal memory access was encountered");
   }
   int calls = 0;
+};
+
+// A device without a colour kernel, as the CUDA backend is today.
+class NoColorBackend : public FailingBackend {
+ public:
+  bool Implements(KernelKind k) const override { return k != KernelKind::kColor; }
 };
 
 TEST(RoutingTest, CudaBackendWithoutDeviceIsReportedAndNeverChosen) {
@@ -86,6 +94,43 @@ TEST(RoutingTest, DeviceFailureFallsBackToCpuForAutoAndFailsExplicitCuda) {
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), absl::StatusCode::kInternal);
   EXPECT_NE(stats.status().message().find("illegal memory access"), std::string::npos);
+}
+
+// A plan with a step the device has no kernel for stays on the CPU under DEVICE_AUTO, and an
+// explicit DEVICE_CUDA is refused naming the op; ListOps lists only the CPU for that op.
+TEST(RoutingTest, StepsTheDeviceLacksKeepTheRequestOnTheCpu) {
+  kernels::ThreadPool pool(1);
+  CpuBackend cpu(&pool);
+  NoColorBackend gpu;
+  ProcessorOptions options;
+  options.auto_cuda_min_bytes = 0;
+  Processor processor(options, &cpu, &gpu);
+  v1::ProcessRequest request = FlipRequest(v1::DEVICE_AUTO);
+  request.mutable_pipeline()->add_ops()->mutable_brightness()->set_factor(1.5);
+  auto prepared = processor.Prepare(request);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ((*prepared)->device, DeviceKind::kCpu);
+  v1::ProcessResponse response;
+  ASSERT_TRUE(processor.Run(request, **prepared, &response).ok());
+  EXPECT_EQ(response.device(), v1::DEVICE_CPU);
+  EXPECT_EQ(gpu.calls, 0);
+
+  request.set_device(v1::DEVICE_CUDA);
+  auto refused = processor.Prepare(request);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("pipeline.ops[1] runs a color kernel"),
+            std::string::npos)
+      << refused.status();
+
+  v1::ListOpsResponse ops;
+  DescribeOps(processor.backends(), &ops);
+  for (const auto& op : ops.ops()) {
+    const bool color = op.name() == "brightness" || op.name() == "contrast" ||
+                       op.name() == "saturation" || op.name() == "hue" ||
+                       op.name() == "grayscale" || op.name() == "color_jitter";
+    EXPECT_EQ(op.devices_size(), color ? 1 : 2) << op.name();
+  }
 }
 
 }  // namespace
