@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the PyTorch adapter tests (and the torchvision geometry parity tests) against the newest
+# Runs the PyTorch adapter tests (and the torchvision parity tests of every op) against the newest
 # PyTorch release on PyPI, in a virtual environment of its own: <repo>/.venv-torch.
 #
 # Why a separate command and venv: the project's test venv (scripts/python-env.sh) uses Debian's
@@ -51,4 +51,4 @@ PY
 cd "${repo}"
 export PYTHONPATH="${repo}/client/python${PYTHONPATH:+:${PYTHONPATH}}"
 exec "${py}" -m pytest -q -p no:cacheprovider tests/python/test_adapters_torch.py \
-  tests/python/test_torchvision_parity.py "$@"
+  tests/python/test_torchvision_parity.py tests/python/test_ops_parity.py "$@"

@@ -15,8 +15,10 @@ from .errors import (CancelledError, DataLossError, DeadlineExceededError, Faile
                      ResourceExhaustedError, TensorprepError, UnavailableError)
 from .memory import tune_malloc
 from .metrics import timed_callback
-from .ops import (add, as_pipeline, cast, clamp, divide, flip, multiply, normalize, pipeline,
-                  random_flip, random_rotate, rotate, subtract)
+from .ops import (add, affine, as_pipeline, brightness, cast, center_crop, channels_first, clamp,
+                  color_jitter, contrast, crop, divide, flip, grayscale, hue, multiply, normalize,
+                  pad, pipeline, random_affine, random_flip, random_resized_crop, random_rotate,
+                  resize, rotate, saturation, subtract)
 from .wire import AuxInput
 
 __version__ = "0.1.0"
@@ -25,7 +27,10 @@ __all__ = [
     "AuxInput", "CancelledError", "Client", "DataLossError", "DeadlineExceededError",
     "FailedPreconditionError", "InternalError", "InvalidArgumentError", "MalformedResponseError",
     "ResourceExhaustedError", "Result", "TensorprepError",
-    "UnavailableError", "add", "as_pipeline", "cast", "clamp", "divide", "flip", "multiply",
-    "normalize", "pipeline", "random_flip", "random_rotate", "rotate", "subtract", "timed_callback",
+    "UnavailableError", "add", "affine", "as_pipeline", "brightness", "cast", "center_crop",
+    "channels_first", "clamp", "color_jitter", "contrast", "crop", "divide", "flip", "grayscale",
+    "hue", "multiply", "normalize", "pad", "pipeline", "random_affine", "random_flip",
+    "random_resized_crop", "random_rotate", "resize", "rotate", "saturation", "subtract",
+    "timed_callback",
     "tune_malloc",
 ]
