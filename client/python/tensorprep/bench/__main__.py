@@ -1,6 +1,11 @@
 """Comparison benchmark: the seed workloads, every way, in one run on one machine.
 
     python -m tensorprep.bench --server-bin build/server/tensorprep-server --out out/bench
+    python -m tensorprep.bench --workloads W4 --out out/bench-w4     # see w4.py
+
+W4 (the ImageNet training transform against torchvision in a DataLoader and DALI CPU) runs on
+its own, with its own ways (torch, dali, shm-unary, shm-stream, shm-placed; default
+torch,dali,shm-stream,shm-placed), batch 64 by default, and its own report: see w4.py.
 
 Ways (see workloads.py):
   a           tf.numpy_function in tf.data with AUTOTUNE, the seed's callback (skimage / NumPy)
@@ -88,9 +93,12 @@ def parse_args(argv):
                    help="the shm ways use TCP too, not the local server's Unix socket")
     p.add_argument("--server-threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--workloads", default="W1,W2,W3")
-    p.add_argument("--batches", default="1,64")
-    p.add_argument("--ways", default=",".join(WAYS))
+    p.add_argument("--workloads", default="W1,W2,W3", help="W1,W2,W3 (any of them) or W4 alone")
+    p.add_argument("--batches", help="default 1,64 (W4: 64)")
+    p.add_argument("--ways", help=f"default {','.join(WAYS)} (W4: torch,dali,shm-stream,"
+                                  f"shm-placed)")
+    p.add_argument("--torch-workers", default="0,2",
+                   help="W4: the DataLoader's worker counts, one row each (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--min-time", type=float, default=1.5, help="seconds per repeat")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per cell")
@@ -102,8 +110,7 @@ def parse_args(argv):
                    help="the shm client's first shared-memory region")
     p.add_argument("--pool", type=int, default=64, help="distinct samples per workload")
     p.add_argument("--dali-threads", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--out", default="out/bench",
-                   help="where the report goes (default: %(default)s)")
+    p.add_argument("--out", help="where the report goes (default: out/bench; W4: out/bench-w4)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve the client-side histogram on 127.0.0.1:PORT during the run")
     p.add_argument("--no-chart", action="store_true")
@@ -556,7 +563,16 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     try:
+        if "W4" in workloads:
+            if workloads != ["W4"]:
+                sys.exit("bench: W4 runs on its own (its ways differ): --workloads W4")
+            from . import w4
+            return w4.run(args)
+        args.batches = args.batches or "1,64"
+        args.ways = args.ways or ",".join(WAYS)
+        args.out = args.out or "out/bench"
         return run(args)
     except AssertionError as e:
         print(f"bench: outputs disagree, no timings reported: {e}", file=sys.stderr)

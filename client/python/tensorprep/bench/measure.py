@@ -18,7 +18,11 @@ def process_cpu_seconds():
 
 
 def pid_cpu_seconds(pid):
-    """CPU seconds of another local process (Linux /proc); None when unreadable."""
+    """CPU seconds of another local process (Linux /proc), or the sum over a list of them (a
+    DataLoader's workers); None when unreadable."""
+    if isinstance(pid, (list, tuple)):
+        each = [pid_cpu_seconds(p) for p in pid]
+        return None if any(s is None for s in each) else sum(each)
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -50,7 +54,8 @@ def measure(next_batch, batch, *, warmup_s, min_time_s, repeats, min_batches=5, 
     memory cost page faults that the steady state does not pay), and is not counted. Each of
     ``repeats`` windows runs until ``min_time_s`` has passed and ``min_batches`` were taken.
     ``round_trips`` (optional) is a list the caller appends per-request round trips to; it is
-    cleared after the warm-up.
+    cleared after the warm-up. ``server_pid``: a process id, or a list of them whose CPU is
+    summed.
     """
     start = time.perf_counter()
     n = 0

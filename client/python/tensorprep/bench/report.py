@@ -172,7 +172,7 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def chart(results, path):
+def chart(results, path, title=None):
     """Grouped bars of images/s (log scale) per workload and batch; needs matplotlib."""
     try:
         import matplotlib
@@ -211,7 +211,7 @@ def chart(results, path):
     top = max((r["images_per_s"] for r in rows), default=1)
     ax.set_ylim(top=top * 4)  # room for the value labels above the tallest bar
     ax.set_ylabel("images/s (log)")
-    ax.set_title("tensorprep vs in-process callbacks, TensorFlow native ops and DALI CPU")
+    ax.set_title(title or "tensorprep vs in-process callbacks, TensorFlow native ops and DALI CPU")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
