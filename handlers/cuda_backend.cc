@@ -42,8 +42,6 @@ class CudaBackend : public Backend {
   explicit CudaBackend(cu::DeviceInfo info) : info_(std::move(info)) {}
 
   DeviceKind kind() const override { return DeviceKind::kCuda; }
-  // Every kind but the colour adjustments, whose CUDA kernel is not written yet.
-  bool Implements(KernelKind k) const override { return k != KernelKind::kColor; }
   bool usable() const override { return info_.usable && !lost_.load(); }
   std::string name() const override { return info_.usable ? info_.name : "cuda"; }
   std::string detail() const override {
@@ -210,9 +208,7 @@ class CudaBackend : public Backend {
           TP_RETURN_IF_ERROR(cu::ResampleAaCuda(main, dst, step.maps, lane.stream));
           break;
         case KernelKind::kColor:
-          // Never routed here: Implements(kColor) is false (the CUDA colour kernel is not
-          // written yet).
-          return absl::UnimplementedError("the CUDA backend has no colour kernel");
+          TP_RETURN_IF_ERROR(cu::ColorCuda(main, dst, step.color, lane.stream));
           break;
       }
       main = dst.as_const();

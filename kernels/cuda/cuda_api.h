@@ -22,10 +22,12 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/color/color.h"
 #include "kernels/common/tensor.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/flip/flip.h"
@@ -165,6 +167,14 @@ absl::Status FlipCuda(const ConstTensorView& src, const TensorView& dst,
 // output pixel; no intermediate buffer (each pixel sums its own horizontal taps per row).
 absl::Status ResampleAaCuda(const ConstTensorView& src, const TensorView& dst,
                             absl::Span<const ResampleMap> maps, Stream& stream);
+
+// ColorCpu on the device (kernels/color/color.h): the same arithmetic (color_math.h), so the same
+// bits, for every dtype, chain and batch. Runs in phases (a chain is cut before each contrast,
+// whose mean grey is summed on the device in color.h's order); allocates its scratch (the row
+// sums, and a work image when dst has 1 channel) and synchronizes `stream` before returning, so
+// the scratch can be freed. dst may be exactly src's memory (3 channels), as on the CPU.
+absl::Status ColorCuda(const ConstTensorView& src, const TensorView& dst,
+                       absl::Span<const std::vector<ColorAdjust>> chains, Stream& stream);
 
 // ElementwiseCpu on the device (in place allowed when the dtypes have the same size), with the
 // same `channels_first` option: dst's memory planar per sample, (N, C, H, W), dst.shape the

@@ -142,7 +142,7 @@ TEST_F(CudaVsCpu, RandomOpsDrawTheSameDecisions) {
 }
 
 // The new ops on the device: the ImageNet training transform (random resized crop with
-// antialias, flip, normalize, float16 channels-first; colour jitter once CUDA has it) and a
+// antialias, flip, colour jitter, normalize, float16 channels-first) and a
 // segmentation transform (random affine, resize, pad, crop and a flip of image and mask) at several
 // sizes; the resample, colour and element-wise kernels round as the CPU's, so the uint8 and float16
 // results are equal bit for bit.
@@ -161,8 +161,15 @@ TEST_F(CudaVsCpu, TrainingAndSegmentationTransforms) {
     auto* rf = p->add_ops()->mutable_random_flip();
     rf->set_axis(v1::FLIP_AXIS_HORIZONTAL);
     rf->set_p(0.5);
-    // color_jitter belongs here too once the CUDA backend has a colour kernel (it has none yet,
-    // and routes such requests to the CPU: RoutingTest).
+    auto* j = p->add_ops()->mutable_color_jitter();
+    j->set_brightness_min(0.6);
+    j->set_brightness_max(1.4);
+    j->set_contrast_min(0.6);
+    j->set_contrast_max(1.4);
+    j->set_saturation_min(0.6);
+    j->set_saturation_max(1.4);
+    j->set_hue_min(-0.1);
+    j->set_hue_max(0.1);
     p->add_ops()->mutable_cast()->set_dtype(v1::DTYPE_FLOAT32);
     p->add_ops()->mutable_divide()->add_value(255);
     auto* n = p->add_ops()->mutable_normalize();

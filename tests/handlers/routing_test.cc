@@ -40,7 +40,7 @@ class FailingBackend : public Backend {
   int calls = 0;
 };
 
-// A device without a colour kernel, as the CUDA backend is today.
+// A device without a colour kernel: backends say which kernels they have (Backend::Implements).
 class NoColorBackend : public FailingBackend {
  public:
   bool Implements(KernelKind k) const override { return k != KernelKind::kColor; }

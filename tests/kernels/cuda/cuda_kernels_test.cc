@@ -11,13 +11,17 @@
 // warp + chain must equal the warp followed by the chain.
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "kernels/common/status.h"
+#include "kernels/cuda/color_launch.h"
 #include "kernels/cuda/cuda_api.h"
 #include "kernels/cuda/kernel_math.h"
 #include "kernels/cuda/prepare.h"
@@ -30,14 +34,14 @@
 namespace tensorprep::kernels::cuda {
 namespace {
 
-using ::tensorprep::kernels::testing::Buffer;
 using ::tensorprep::kernels::testing::BorderName;
+using ::tensorprep::kernels::testing::Buffer;
 using ::tensorprep::kernels::testing::Cast;
 using ::tensorprep::kernels::testing::Clamp;
-using ::tensorprep::kernels::testing::Normalize;
 using ::tensorprep::kernels::testing::DefaultRange;
 using ::tensorprep::kernels::testing::FromValues;
 using ::tensorprep::kernels::testing::HalfSpacing;
+using ::tensorprep::kernels::testing::Normalize;
 using ::tensorprep::kernels::testing::RandomBuffer;
 using ::tensorprep::kernels::testing::ShapeName;
 
@@ -57,7 +61,6 @@ constexpr Border kAllBorders[] = {Border::kConstant, Border::kEdge, Border::kRef
                                   Border::kReflect101, Border::kWrap};
 const BatchShape kShapes[] = {{1, 1, 1, 1}, {1, 2, 3, 1}, {2, 17, 13, 3},
                               {3, 8, 8, 4}, {1, 1, 7, 2}, {2, 5, 31, 5}};
-
 
 // Calls f(T{}) for the element type of `t`.
 template <typename F>
@@ -139,12 +142,12 @@ absl::StatusOr<std::vector<double>> RunWarp(Backend backend, const Buffer& src,
   const BatchShape out_shape{src.shape().n, out_h < 0 ? src.shape().h : out_h,
                              out_w < 0 ? src.shape().w : out_w, src.shape().c};
   if (backend == Backend::kDevice) {
-    return RunOnDevice(
-        src, out, out_shape, false,
-        [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
-          return post_ops.empty() ? WarpAffineCuda(s, d, maps, params, stream)
-                                  : WarpElementwiseCuda(s, d, maps, params, post_ops, stream);
-        });
+    return RunOnDevice(src, out, out_shape, false,
+                       [&](const ConstTensorView& s, const TensorView& d, Stream& stream) {
+                         return post_ops.empty()
+                                    ? WarpAffineCuda(s, d, maps, params, stream)
+                                    : WarpElementwiseCuda(s, d, maps, params, post_ops, stream);
+                       });
   }
   Buffer dst(out, out_shape);
   TP_ASSIGN_OR_RETURN(
@@ -747,8 +750,8 @@ TEST(Validation, BrokenPreconditionsAreInternal) {
   const TensorView null_data{DType::kFloat32, {2, 2, 2, 3}, nullptr};
   const ConstTensorView empty{DType::kFloat32, {0, 2, 2, 3}, a};
   // A misaligned device access would lose the context, so it is refused up front.
-  const ConstTensorView misaligned{DType::kFloat32, {1, 1, 1, 3},
-                                   reinterpret_cast<const char*>(a) + 2};
+  const ConstTensorView misaligned{
+      DType::kFloat32, {1, 1, 1, 3}, reinterpret_cast<const char*>(a) + 2};
   const TensorView misaligned_dst{DType::kFloat32, {1, 1, 1, 3}, b};
   const std::vector<Affine> three(3);
   const absl::Status m = FlipCuda(misaligned, misaligned_dst, {FlipFlags{}}, none);
@@ -980,8 +983,7 @@ TEST(DeviceOnly, ChannelsFirstGridsStride) {
 // ResampleAaCpu bit for bit.
 
 absl::StatusOr<std::vector<double>> RunResample(Backend backend, const Buffer& src, int64_t out_h,
-                                                int64_t out_w,
-                                                absl::Span<const ResampleMap> maps) {
+                                                int64_t out_w, absl::Span<const ResampleMap> maps) {
   const BatchShape out_shape{src.shape().n, out_h, out_w, src.shape().c};
   Buffer dst(src.dtype(), out_shape);
   if (backend == Backend::kDevice) {
@@ -1049,10 +1051,16 @@ std::vector<ResampleCase> ResampleCases() {
       {"shrink 10", {1, 50, 70, 3}, 5, 7, {ResampleMap{whole(70, 7), whole(50, 5)}}},
       {"x enlarged, y shrunk", {1, 24, 20, 3}, 9, 41, {ResampleMap{whole(20, 41), whole(24, 9)}}},
       {"to 1x1", {1, 17, 23, 2}, 1, 1, {ResampleMap{whole(23, 1), whole(17, 1)}}},
-      {"crop, mirrored", {1, 40, 50, 3}, 7, 9,
+      {"crop, mirrored",
+       {1, 40, 50, 3},
+       7,
+       9,
        {ResampleMap{AxisMapForWindow(6.5, 36, 9, true), AxisMapForWindow(11, 16.45, 7, false)}}},
       {"free maps", {1, 25, 19, 1}, 6, 7, {ResampleMap{{2.7, -1.3}, {-3.9, 23.2}}}},
-      {"per-sample maps", {3, 36, 44, 3}, 8, 10,
+      {"per-sample maps",
+       {3, 36, 44, 3},
+       8,
+       10,
        {ResampleMap{whole(44, 10), whole(36, 8)},
         ResampleMap{AxisMapForWindow(4, 30, 10, true), AxisMapForWindow(2.5, 20, 8, false)},
         ResampleMap{AxisMapForWindow(0, 11, 10, false), AxisMapForWindow(1, 34.9, 8, true)}}},
@@ -1133,6 +1141,147 @@ TEST(DeviceOnly, ResampleGridsStrideAndLargeImages) {
   auto small = RunResample(Backend::kDevice, big, 224, 224, shrink);
   ASSERT_TRUE(small.ok()) << small.status();
   ExpectSame(*small, ResampleOnCpu(big, 224, 224, shrink));
+}
+
+// ---- Colour -------------------------------------------------------------------------------------
+// ColorCuda against ColorCpu, bit for bit: chains with contrasts anywhere (several phases), one
+// chain for all samples or one per sample, 1-channel grayscale output, in place. The host runs
+// run the device's per-pixel, per-row and per-sample functions (color_launch.h) phase by phase
+// as the launches do.
+
+std::vector<std::vector<ColorAdjust>> ColorChains(int64_t n, uint64_t seed, bool end_gray) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> factor(0.0, 2.0), hue(-0.5, 0.5);
+  std::vector<std::vector<ColorAdjust>> chains(static_cast<size_t>(n));
+  for (auto& chain : chains) {
+    const int len = static_cast<int>(rng() % 6);
+    for (int k = 0; k < len; ++k) {
+      const auto kind = static_cast<ColorKind>(rng() % 4);
+      chain.push_back({kind, kind == ColorKind::kHue ? hue(rng) : factor(rng)});
+    }
+    if (end_gray) chain.push_back({ColorKind::kGrayscale, 0});
+  }
+  return chains;
+}
+
+absl::StatusOr<std::vector<double>> RunColor(Backend backend, const Buffer& src, int64_t out_c,
+                                             const std::vector<std::vector<ColorAdjust>>& chains,
+                                             bool in_place) {
+  const BatchShape out_shape{src.shape().n, src.shape().h, src.shape().w, out_c};
+  Buffer dst(src.dtype(), out_shape);
+  Buffer copy = src;
+  const ConstTensorView in = in_place ? copy.view() : src.view();
+  const TensorView out = in_place ? copy.mutable_view() : dst.mutable_view();
+  if (backend == Backend::kDevice) {
+    TP_ASSIGN_OR_RETURN(Stream stream, Stream::Create());
+    const size_t in_bytes = in.bytes(), out_bytes = out.bytes();
+    TP_ASSIGN_OR_RETURN(DeviceBuffer d_src, DeviceBuffer::Allocate(in_bytes));
+    TP_ASSIGN_OR_RETURN(DeviceBuffer d_dst, DeviceBuffer::Allocate(out_bytes));
+    TP_RETURN_IF_ERROR(CopyToDevice(in.data, d_src, in_bytes, stream));
+    void* device_out = in_place ? d_src.data() : d_dst.data();
+    TP_RETURN_IF_ERROR(ColorCuda({src.dtype(), src.shape(), d_src.data()},
+                                 {src.dtype(), out_shape, device_out}, chains, stream));
+    TP_RETURN_IF_ERROR(CopyToHost(in_place ? d_src : d_dst, out.data, out_bytes, stream));
+    TP_RETURN_IF_ERROR(Synchronize(stream));
+    return reference::ToDoubles(out.as_const());
+  }
+  TP_ASSIGN_OR_RETURN(detail::ColorLaunch launch, detail::PrepareColor(in, out, chains));
+  launch.Bind(launch.blob.data());
+  detail::ColorArgs& a = launch.args;
+  std::vector<unsigned char> work(launch.work_bytes);
+  if (launch.work_bytes > 0) a.work = work.data();
+  std::vector<double> row_sums(static_cast<size_t>(a.n * a.h));
+  std::vector<float> terms(static_cast<size_t>(a.n));
+  a.row_sums = row_sums.data();
+  a.terms = terms.data();
+  WithType(src.dtype(), [&](auto t) {
+    using T = decltype(t);
+    if constexpr (!std::is_same_v<T, int32_t>) {
+      for (int32_t phase = 0; phase < a.phase_count; ++phase) {
+        for (int64_t n = 0; n < a.n; ++n)
+          for (int64_t y = 0; y < a.h; ++y)
+            for (int64_t x = 0; x < a.w; ++x) detail::ColorPixel<T>(a, phase, n, y, x);
+        if (phase + 1 < a.phase_count) {
+          for (int64_t n = 0; n < a.n; ++n)
+            for (int64_t y = 0; y < a.h; ++y) detail::ColorRowSum<T>(a, phase, n, y);
+          for (int64_t n = 0; n < a.n; ++n) detail::ColorTerm(a, phase, n);
+        }
+      }
+    }
+  });
+  return reference::ToDoubles(out.as_const());
+}
+
+std::vector<double> ColorOnCpu(const Buffer& src, int64_t out_c,
+                               const std::vector<std::vector<ColorAdjust>>& chains) {
+  Buffer dst(src.dtype(), {src.shape().n, src.shape().h, src.shape().w, out_c});
+  const absl::Status st = ColorCpu(src.view(), dst.mutable_view(), chains, nullptr);
+  EXPECT_TRUE(st.ok()) << st;
+  return reference::ToDoubles(dst.view());
+}
+
+using ColorParam = std::tuple<Backend, DType>;
+class ColorTest : public ::testing::TestWithParam<ColorParam> {};
+
+TEST_P(ColorTest, MatchesCpuBitForBit) {
+  const auto [backend, dtype] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  const double hi = dtype == DType::kUInt8 ? 255 : 1;
+  for (const BatchShape& shape :
+       {BatchShape{5, 9, 13, 3}, BatchShape{3, 1, 1, 3}, BatchShape{2, 33, 70, 3}}) {
+    SCOPED_TRACE(::testing::Message() << shape.n << "x" << shape.h << "x" << shape.w);
+    const Buffer src = RandomBuffer(dtype, shape, 41, 0, hi);
+    for (const bool gray : {false, true}) {
+      const int64_t out_c = gray ? 1 : 3;
+      auto per_sample = ColorChains(shape.n, 7 + shape.w, gray);
+      auto got = RunColor(backend, src, out_c, per_sample, false);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ExpectSame(*got, ColorOnCpu(src, out_c, per_sample));
+      // One chain for all samples, a contrast first and one later (three phases).
+      std::vector<std::vector<ColorAdjust>> one = {{{ColorKind::kContrast, 0.4},
+                                                    {ColorKind::kHue, 0.2},
+                                                    {ColorKind::kContrast, 1.7},
+                                                    {ColorKind::kSaturation, 0.5}}};
+      if (gray) one[0].push_back({ColorKind::kGrayscale, 0});
+      got = RunColor(backend, src, out_c, one, false);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ExpectSame(*got, ColorOnCpu(src, out_c, one));
+    }
+    auto in_place = RunColor(backend, src, 3, ColorChains(shape.n, 3, false), true);
+    ASSERT_TRUE(in_place.ok()) << in_place.status();
+    ExpectSame(*in_place, ColorOnCpu(src, 3, ColorChains(shape.n, 3, false)));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ColorTest,
+                         ::testing::Combine(::testing::Values(Backend::kHost, Backend::kDevice),
+                                            ::testing::Values(DType::kUInt8, DType::kFloat32,
+                                                              DType::kFloat16)),
+                         [](const ::testing::TestParamInfo<ColorParam>& info) {
+                           return absl::StrCat(BackendName(std::get<0>(info.param)), "_",
+                                               DTypeName(std::get<1>(info.param)));
+                         });
+
+TEST(Validation, ColorPreconditionsAreInternal) {
+  Stream none;
+  float a[2 * 4 * 4 * 3] = {}, b[2 * 4 * 4 * 3] = {};
+  const ConstTensorView src{DType::kFloat32, {2, 4, 4, 3}, a};
+  const TensorView dst{DType::kFloat32, {2, 4, 4, 3}, b};
+  const std::vector<std::vector<ColorAdjust>> good = {{{ColorKind::kBrightness, 1.5}}};
+  const auto internal = absl::StatusCode::kInternal;
+  EXPECT_EQ(ColorCuda(src, dst, good, none).code(), absl::StatusCode::kFailedPrecondition);
+  const std::vector<std::vector<ColorAdjust>> three(3, good[0]);
+  EXPECT_EQ(ColorCuda(src, dst, three, none).code(), internal);
+  const std::vector<std::vector<ColorAdjust>> bad_hue = {{{ColorKind::kHue, 0.7}}};
+  EXPECT_EQ(ColorCuda(src, dst, bad_hue, none).code(), internal);
+  const TensorView one_channel{DType::kFloat32, {2, 4, 4, 1}, b};
+  EXPECT_EQ(ColorCuda(src, one_channel, good, none).code(), internal);  // chain not gray-ended
+  const ConstTensorView ints{DType::kInt32, {2, 4, 4, 3}, a};
+  EXPECT_EQ(ColorCuda(ints, {DType::kInt32, {2, 4, 4, 3}, b}, good, none).code(), internal);
+  const TensorView overlapping{DType::kFloat32, {2, 4, 4, 3}, a + 3};
+  EXPECT_EQ(ColorCuda(src, overlapping, good, none).code(), internal);
+  const absl::Status st = ColorCuda(src, dst, bad_hue, none);
+  EXPECT_NE(st.message().find("ColorCuda"), std::string::npos) << st;
 }
 
 }  // namespace
