@@ -17,12 +17,6 @@ namespace {
 
 constexpr char kFn[] = "ColorCuda";
 
-absl::Status CheckAligned(const char* what, DType dtype, const void* data) {
-  if (reinterpret_cast<uintptr_t>(data) % DTypeSize(dtype) == 0) return absl::OkStatus();
-  return PreconditionError(kFn, absl::StrCat(what, " data is not aligned to ", DTypeSize(dtype),
-                                             " bytes (its element size)"));
-}
-
 }  // namespace
 
 void ColorLaunch::Bind(const void* base) {
@@ -35,8 +29,8 @@ absl::StatusOr<ColorLaunch> PrepareColor(const ConstTensorView& src, const Tenso
                                          absl::Span<const std::vector<ColorAdjust>> chains) {
   TP_RETURN_IF_ERROR(CheckColorChains(kFn, src, dst.shape.c, chains));
   TP_RETURN_IF_ERROR(CheckColorDestination(kFn, src, dst));
-  TP_RETURN_IF_ERROR(CheckAligned("src", src.dtype, src.data));
-  TP_RETURN_IF_ERROR(CheckAligned("dst", dst.dtype, dst.data));
+  TP_RETURN_IF_ERROR(CheckDeviceView(kFn, "src", src.shape, src.dtype, src.data));
+  TP_RETURN_IF_ERROR(CheckDeviceView(kFn, "dst", dst.shape, dst.dtype, dst.data));
   // Steps of every chain, flattened; each chain cut before its contrasts.
   std::vector<color::ColorStep> steps;
   std::vector<std::vector<int32_t>> cuts(chains.size());  // segment starts after the first

@@ -11,24 +11,6 @@
 namespace tensorprep::kernels::cuda::detail {
 namespace {
 
-// What only the device needs on top of the shared view checks (kernels/common/checks.h): the
-// kernels index rows, columns and channels with 32-bit integers, and a misaligned access is a
-// sticky error on the device that would lose the context.
-absl::Status CheckDeviceView(const char* function, const char* what, const BatchShape& shape,
-                             DType dtype, const void* data) {
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  if (shape.h > kMax || shape.w > kMax || shape.c > kMax) {
-    return PreconditionError(function,
-                             absl::StrCat(what, " shape ", ShapeString(shape),
-                                          "; expected height, width and channels below 2^31"));
-  }
-  if (reinterpret_cast<uintptr_t>(data) % DTypeSize(dtype) != 0) {
-    return PreconditionError(function, absl::StrCat(what, " data is not aligned to ",
-                                                    DTypeSize(dtype), " bytes (its element size)"));
-  }
-  return absl::OkStatus();
-}
-
 // The destination checks shared with the CPU kernels, then the device's own on both views. `src`
 // has passed its op's source check (CheckWarpSource, CheckFlipSource or CheckSourceView).
 absl::Status CheckViews(const char* function, const ConstTensorView& src, const TensorView& dst,
@@ -51,6 +33,24 @@ void SetGeometry(const BatchShape& s, int64_t* n, int32_t* h, int32_t* w, int32_
 }
 
 }  // namespace
+
+// What only the device needs on top of the shared view checks (kernels/common/checks.h): the
+// kernels index rows, columns and channels with 32-bit integers, and a misaligned access is a
+// sticky error on the device that would lose the context.
+absl::Status CheckDeviceView(const char* function, const char* what, const BatchShape& shape,
+                             DType dtype, const void* data) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (shape.h > kMax || shape.w > kMax || shape.c > kMax) {
+    return PreconditionError(function,
+                             absl::StrCat(what, " shape ", ShapeString(shape),
+                                          "; expected height, width and channels below 2^31"));
+  }
+  if (reinterpret_cast<uintptr_t>(data) % DTypeSize(dtype) != 0) {
+    return PreconditionError(function, absl::StrCat(what, " data is not aligned to ",
+                                                    DTypeSize(dtype), " bytes (its element size)"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<ChainTable> BuildChainTable(const char* function, DType in, int64_t channels,
                                            absl::Span<const ElementwiseOp> ops) {

@@ -31,6 +31,13 @@ struct ChainTable {
 // Checks `ops` for an input of dtype `in` with `channels` channels (CheckElementwiseChain, the
 // CPU backend's precondition check, named `function` in errors) and builds its table: each op
 // records the dtype entering it, and clamp bounds are converted to that dtype up front.
+// What only the device needs of a view on top of the shared checks (kernels/common/checks.h):
+// height, width and channels below 2^31 (the kernels index them in 32 bits) and data aligned to
+// its element size (a misaligned access is a sticky error that would lose the context). INTERNAL
+// "<function>: <what> ..." otherwise.
+absl::Status CheckDeviceView(const char* function, const char* what, const BatchShape& shape,
+                             DType dtype, const void* data);
+
 absl::StatusOr<ChainTable> BuildChainTable(const char* function, DType in, int64_t channels,
                                            absl::Span<const ElementwiseOp> ops);
 

@@ -15,13 +15,6 @@ namespace {
 
 constexpr char kFn[] = "ResampleAaCuda";
 
-// A misaligned access is a sticky error on the device that would lose the context.
-absl::Status CheckAligned(const char* what, DType dtype, const void* data) {
-  if (reinterpret_cast<uintptr_t>(data) % DTypeSize(dtype) == 0) return absl::OkStatus();
-  return PreconditionError(kFn, absl::StrCat(what, " data is not aligned to ", DTypeSize(dtype),
-                                             " bytes (its element size)"));
-}
-
 }  // namespace
 
 void ResampleLaunch::Bind(const void* base) {
@@ -35,8 +28,8 @@ absl::StatusOr<ResampleLaunch> PrepareResample(const ConstTensorView& src, const
                                                absl::Span<const ResampleMap> maps) {
   TP_RETURN_IF_ERROR(CheckResampleSource(kFn, src, maps));
   TP_RETURN_IF_ERROR(CheckResampleDestination(kFn, src, dst));
-  TP_RETURN_IF_ERROR(CheckAligned("src", src.dtype, src.data));
-  TP_RETURN_IF_ERROR(CheckAligned("dst", dst.dtype, dst.data));
+  TP_RETURN_IF_ERROR(CheckDeviceView(kFn, "src", src.shape, src.dtype, src.data));
+  TP_RETURN_IF_ERROR(CheckDeviceView(kFn, "dst", dst.shape, dst.dtype, dst.data));
   TP_ASSIGN_OR_RETURN(resample::Tables tables,
                       resample::BuildTables(kFn, src.shape, dst.shape.h, dst.shape.w, maps));
   ResampleLaunch launch;

@@ -15,6 +15,7 @@
 #include "handlers/backend.h"
 #include "handlers/op_registry.h"
 #include "handlers/processor.h"
+#include "handlers/tensor_codec.h"
 #include "kernels/color/color.h"
 #include "kernels/reference/color_reference.h"
 #include "kernels/reference/layout_reference.h"
@@ -50,22 +51,9 @@ struct CpuRun {
   ProcessorOptions options;
 };
 
-v1::DType WireDType(DType d) {
-  switch (d) {
-    case DType::kUInt8:
-      return v1::DTYPE_UINT8;
-    case DType::kInt32:
-      return v1::DTYPE_INT32;
-    case DType::kFloat16:
-      return v1::DTYPE_FLOAT16;
-    default:
-      return v1::DTYPE_FLOAT32;
-  }
-}
-
 v1::ProcessRequest Request(const Buffer& images, uint64_t seed = 1, uint64_t offset = 0) {
   v1::ProcessRequest r;
-  *r.mutable_images() = Wire(images, WireDType(images.dtype()), false);
+  *r.mutable_images() = Wire(images, EncodeDType(images.dtype()), false);
   r.set_seed(seed);
   r.set_sample_offset(offset);
   return r;
