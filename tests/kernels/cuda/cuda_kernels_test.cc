@@ -1147,17 +1147,36 @@ TEST(DeviceOnly, ResampleGridsStrideAndLargeImages) {
 // ColorCuda against ColorCpu, bit for bit: chains with contrasts anywhere (several phases), one
 // chain for all samples or one per sample, 1-channel grayscale output, in place. The host runs
 // run the device's per-pixel, per-row and per-sample functions (color_launch.h) phase by phase
-// as the launches do.
+// as the launches do. Results must be the same bits: any NaN matches any NaN (a NaN's payload is
+// the hardware's), every other value must be equal with the same sign (-0 is not +0).
 
+void ExpectSameBits(const std::vector<double>& got, const std::vector<double>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  int reported = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool same = std::isnan(got[i])
+                          ? std::isnan(want[i])
+                          : got[i] == want[i] && std::signbit(got[i]) == std::signbit(want[i]);
+    if (!same && reported++ < 5) {
+      ADD_FAILURE() << "element " << i << ": got " << got[i] << ", expected " << want[i];
+    }
+  }
+  EXPECT_EQ(reported, 0) << "elements differing";
+}
+
+// Random chains of 0 to 5 steps of any kind (grayscale anywhere), factors within [0, 2) and now
+// and then a large one; with `end_gray` every chain ends with grayscale.
 std::vector<std::vector<ColorAdjust>> ColorChains(int64_t n, uint64_t seed, bool end_gray) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> factor(0.0, 2.0), hue(-0.5, 0.5);
+  constexpr double kLarge[] = {5.0, 1000.0, kMaxColorFactor};
   std::vector<std::vector<ColorAdjust>> chains(static_cast<size_t>(n));
   for (auto& chain : chains) {
     const int len = static_cast<int>(rng() % 6);
     for (int k = 0; k < len; ++k) {
-      const auto kind = static_cast<ColorKind>(rng() % 4);
-      chain.push_back({kind, kind == ColorKind::kHue ? hue(rng) : factor(rng)});
+      const auto kind = static_cast<ColorKind>(rng() % 5);
+      const double f = rng() % 8 == 0 ? kLarge[rng() % 3] : factor(rng);
+      chain.push_back({kind, kind == ColorKind::kHue ? hue(rng) : f});
     }
     if (end_gray) chain.push_back({ColorKind::kGrayscale, 0});
   }
@@ -1236,7 +1255,7 @@ TEST_P(ColorTest, MatchesCpuBitForBit) {
       auto per_sample = ColorChains(shape.n, 7 + shape.w, gray);
       auto got = RunColor(backend, src, out_c, per_sample, false);
       ASSERT_TRUE(got.ok()) << got.status();
-      ExpectSame(*got, ColorOnCpu(src, out_c, per_sample));
+      ExpectSameBits(*got, ColorOnCpu(src, out_c, per_sample));
       // One chain for all samples, a contrast first and one later (three phases).
       std::vector<std::vector<ColorAdjust>> one = {{{ColorKind::kContrast, 0.4},
                                                     {ColorKind::kHue, 0.2},
@@ -1245,12 +1264,91 @@ TEST_P(ColorTest, MatchesCpuBitForBit) {
       if (gray) one[0].push_back({ColorKind::kGrayscale, 0});
       got = RunColor(backend, src, out_c, one, false);
       ASSERT_TRUE(got.ok()) << got.status();
-      ExpectSame(*got, ColorOnCpu(src, out_c, one));
+      ExpectSameBits(*got, ColorOnCpu(src, out_c, one));
     }
     auto in_place = RunColor(backend, src, 3, ColorChains(shape.n, 3, false), true);
     ASSERT_TRUE(in_place.ok()) << in_place.status();
-    ExpectSame(*in_place, ColorOnCpu(src, 3, ColorChains(shape.n, 3, false)));
+    ExpectSameBits(*in_place, ColorOnCpu(src, 3, ColorChains(shape.n, 3, false)));
   }
+}
+
+// The values the formulas treat specially and the order of the contrast sum, per sample:
+//  - sample 0: NaN, infinities, signed zeros, values outside [0, 1], subnormals and +-big (1e30,
+//    float16 6e4) between ordinary values, through every step kind but contrast (mean NaN);
+//  - sample 1: zeros except grey pixels (v, v, v) laid out so that each ordering rule of color.h
+//    changes the float32 mean: rows 0 and 1 total +big and -big (in row order they cancel and the
+//    later rows count; in reverse the later rows are lost); row 2 has big, -big and 0.25 in lanes
+//    0, 2 and 3 (the lanes' tree loses 0.25, a left-to-right fold keeps it); row 3 has big, -big
+//    and 0.5 in lane 0 at x = 0, 8, 16 (in pixel order 0.5 survives); row 4 has 1. float16's range
+//    is too narrow for a double sum to lose a value and uint8 sums are exact in any order: for
+//    them it is one more contrast case;
+//  - sample 2: zeros of either sign, which a brightness or contrast factor above 1 keeps (-0 must
+//    stay -0).
+// Factors include 0, 1 and the largest accepted.
+TEST_P(ColorTest, SpecialValuesLargeFactorsAndSumOrder) {
+  const auto [backend, dtype] = GetParam();
+  TP_SKIP_WITHOUT_DEVICE(backend);
+  const BatchShape shape{3, 23, 157, 3};
+  const int64_t per_sample = shape.h * shape.w * 3;
+  std::vector<double> values(static_cast<size_t>(shape.n * per_sample), 0.0);
+  std::mt19937_64 rng(99);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  const bool half = dtype == DType::kFloat16;
+  const double tiny = half ? 6e-8 : 1e-40, big = half ? 6e4 : 1e30;
+  const double specials[] = {NAN, INFINITY, -INFINITY, -0.0, 0.0, -0.25,
+                             1.5, 1.0,      0.5,       tiny, big, -big};
+  auto grey = [&](int64_t n, int64_t y, int64_t x, double v) {
+    for (int64_t c = 0; c < 3; ++c)
+      values[static_cast<size_t>(((n * shape.h + y) * shape.w + x) * 3 + c)] = v;
+  };
+  for (int64_t i = 0; i < per_sample; ++i) {
+    values[static_cast<size_t>(i)] = i % 3 == 0 ? specials[(i / 3) % 12] : unit(rng);
+    values[static_cast<size_t>(2 * per_sample + i)] = (i / 3) % 2 == 0 ? -0.0 : 0.0;
+  }
+  grey(1, 0, 5, big);
+  grey(1, 1, 9, -big);
+  grey(1, 2, 0, big);
+  grey(1, 2, 2, -big);
+  grey(1, 2, 3, 0.25);
+  grey(1, 3, 0, big);
+  grey(1, 3, 8, -big);
+  grey(1, 3, 16, 0.5);
+  grey(1, 4, 1, 1.0);
+  if (dtype == DType::kUInt8) {
+    for (double& v : values) v = std::floor(unit(rng) * 256.0);
+  }
+  const Buffer src = FromValues(dtype, shape, values);
+  const std::vector<std::vector<ColorAdjust>> chains = {
+      {{ColorKind::kBrightness, 1.7},
+       {ColorKind::kHue, 0.3},
+       {ColorKind::kSaturation, 5.0},
+       {ColorKind::kGrayscale, 0},
+       {ColorKind::kHue, -0.5},
+       {ColorKind::kBrightness, kMaxColorFactor},
+       {ColorKind::kSaturation, 0.0}},
+      {{ColorKind::kContrast, 0.5},
+       {ColorKind::kSaturation, 0.3},
+       {ColorKind::kContrast, 1000.0},
+       {ColorKind::kHue, -0.5},
+       {ColorKind::kContrast, 0.0},
+       {ColorKind::kGrayscale, 0},
+       {ColorKind::kContrast, 1.0},
+       {ColorKind::kHue, 0.5},
+       {ColorKind::kContrast, kMaxColorFactor}},
+      {{ColorKind::kBrightness, 3.0}, {ColorKind::kContrast, 1.5}, {ColorKind::kBrightness, 2.0}}};
+  const std::vector<double> want = ColorOnCpu(src, 3, chains);
+  auto got = RunColor(backend, src, 3, chains, false);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSameBits(*got, want);
+  auto in_place = RunColor(backend, src, 3, chains, true);
+  ASSERT_TRUE(in_place.ok()) << in_place.status();
+  ExpectSameBits(*in_place, want);
+  // The first contrast alone: its output holds the mean of sample 1 (zero pixels become
+  // F(0.5 * mean)), which must be the one color.h's order gives for float32.
+  const std::vector<std::vector<ColorAdjust>> first = {{}, {{ColorKind::kContrast, 0.5}}, {}};
+  auto first_got = RunColor(backend, src, 3, first, false);
+  ASSERT_TRUE(first_got.ok()) << first_got.status();
+  ExpectSameBits(*first_got, ColorOnCpu(src, 3, first));
 }
 
 INSTANTIATE_TEST_SUITE_P(All, ColorTest,
