@@ -418,6 +418,7 @@ def run(args):
 
     server = client = shm = None
     not_served = {}
+    jitter_on_uint8 = True  # where the service's colour jitter goes; service_support decides
     if any(w in SERVICE_WAYS for w in ways):
         server = None if args.address else harness.LocalServer(
             args.server_bin, args.server_threads, args.device, uds=not args.no_uds)
@@ -439,12 +440,13 @@ def run(args):
             for way in [w for w in ways if w in SERVICE_WAYS]:
                 skip(way, why or "this client has no shared-memory transport")
         else:
-            reason, jitter_on_uint8 = service_support(client)
+            reason, on_uint8 = service_support(client)
             if reason:
                 for way in [w for w in ways if w in SERVICE_WAYS]:
                     not_served[way] = reason
                     skip(way, reason)
             else:
+                jitter_on_uint8 = on_uint8
                 results["notes"]["service"] = (
                     "colour jitter on uint8, before the cast" if jitter_on_uint8 else
                     "colour jitter after the cast to float32 and the division by 255 (the "
@@ -470,7 +472,6 @@ def run(args):
         pool_n = max(args.pool, max(batches))
         images = make_pool(pool_n)
         pool_chw = torch_pool(images) if any(w.startswith("torch-w") for w in ways) else None
-        jitter_on_uint8 = "uint8" in results["notes"].get("service", "uint8")
 
         def one_batch(way, cfg, imgs, seed):
             """One batch of len(imgs) through ``way`` (the check batches)."""
@@ -621,8 +622,7 @@ def markdown(results):
              f"{_fmt(load.get('end'), 2)}; the `load` column is its value after each cell.",
              f"Repeats: {cfg['repeats']} × ≥ {cfg['min_time']} s (and ≥ 3 batches) per cell "
              f"after {cfg['warmup']} s warm-up; images/s is their median; pool of "
-             f"{max(cfg['pool'], max(r['batch'] for r in results['rows']) if results['rows'] else 0)}"
-             f" distinct images."]
+             f"{max([cfg['pool']] + [r['batch'] for r in results['rows']])} distinct images."]
     if results.get("server"):
         lines.append(f"Server: `{results['server']}`.")
     for way, note in results["notes"].items():
