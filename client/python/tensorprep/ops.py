@@ -6,12 +6,14 @@
                 0.1), ops.cast("float32"), ops.divide(255), ops.normalize(MEAN, STD),
                 ops.cast("float16"), ops.channels_first()]
 
-There is a builder for every field of the wire API's ``Op`` (``OPS`` lists them), generated from
-the proto descriptor at import: its keyword arguments are the op message's fields, its docstring
-the descriptor's (op) summary and (arg) descriptions, enums are taken by name. Some builders add
-torchvision-style arguments on top (``resize``, ``random_resized_crop``, ``center_crop``, ``pad``,
-``affine``, ``random_affine``, ``color_jitter``, ...); they build the same messages. ``python -m
-tensorprep.ops --markdown`` prints the table of ops (docs/ops.md).
+There is a builder for every field of the wire API's ``Op`` (``OPS`` lists them), made from the
+proto descriptor at import: its keyword arguments are the op message's fields, its docstring the
+descriptor's (op) summary and (arg) descriptions, enums are taken by name, and a value that does
+not fit raises ValueError naming "op.field". Some builders have positional and torchvision-style
+arguments on top (``rotate(angle)``, ``resize``, ``random_resized_crop``, ``pad``, ``affine``,
+``random_affine``, ``color_jitter``, ...); they build the same messages and still take the
+message's fields as keywords (``pad(top=2, left=1)``). ``has_random`` reads the descriptor's
+``random`` flag. ``python -m tensorprep.ops --markdown`` prints the table of ops (docs/ops.md).
 
 Geometric ops (the descriptor's ``geometric``: rotate, flip, resize, crop, pad, affine and their
 random variants) apply to the main batch and to every auxiliary tensor (labels, masks); the
@@ -24,6 +26,8 @@ accepted as an alias of "reflect". Builders raise ValueError on a name they do n
 checks values (finite angles, p in [0, 1], non-zero divisors) and answers INVALID_ARGUMENT.
 """
 
+import functools
+import inspect
 import numbers
 
 import numpy as np
@@ -100,9 +104,7 @@ def _values(value, what):
 
 def rotate(angle, interpolation="bilinear", border="constant", fill=0.0):
     """Rotates every sample by ``angle`` degrees counter-clockwise."""
-    return pb.Op(rotate=pb.RotateOp(angle_deg=float(angle),
-                                    interpolation=interpolation_enum(interpolation),
-                                    border=_lookup(_BORDER, border, "border"), fill=float(fill)))
+    return build("rotate", angle_deg=angle, interpolation=interpolation, border=border, fill=fill)
 
 
 def random_rotate(min_deg, max_deg=None, interpolation="bilinear", border="constant", fill=0.0):
@@ -111,61 +113,54 @@ def random_rotate(min_deg, max_deg=None, interpolation="bilinear", border="const
     With one argument, the range is [-min_deg, +min_deg].
     """
     lo, hi = (-abs(float(min_deg)), abs(float(min_deg))) if max_deg is None else (min_deg, max_deg)
-    return pb.Op(random_rotate=pb.RandomRotateOp(
-        min_deg=float(lo), max_deg=float(hi), interpolation=interpolation_enum(interpolation),
-        border=_lookup(_BORDER, border, "border"), fill=float(fill)))
+    return build("random_rotate", min_deg=lo, max_deg=hi, interpolation=interpolation,
+                 border=border, fill=fill)
 
 
 def flip(axis="horizontal"):
     """Mirrors every sample: "horizontal" (left-right, np.fliplr) or "vertical" (np.flipud)."""
-    return pb.Op(flip=pb.FlipOp(axis=_lookup(_AXIS, axis, "flip axis")))
+    return build("flip", axis=axis)
 
 
 def random_flip(p=0.5, axis="horizontal"):
     """Mirrors each sample with probability ``p``, drawn per sample from the request's seed."""
-    return pb.Op(random_flip=pb.RandomFlipOp(axis=_lookup(_AXIS, axis, "flip axis"), p=float(p)))
+    return build("random_flip", axis=axis, p=p)
 
 
 def add(value):
     """x + value; a scalar or one value per channel."""
-    return pb.Op(add=pb.ArithmeticOp(value=_values(value, "add")))
+    return build("add", value=value)
 
 
 def subtract(value):
     """x - value; a scalar or one value per channel."""
-    return pb.Op(subtract=pb.ArithmeticOp(value=_values(value, "subtract")))
+    return build("subtract", value=value)
 
 
 def multiply(value):
     """x * value; a scalar or one value per channel."""
-    return pb.Op(multiply=pb.ArithmeticOp(value=_values(value, "multiply")))
+    return build("multiply", value=value)
 
 
 def divide(value):
     """x / value; a scalar or one value per channel, non-zero."""
-    return pb.Op(divide=pb.ArithmeticOp(value=_values(value, "divide")))
+    return build("divide", value=value)
 
 
 def normalize(mean, std):
     """(x - mean[c]) / std[c] on a floating batch; mean and std are scalars or per channel."""
-    return pb.Op(normalize=pb.NormalizeOp(mean=_values(mean, "normalize mean"),
-                                          std=_values(std, "normalize std")))
+    return build("normalize", mean=mean, std=std)
 
 
 def clamp(min=None, max=None):  # noqa: A002 - the wire API's names
     """Limits values to [min, max]; a bound left as None does not limit."""
-    op = pb.ClampOp()
-    if min is not None:
-        op.min = float(min)
-    if max is not None:
-        op.max = float(max)
-    return pb.Op(clamp=op)
+    return build("clamp", min=min, max=max)
 
 
 def cast(dtype):
     """Converts to ``dtype`` ("uint8", "int32", "float32", "float16" or a NumPy dtype),
     rounding to nearest and saturating."""
-    return pb.Op(cast=pb.CastOp(dtype=dtype_enum(dtype)))
+    return build("cast", dtype=dtype)
 
 
 # ---- builders generated from the descriptor ---------------------------------------------------
@@ -194,6 +189,14 @@ def _repeated(field):
     return flag if flag is not None else field.label == _FD.LABEL_REPEATED
 
 
+def _optional(field):
+    # A proto3 ``optional`` scalar: presence through a synthetic oneof of its own (protobuf's
+    # Python descriptors do not say "synthetic", but such a oneof holds exactly that field).
+    oneof = field.containing_oneof
+    return (field.has_presence and field.message_type is None
+            and (oneof is None or list(oneof.fields) == [field]))
+
+
 def _type_name(field):
     if field.enum_type is not None:
         return field.enum_type.name
@@ -204,55 +207,79 @@ def _type_name(field):
     t = names.get(field.type, str(field.type))
     if _repeated(field):
         return "repeated " + t
-    if field.has_presence and field.containing_oneof is None:
+    if _optional(field):
         return "optional " + t
     return t
 
 
+def _enum_number(what, field, value):
+    enum = field.enum_type
+    if enum.name == "DType":
+        try:
+            return dtype_enum(value)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+    table, label = _ENUM_NAMES.get(enum.name, ({}, enum.name))
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        key = value.lower()
+        if key in table:
+            return table[key]
+        by_name = enum.values_by_name.get(value.upper())
+        if by_name is not None:
+            return by_name.number
+        names = sorted(k for k in table if k is not None) or sorted(enum.values_by_name)
+        raise ValueError(f"{what}: unknown {label} {value!r}; expected one of {names}")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) \
+            and int(value) in enum.values_by_number:
+        return int(value)
+    raise ValueError(f"{what}: expected a {label} name or {enum.name} value, got {value!r}")
+
+
 def _convert(op_name, field, value):
-    """``value`` for ``field`` of op ``op_name``'s message; ValueError naming the argument."""
+    """``value`` for ``field`` of op ``op_name``'s message; ValueError naming the argument
+    ("resize.interpolation: ...") when it does not fit the field."""
     what = f"{op_name}.{field.name}"
     if field.enum_type is not None:
-        if field.enum_type.name == "DType":
-            return dtype_enum(value)
-        if isinstance(value, str):
-            table, label = _ENUM_NAMES.get(field.enum_type.name, ({}, field.enum_type.name))
-            key = value.lower()
-            if key in table:
-                return table[key]
-            by_name = field.enum_type.values_by_name.get(value.upper())
-            if by_name is not None:
-                return by_name.number
-            names = sorted(k for k in table if k is not None) or sorted(field.enum_type.values_by_name)
-            raise ValueError(f"{what}: unknown {label} {value!r}; expected one of {names}")
-        if value is None:
-            return 0
-        return int(value)
+        return _enum_number(what, field, value)
     if _repeated(field):
-        return _values(value, what)
-    if field.type in (_FD.TYPE_INT64, _FD.TYPE_INT32):
-        if isinstance(value, bool) or not float(value).is_integer():
-            raise ValueError(f"{what}: expected an integer, got {value!r}")
-        return int(value)
-    if field.type == _FD.TYPE_BOOL:
-        return bool(value)
-    return float(value)
+        try:
+            return _values(value, what)
+        except TypeError as e:
+            raise ValueError(f"{what}: expected numbers, got {value!r}") from e
+    try:
+        if field.type in (_FD.TYPE_INT64, _FD.TYPE_INT32):
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise ValueError
+            return int(value)
+        if field.type == _FD.TYPE_BOOL:
+            if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
+                raise ValueError
+            return bool(value)
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        kind = {_FD.TYPE_INT64: "an integer", _FD.TYPE_INT32: "an integer",
+                _FD.TYPE_BOOL: "a bool"}.get(field.type, "a number")
+        raise ValueError(f"{what}: expected {kind}, got {value!r}") from None
 
 
 def build(name, **fields):
     """The Op ``name`` (a field of the wire API's Op, e.g. "random_resized_crop") with its
-    message's ``fields`` set; TypeError for a field the message does not have."""
-    if name not in _KIND.fields and name not in {f.name for f in _KIND.fields}:
-        raise ValueError(f"unknown op {name!r}; expected one of {OPS}")
-    field = pb.Op.DESCRIPTOR.fields_by_name[name]
-    message_type = field.message_type
+    message's ``fields`` set from the keywords, as given: a field left out keeps the message's
+    default. Enums by name ("bilinear", "BORDER_EDGE") or value, DType as a NumPy dtype or its
+    name; None leaves an ``optional`` field unset. ValueError for an unknown op or a value that
+    does not fit its field (naming "op.field"), TypeError for a field the message does not have."""
+    if name not in OPS:
+        raise ValueError(f"unknown op {name!r}; expected one of {list(OPS)}")
+    message_type = pb.Op.DESCRIPTOR.fields_by_name[name].message_type
     msg = getattr(pb, message_type.name)()
     for key, value in fields.items():
         f = message_type.fields_by_name.get(key)
         if f is None:
             raise TypeError(f"{name}() has no argument {key!r}; its arguments are "
                             f"{[x.name for x in message_type.fields]}")
-        if value is None and f.has_presence:
+        if value is None and _optional(f):
             continue
         converted = _convert(name, f, value)
         if _repeated(f):
@@ -271,7 +298,7 @@ def _doc(name):
     if flags:
         lines += ["", "; ".join(flags).capitalize() + "."]
     if message_type.fields:
-        lines += ["", "Wire arguments (keywords of ``build``):"]
+        lines += ["", "Arguments (the message's fields, taken as keywords):"]
         lines += [f"    {f.name} ({_type_name(f)}): {_arg_doc(f)}" for f in message_type.fields]
     return "\n".join(lines)
 
@@ -288,15 +315,20 @@ OPS = tuple(f.name for f in _KIND.fields)
 
 
 def _pair(value, what):
-    """A number n -> (n, n); a pair -> itself."""
+    """A number n -> (n, n); a (min, max) pair -> itself; ValueError naming ``what`` else."""
     if isinstance(value, numbers.Real):
         return float(value), float(value)
-    lo, hi = value
-    return float(lo), float(hi)
+    try:
+        lo, hi = value
+        return float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected a number or a (min, max) pair, got {value!r}") \
+            from None
 
 
 def _hw(height, width):
-    return int(height), int(height if width is None else width)
+    # Integers are checked by build(), which names the field.
+    return height, height if width is None else width
 
 
 # ---- torchvision-style builders of the new ops ------------------------------------------------
@@ -341,8 +373,8 @@ def random_resized_crop(height, width=None, scale=(0.08, 1.0), ratio=(3.0 / 4.0,
     """torchvision's RandomResizedCrop: a box of area scale x the image's and aspect ratio in
     ``ratio`` (log-uniform) drawn per sample, resized to height x width."""
     h, w = _hw(height, width)
-    s_lo, s_hi = _pair(scale, "scale")
-    r_lo, r_hi = _pair(ratio, "ratio")
+    s_lo, s_hi = _pair(scale, "random_resized_crop.scale")
+    r_lo, r_hi = _pair(ratio, "random_resized_crop.ratio")
     return build("random_resized_crop", height=h, width=w, scale_min=s_lo, scale_max=s_hi,
                  ratio_min=r_lo, ratio_max=r_hi, interpolation=interpolation,
                  antialias=antialias)
@@ -352,8 +384,11 @@ def affine(angle=0.0, translate=(0.0, 0.0), scale=1.0, shear=(0.0, 0.0),
            interpolation="bilinear", border="constant", fill=0.0):
     """torchvision's affine about the centre, except that ``angle`` is counter-clockwise (pass
     torchvision's angle negated). ``shear`` is degrees: one number (x) or (x, y)."""
-    sx, sy = (float(shear), 0.0) if isinstance(shear, numbers.Real) else _pair(shear, "shear")
-    tx, ty = translate
+    if isinstance(shear, numbers.Real):
+        sx, sy = float(shear), 0.0
+    else:
+        sx, sy = _pair(shear, "affine.shear")
+    tx, ty = _pair(translate, "affine.translate")
     return build("affine", angle_deg=angle, translate_x=tx, translate_y=ty, scale=scale,
                  shear_x_deg=sx, shear_y_deg=sy, interpolation=interpolation, border=border,
                  fill=fill)
@@ -367,17 +402,20 @@ def random_affine(degrees=0.0, translate=None, scale=None, shear=None, interpola
     if isinstance(degrees, numbers.Real):
         a_lo, a_hi = -abs(float(degrees)), abs(float(degrees))
     else:
-        a_lo, a_hi = _pair(degrees, "degrees")
-    fx, fy = (0.0, 0.0) if translate is None else translate
-    s_lo, s_hi = (0.0, 0.0) if scale is None else _pair(scale, "scale")
+        a_lo, a_hi = _pair(degrees, "random_affine.degrees")
+    fx, fy = (0.0, 0.0) if translate is None else _pair(translate, "random_affine.translate")
+    s_lo, s_hi = (0.0, 0.0) if scale is None else _pair(scale, "random_affine.scale")
     shx = shy = (0.0, 0.0)
     if shear is not None:
         if isinstance(shear, numbers.Real):
             shx = (-abs(float(shear)), abs(float(shear)))
         elif len(shear) == 2:
-            shx = _pair(shear, "shear")
-        else:
+            shx = _pair(shear, "random_affine.shear")
+        elif len(shear) == 4:
             shx, shy = (shear[0], shear[1]), (shear[2], shear[3])
+        else:
+            raise ValueError(
+                f"random_affine.shear: expected a number, 2 or 4 numbers, got {shear!r}")
     return build("random_affine", angle_min_deg=a_lo, angle_max_deg=a_hi, max_translate_x=fx,
                  max_translate_y=fy, scale_min=s_lo, scale_max=s_hi, shear_x_min_deg=shx[0],
                  shear_x_max_deg=shx[1], shear_y_min_deg=shy[0], shear_y_max_deg=shy[1],
@@ -416,7 +454,7 @@ def _jitter_range(value, center, what):
         if value == 0:
             return 0.0, 0.0
         return (max(0.0, center - value), center + value) if center else (-value, value)
-    return _pair(value, what)
+    return _pair(value, f"color_jitter.{what}")
 
 
 def color_jitter(brightness=0, contrast=0, saturation=0, hue=0):  # noqa: F811 - the op's names
@@ -437,14 +475,35 @@ def channels_first():
     return build("channels_first")
 
 
+def _with_fields(name, fn):
+    """``fn`` (a hand-written builder of op ``name``) that also takes the op message's fields as
+    keywords: a call naming a field that is not one of ``fn``'s own parameters (pad(top=2),
+    affine(angle_deg=30), color_jitter(hue_min=-0.1, hue_max=0.1)) builds the message from its
+    keywords alone, as ``build`` does; such a call with positional arguments or with ``fn``'s own
+    torchvision-style names is a TypeError. Other calls go to ``fn`` unchanged."""
+    fields = [f.name for f in pb.Op.DESCRIPTOR.fields_by_name[name].message_type.fields]
+    own = set(inspect.signature(fn).parameters)
+    fields_only = set(fields) - own
+
+    @functools.wraps(fn)
+    def builder(*args, **kwargs):
+        if not fields_only.intersection(kwargs):
+            return fn(*args, **kwargs)
+        others = sorted(set(kwargs) - set(fields))
+        if args or others:
+            raise TypeError(f"{name}(): the message's fields {fields} are keywords that do not mix "
+                            f"with positional arguments or {sorted(own - set(fields))}; got "
+                            f"{len(args)} positional and {others}")
+        return build(name, **kwargs)
+    builder.__doc__ = (fn.__doc__ or "").rstrip() + "\n\n" + _doc(name)
+    return builder
+
+
 # Every Op field without a hand-written builder above gets the generated one; the hand-written
-# ones keep the descriptor's documentation below their own.
+# ones also take the message's fields and carry the descriptor's documentation below their own.
 for _name in OPS:
     _existing = globals().get(_name)
-    if _existing is None:
-        globals()[_name] = _generated(_name)
-    else:
-        _existing.__doc__ = (_existing.__doc__ or "").rstrip() + "\n\n" + _doc(_name)
+    globals()[_name] = _generated(_name) if _existing is None else _with_fields(_name, _existing)
 del _name, _existing
 
 
