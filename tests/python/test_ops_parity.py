@@ -450,6 +450,34 @@ def test_random_affine_with_fixed_ranges_is_affine(client):
                                                                  border="edge")))
 
 
+def shifted(img, tx, ty):
+    """img (H, W, C) moved right by tx and down by ty whole pixels, zeros where nothing lands."""
+    out = np.zeros_like(img)
+    h, w = img.shape[:2]
+    out[max(ty, 0):h + min(ty, 0), max(tx, 0):w + min(tx, 0)] = \
+        img[max(-ty, 0):h + min(-ty, 0), max(-tx, 0):w + min(-tx, 0)]
+    return out
+
+
+def test_random_affine_translates_by_whole_pixels_within_the_fraction(client):
+    """torchvision's RandomAffine draws tx uniformly in [-fx * W, fx * W] and rounds it to an
+    integer (ty likewise): with no rotation, scale or shear each sample is its image moved by
+    whole pixels, |tx| <= round(fx * W), and the shifts vary."""
+    x = images(np.float32, (12, 37, 53, 3))
+    got = run(client, x, ops.random_affine(0, translate=(0.2, 0.1)), seed=5)
+    max_tx, max_ty = round(0.2 * 53), round(0.1 * 37)
+    shifts = []
+    for i in range(len(x)):
+        found = [(tx, ty) for tx in range(-max_tx - 2, max_tx + 3)
+                 for ty in range(-max_ty - 2, max_ty + 3)
+                 if np.array_equal(got[i], shifted(x[i], tx, ty))]
+        assert len(found) == 1, f"sample {i}: {found or 'no whole-pixel shift'}"
+        tx, ty = found[0]
+        assert abs(tx) <= max_tx and abs(ty) <= max_ty, found
+        shifts.append(found[0])
+    assert len(set(shifts)) > 4
+
+
 @pytest.mark.parametrize("split", [(0, 2, 4), (0, 1, 5), (0, 3)])
 def test_random_ops_do_not_depend_on_the_batch_split(client, split):
     x = images(np.uint8, (6, 64, 64, 3))
