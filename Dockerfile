@@ -34,7 +34,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev \
-      libopencv-dev prometheus-cpp-dev \
+      libopencv-dev prometheus-cpp-dev libjpeg-dev libpng-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the server and CLI are built from; tests, benchmarks and the Python client stay out.

@@ -116,8 +116,8 @@ bool AnyRegionBroken(const PreparedRequest& p) {
 }  // namespace
 
 Processor::Processor(ProcessorOptions options, Backend* cpu, Backend* cuda,
-                     const SharedMemoryRegions* shm)
-    : options_(std::move(options)), cpu_(cpu), cuda_(cuda), shm_(shm) {}
+                     const SharedMemoryRegions* shm, kernels::ThreadPool* pool)
+    : options_(std::move(options)), cpu_(cpu), cuda_(cuda), shm_(shm), pool_(pool) {}
 
 std::vector<const Backend*> Processor::backends() const {
   std::vector<const Backend*> out = {cpu_};
@@ -130,16 +130,39 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
   const auto start = Clock::now();
   auto prepared = std::make_unique<PreparedRequest>();
   const std::string& id = request.request_id();
-  if (!request.has_images()) {
-    return WithRequestId(absl::InvalidArgumentError("images: expected a batch tensor, got none"),
+  const bool ragged = request.has_image_list();
+  if (ragged && request.has_images()) {
+    return WithRequestId(absl::InvalidArgumentError(
+                             "images, image_list: expected one of them, got both"),
                          id);
   }
-  auto main = DecodeBatch(request.images(), "images", options_.limits, shm_);
-  if (!main.ok()) return WithRequestId(main.status(), id);
-  prepared->main = std::move(*main);
+  if (!ragged && !request.has_images()) {
+    return WithRequestId(absl::InvalidArgumentError(
+                             "images: expected a batch tensor (or an image_list), got none"),
+                         id);
+  }
+  uint64_t bytes_in = 0;
+  uint64_t inline_bytes_in = 0;
+  if (ragged) {
+    auto list = CheckImageList(request.image_list(), "image_list", 3, options_.limits,
+                               options_.image_limits);
+    if (!list.ok()) return WithRequestId(list.status(), id);
+    prepared->ragged = std::make_unique<RaggedBatch>();
+    prepared->ragged->main = std::move(*list);
+    const RaggedTensor& m = prepared->ragged->main;
+    // No data: the dense batch's N, dtype, C and rank, which the outputs are made from.
+    prepared->main.view.dtype = m.dtype;
+    prepared->main.view.shape = {static_cast<int64_t>(m.samples.size()), 1, 1, m.c};
+    prepared->main.rank = m.rank;
+    bytes_in = inline_bytes_in = m.encoded_bytes;
+  } else {
+    auto main = DecodeBatch(request.images(), "images", options_.limits, shm_);
+    if (!main.ok()) return WithRequestId(main.status(), id);
+    prepared->main = std::move(*main);
+    bytes_in = prepared->main.view.bytes();
+    inline_bytes_in = prepared->main.shm.pin ? 0 : bytes_in;
+  }
   const kernels::BatchShape& shape = prepared->main.view.shape;
-  uint64_t bytes_in = prepared->main.view.bytes();
-  uint64_t inline_bytes_in = prepared->main.shm.pin ? 0 : bytes_in;
 
   std::vector<AuxSampling> sampling;
   std::set<std::string> names;
@@ -152,15 +175,39 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                                                   QuoteCallerString(a.name()), " a second time")),
           id);
     }
-    if (!a.has_tensor()) {
+    DecodedTensor decoded;
+    if (ragged) {
+      if (!a.has_list()) {
+        return WithRequestId(
+            absl::InvalidArgumentError(absl::StrCat(
+                path, ".list: expected a list of samples (one per image) with image_list, got ",
+                a.has_tensor() ? "a batch tensor" : "none")),
+            id);
+      }
+      auto list = CheckImageList(a.list(), path + ".list", 1, options_.limits,
+                                 options_.image_limits);
+      if (!list.ok()) return WithRequestId(list.status(), id);
+      decoded.view.dtype = list->dtype;
+      decoded.view.shape = {shape.n, 1, 1, list->c};
+      decoded.rank = list->rank;
+      bytes_in += list->encoded_bytes;
+      inline_bytes_in += list->encoded_bytes;
+      prepared->ragged->aux.push_back(std::move(*list));
+    } else if (a.has_list()) {
+      return WithRequestId(absl::InvalidArgumentError(absl::StrCat(
+                               path, ".list: lists go with image_list; with images send ", path,
+                               ".tensor")),
+                           id);
+    } else if (!a.has_tensor()) {
       return WithRequestId(
           absl::InvalidArgumentError(absl::StrCat(path, ".tensor: expected a tensor, got none")),
           id);
     }
-    auto aux = DecodeBatch(a.tensor(), path + ".tensor", options_.limits, shm_);
+    auto aux = ragged ? absl::StatusOr<DecodedTensor>(std::move(decoded))
+                      : DecodeBatch(a.tensor(), path + ".tensor", options_.limits, shm_);
     if (!aux.ok()) return WithRequestId(aux.status(), id);
     const kernels::BatchShape& as = aux->view.shape;
-    if (as.n != shape.n || as.h != shape.h || as.w != shape.w) {
+    if (!ragged && (as.n != shape.n || as.h != shape.h || as.w != shape.w)) {
       return WithRequestId(
           absl::InvalidArgumentError(absl::StrCat(
               path, ".tensor.shape: expected N,H,W = ", shape.n, ",", shape.h, ",", shape.w,
@@ -186,8 +233,10 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                                                                : kernels::Interp::kNearest;
     s.fill = a.fill();
     sampling.push_back(s);
-    bytes_in += aux->view.bytes();
-    if (!aux->shm.pin) inline_bytes_in += aux->view.bytes();
+    if (!ragged) {
+      bytes_in += aux->view.bytes();
+      if (!aux->shm.pin) inline_bytes_in += aux->view.bytes();
+    }
     prepared->aux.push_back(std::move(*aux));
   }
 
@@ -201,8 +250,11 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
   PlanOptions plan_options = options_.plan;
   plan_options.max_tensor_bytes =
       std::min(plan_options.max_tensor_bytes, options_.limits.max_tensor_bytes);
-  auto plan = BuildPlan(request.pipeline(), BatchState{shape, prepared->main.view.dtype},
-                        request.seed(), request.sample_offset(), std::move(sampling), plan_options);
+  auto plan = ragged ? PlanImageList(request.pipeline(), request.seed(), request.sample_offset(),
+                                     sampling, plan_options, prepared->ragged.get())
+                     : BuildPlan(request.pipeline(), BatchState{shape, prepared->main.view.dtype},
+                                 request.seed(), request.sample_offset(), std::move(sampling),
+                                 plan_options);
   if (!plan.ok()) return WithRequestId(plan.status(), id);
   prepared->plan = std::move(*plan);
   absl::Status placed = PlaceOutputs(request, shm_, prepared.get());
@@ -218,6 +270,12 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
   }
   switch (request.device()) {
     case pb::DEVICE_CUDA:
+      if (ragged) {
+        return WithRequestId(absl::FailedPreconditionError(
+                                 "device: DEVICE_CUDA requested, but an image_list is decoded "
+                                 "and run on the CPU; use DEVICE_AUTO or DEVICE_CPU"),
+                             id);
+      }
       if (!cuda_usable) {
         return WithRequestId(
             absl::FailedPreconditionError(absl::StrCat(
@@ -240,7 +298,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
       prepared->device = DeviceKind::kCpu;
       break;
     default:
-      prepared->device = cuda_usable && options_.allow_cuda && cpu_only == nullptr &&
+      prepared->device = !ragged && cuda_usable && options_.allow_cuda && cpu_only == nullptr &&
                                  bytes_in >= options_.auto_cuda_min_bytes
                              ? DeviceKind::kCuda
                              : DeviceKind::kCpu;
@@ -271,6 +329,7 @@ uint64_t Processor::AuxOutputBytes(const PreparedRequest& prepared, size_t j) {
 
 uint64_t Processor::InlineOutputBytes(const PreparedRequest& prepared) {
   uint64_t bytes = prepared.main_out.data != nullptr ? 0 : MainOutputBytes(prepared);
+  if (prepared.ragged) bytes += prepared.ragged->scratch_bytes;
   for (size_t j = 0; j < prepared.aux.size(); ++j) {
     if (j >= prepared.aux_out.size() || prepared.aux_out[j].data == nullptr) {
       bytes += AuxOutputBytes(prepared, j);
@@ -331,7 +390,15 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
 
   start = Clock::now();
   Backend* backend = prepared.device == DeviceKind::kCuda ? cuda_ : cpu_;
-  absl::Status s = backend->Execute(prepared.plan, in, out, &stats.steps);
+  absl::Status s;
+  if (prepared.ragged) {
+    s = RunImageList(*prepared.ragged, cpu_, pool_, out, &stats.steps, &stats.image_decode_ns);
+    if (s.code() == absl::StatusCode::kInvalidArgument) {
+      return WithRequestId(s, request.request_id());  // a file that turned out corrupt
+    }
+  } else {
+    s = backend->Execute(prepared.plan, in, out, &stats.steps);
+  }
   stats.device = prepared.device;
   if (!s.ok() && prepared.device == DeviceKind::kCuda && options_.cuda_fallback_to_cpu &&
       request.device() != pb::DEVICE_CUDA) {
@@ -340,7 +407,7 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
     s = cpu_->Execute(prepared.plan, in, out, &stats.steps);
     stats.device = DeviceKind::kCpu;
   }
-  stats.kernel_ns = NanosSince(start);
+  stats.kernel_ns = NanosSince(start) - stats.image_decode_ns;
   if (AnyRegionBroken(prepared)) {
     // The fault guard gave the kernels zeros in place of the vanished memory: the result is
     // meaningless, whatever the kernels returned.
@@ -361,6 +428,7 @@ absl::StatusOr<RunStats> Processor::Run(const pb::ProcessRequest& request,
   pb::ServerTimings* t = response->mutable_timings();
   t->set_decode_ns(prepared.decode_ns);
   t->set_kernel_ns(stats.kernel_ns);
+  t->set_image_decode_ns(stats.image_decode_ns);
   t->set_encode_ns(stats.encode_ns);
   stats.samples = shape.n;
   stats.bytes_out = out.main.bytes();

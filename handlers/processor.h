@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "handlers/backend.h"
+#include "handlers/image_list.h"
 #include "handlers/op_registry.h"
 #include "handlers/plan.h"
 #include "handlers/shm_regions.h"
@@ -22,6 +23,7 @@ namespace tensorprep::handlers {
 struct ProcessorOptions {
   PlanOptions plan;
   DecodeLimits limits;
+  ImageLimits image_limits;
   // With DEVICE_AUTO, batches of at least this many input bytes go to a usable CUDA device.
   uint64_t auto_cuda_min_bytes = uint64_t{1} << 20;
   // Which device DEVICE_AUTO may pick: kCpu pins everything to the CPU (--device cpu).
@@ -41,6 +43,9 @@ struct PreparedRequest {
   // the main result, and one per aux tensor.
   ShmSpan main_out;
   std::vector<ShmSpan> aux_out;
+  // Set when the images came as an image_list (main and aux then hold only the dense batch's
+  // dtype, C and rank, with no data): the samples and their plans; `plan` gives the dense shape.
+  std::unique_ptr<RaggedBatch> ragged;
   int64_t decode_ns = 0;
   uint64_t bytes_in = 0;
   // Input bytes that came inside the message; the rest (bytes_in - inline_bytes_in) were read
@@ -52,6 +57,7 @@ struct RunStats {
   DeviceKind device = DeviceKind::kCpu;
   std::vector<StepTiming> steps;
   int64_t kernel_ns = 0;
+  int64_t image_decode_ns = 0;  // decoding an image_list's files (not in kernel_ns)
   int64_t encode_ns = 0;
   uint64_t bytes_out = 0;
   int64_t samples = 0;
@@ -62,10 +68,11 @@ struct RunStats {
 // Thread-safe: Prepare and Run may be called from many threads at once.
 class Processor {
  public:
-  // `cpu` must be non-null; `cuda` and `shm` may be null (no CUDA; shared memory disabled).
-  // None is owned; all outlive the processor.
+  // `cpu` must be non-null; `cuda` and `shm` may be null (no CUDA; shared memory disabled);
+  // `pool` spreads the samples of an image_list (null: one at a time). None is owned; all
+  // outlive the processor.
   Processor(ProcessorOptions options, Backend* cpu, Backend* cuda,
-            const SharedMemoryRegions* shm = nullptr);
+            const SharedMemoryRegions* shm = nullptr, kernels::ThreadPool* pool = nullptr);
 
   // Validates and plans. INVALID_ARGUMENT naming the field (prefixed with the request id when
   // set), RESOURCE_EXHAUSTED over a size limit, FAILED_PRECONDITION for DEVICE_CUDA without a
@@ -89,7 +96,7 @@ class Processor {
   static kernels::BatchShape AuxOutputShape(const PreparedRequest& prepared, size_t j);
   static uint64_t AuxOutputBytes(const PreparedRequest& prepared, size_t j);
   // Result bytes the server holds in memory for a prepared request until they are sent (those
-  // written to shared memory excluded).
+  // written to shared memory excluded), and the decoded samples of an image_list while it runs.
   static uint64_t InlineOutputBytes(const PreparedRequest& prepared);
 
   // Devices for ListOps: CPU first, then CUDA when built.
@@ -101,6 +108,7 @@ class Processor {
   Backend* cpu_;
   Backend* cuda_;
   const SharedMemoryRegions* shm_;
+  kernels::ThreadPool* pool_;
 };
 
 // Fills a ListOps response from the registry and the backends.

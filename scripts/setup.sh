@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libopencv-dev prometheus-cpp-dev
+  libopencv-dev prometheus-cpp-dev libjpeg-dev libpng-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus openssl curl
   buildah debootstrap

@@ -27,6 +27,10 @@ Flags (each also read from the environment variable shown; flags win):
   --max-message-mb N     largest request/response message in MiB (TENSORPREP_MAX_MESSAGE_MB, 256)
   --max-tensor-mb N      largest tensor in a request, in MiB; bigger ones get RESOURCE_EXHAUSTED
                          (TENSORPREP_MAX_TENSOR_MB, default 1024)
+  --max-image-megapixels N
+                         largest image file in an image_list, in Mi pixels (height x width, as
+                         its header declares); bigger ones get RESOURCE_EXHAUSTED before any
+                         decoding (TENSORPREP_MAX_IMAGE_MEGAPIXELS, default 128)
   --max-inflight-mb N    request and response bytes held by accepted requests, server-wide, in
                          MiB; past it new requests get RESOURCE_EXHAUSTED
                          (TENSORPREP_MAX_INFLIGHT_MB, default 2048)
@@ -174,6 +178,10 @@ const std::map<std::string, Setter>& Setters() {
       {"max-tensor-mb",
        [](Config& c, const std::string& v, const std::string& name) {
          return ParseInt(v, name, 1, 1 << 20, &c.max_tensor_mb);
+       }},
+      {"max-image-megapixels",
+       [](Config& c, const std::string& v, const std::string& name) {
+         return ParseInt(v, name, 1, 1 << 20, &c.max_image_megapixels);
        }},
       {"max-inflight-mb",
        [](Config& c, const std::string& v, const std::string& name) {

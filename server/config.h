@@ -18,6 +18,7 @@ struct Config {
   int threads = 0;               // TENSORPREP_THREADS; 0 = all cores
   int max_message_mb = 256;      // TENSORPREP_MAX_MESSAGE_MB (receive and send)
   int max_tensor_mb = 1024;      // TENSORPREP_MAX_TENSOR_MB: largest decoded tensor
+  int max_image_megapixels = 128;  // TENSORPREP_MAX_IMAGE_MEGAPIXELS: largest image file, Mi px
   int max_inflight_mb = 2048;    // TENSORPREP_MAX_INFLIGHT_MB: request + response bytes held, server-wide
   int max_inflight_requests = 1024;  // TENSORPREP_MAX_INFLIGHT_REQUESTS: server-wide
   int stream_inflight = 8;       // TENSORPREP_STREAM_INFLIGHT: requests in flight per stream

@@ -109,6 +109,7 @@ int Run(const Config& config) {
 
   handlers::ProcessorOptions options;
   options.limits.max_tensor_bytes = static_cast<uint64_t>(config.max_tensor_mb) << 20;
+  options.image_limits.max_image_pixels = static_cast<uint64_t>(config.max_image_megapixels) << 20;
   options.allow_cuda = config.device != "cpu";
   if (config.device == "cuda") options.auto_cuda_min_bytes = 0;
   handlers::ShmOptions shm_options;
@@ -117,7 +118,7 @@ int Run(const Config& config) {
   shm_options.max_mapped_bytes = static_cast<uint64_t>(config.shm_max_mb) << 20;
   handlers::SharedMemoryRegions shm(shm_options);
   SetResultBufferCacheLimit(static_cast<size_t>(config.result_cache_mb) << 20);
-  handlers::Processor processor(options, &cpu, cuda.get(), &shm);
+  handlers::Processor processor(options, &cpu, cuda.get(), &shm, &pool);
 
   auto registry = std::make_shared<prometheus::Registry>();
   std::vector<std::string> kernel_labels;

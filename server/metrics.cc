@@ -13,7 +13,7 @@ constexpr std::array<const char*, kRpcCount> kRpcNames = {
 constexpr std::array<const char*, kProtocolCount> kProtocolNames = {"kserve_v2"};
 constexpr std::array<const char*, kTransportCount> kTransportNames = {"inline", "shm", "mixed"};
 constexpr std::array<const char*, kStageCount> kStageNames = {"decode", "queue", "kernel",
-                                                              "encode"};
+                                                              "encode", "image_decode"};
 constexpr std::array<const char*, kDeviceCount> kDeviceNames = {"cpu", "cuda"};
 // Indexed by grpc::StatusCode; the spelling gRPC itself uses in its docs and tools.
 constexpr std::array<const char*, kCodeCount> kCodeNames = {
@@ -150,7 +150,8 @@ Metrics::Metrics(prometheus::Registry& registry, const std::vector<std::string>&
       prometheus::BuildHistogram()
           .Name("tensorprep_stage_duration_seconds")
           .Help(
-              "Server time of one request spent in each stage (decode, queue, kernel, encode), "
+              "Server time of one request spent in each stage (decode, queue, kernel, encode; "
+              "image_decode for requests with an image_list), "
               "by the device that ran it.")
           .Register(registry);
   for (int s = 0; s < kStageCount; ++s) {

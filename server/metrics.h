@@ -37,8 +37,9 @@ inline constexpr int kProtocolCount = 1;
 // of each.
 enum class Transport : int { kInline = 0, kShm = 1, kMixed = 2 };
 inline constexpr int kTransportCount = 3;
-enum class Stage : int { kDecode = 0, kQueue = 1, kKernel = 2, kEncode = 3 };
-inline constexpr int kStageCount = 4;
+// kImageDecode: decoding an image_list's files (requests with one only).
+enum class Stage : int { kDecode = 0, kQueue = 1, kKernel = 2, kEncode = 3, kImageDecode = 4 };
+inline constexpr int kStageCount = 5;
 enum class MetricDevice : int { kCpu = 0, kCuda = 1 };
 inline constexpr int kDeviceCount = 2;
 // gRPC status codes 0..16 are the closed set of the `code` label.

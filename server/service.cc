@@ -124,6 +124,9 @@ absl::Status PreprocessorService::RunJob(Job& job, pb::ProcessResponse* response
   metrics_.ObserveStage(Stage::kQueue, device, queue_ns * 1e-9);
   metrics_.ObserveStage(Stage::kKernel, device, t->kernel_ns() * 1e-9);
   metrics_.ObserveStage(Stage::kEncode, device, t->encode_ns() * 1e-9);
+  if (job.prepared->ragged) {
+    metrics_.ObserveStage(Stage::kImageDecode, device, t->image_decode_ns() * 1e-9);
+  }
   for (const handlers::StepTiming& s : stats->steps) {
     metrics_.ObserveKernel(static_cast<int>(s.kind), device, s.seconds);
   }
