@@ -2,10 +2,14 @@
 
     python -m tensorprep.bench --server-bin build/server/tensorprep-server --out out/bench
     python -m tensorprep.bench --workloads W4 --out out/bench-w4     # see w4.py
+    python -m tensorprep.bench --workloads W5 --out out/bench-w5     # see w5.py
 
 W4 (the ImageNet training transform against torchvision in a DataLoader and DALI CPU) runs on
 its own, with its own ways (torch, dali, shm-unary, shm-stream, shm-placed; default
 torch,dali,shm-stream,shm-placed), batch 64 by default, and its own report: see w4.py.
+W5 (JPEG files in: decoding, random resized crop, flip, normalize against tf.data and DALI CPU)
+likewise, with its ways tensorprep, tf, tf-fused, dali (default tensorprep,tf,dali), its image
+sets (--sets) and its report: see w5.py.
 
 Ways (see workloads.py):
   a           tf.numpy_function in tf.data with AUTOTUNE, the seed's callback (skimage / NumPy)
@@ -93,10 +97,11 @@ def parse_args(argv):
                    help="the shm ways use TCP too, not the local server's Unix socket")
     p.add_argument("--server-threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--workloads", default="W1,W2,W3", help="W1,W2,W3 (any of them) or W4 alone")
+    p.add_argument("--workloads", default="W1,W2,W3",
+                   help="W1,W2,W3 (any of them), or W4 or W5 alone")
     p.add_argument("--batches", help="default 1,64 (W4: 64)")
     p.add_argument("--ways", help=f"default {','.join(WAYS)} (W4: torch,dali,shm-stream,"
-                                  f"shm-placed)")
+                                  f"shm-placed; W5: tensorprep,tf,dali)")
     p.add_argument("--torch-workers", default="0,2",
                    help="W4: the DataLoader's worker counts, one row each (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3)
@@ -108,9 +113,14 @@ def parse_args(argv):
                         "(0: never). Shared-memory requests are never split")
     p.add_argument("--shm-pool-mb", type=int, default=1024,
                    help="the shm client's first shared-memory region")
-    p.add_argument("--pool", type=int, default=64, help="distinct samples per workload")
+    p.add_argument("--pool", type=int, default=None,
+                   help="distinct samples per workload (default 64; W5: 256 per image set)")
+    p.add_argument("--sets", default="256,varied",
+                   help="W5: image sets, 256 (all 256x256) and/or varied (ImageNet-like sizes)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="W5: JPEG quality of the files")
     p.add_argument("--dali-threads", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--out", help="where the report goes (default: out/bench; W4: out/bench-w4)")
+    p.add_argument("--out", help="where the report goes (default: out/bench; W4: out/bench-w4; "
+                                 "W5: out/bench-w5)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve the client-side histogram on 127.0.0.1:PORT during the run")
     p.add_argument("--no-chart", action="store_true")
@@ -565,9 +575,14 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     try:
-        if "W4" in workloads:
-            if workloads != ["W4"]:
-                sys.exit("bench: W4 runs on its own (its ways differ): --workloads W4")
+        for alone in ("W4", "W5"):
+            if alone in workloads and workloads != [alone]:
+                sys.exit(f"bench: {alone} runs on its own (its ways differ): --workloads {alone}")
+        if workloads == ["W5"]:
+            from . import w5
+            return w5.run(args)
+        args.pool = args.pool or 64
+        if workloads == ["W4"]:
             from . import w4
             return w4.run(args)
         args.batches = args.batches or "1,64"

@@ -299,18 +299,19 @@ def _as_numpy(x):
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def check_deterministic(images, outputs):
+def check_deterministic(images, outputs, bounds=CHECK_BOUNDS, name=NAME):
     """CHECK's outputs (way -> (N, 3, 224, 224)) against the reference: every sample within
-    CHECK_BOUNDS of the reference or of its mirror, both outcomes present from 24 samples on.
+    ``bounds`` (max, mean) of the reference or of its mirror, both outcomes present from 24
+    samples on; ``name`` heads the messages (W5 checks its decoded files with this too).
     Raises AssertionError; returns {way: {"max", "mean", "flipped"}}."""
     want = reference(images)
     mirrored = want[..., ::-1]
-    most, mean = CHECK_BOUNDS
+    most, mean = bounds
     found = {}
     for way, out in outputs.items():
         got = _as_numpy(out)
         if got.shape != want.shape or got.dtype != np.float16:
-            raise AssertionError(f"W4 check {way}: {got.dtype} {got.shape}, expected float16 "
+            raise AssertionError(f"{name} check {way}: {got.dtype} {got.shape}, expected float16 "
                                  f"{want.shape}")
         got = got.astype(np.float64)
         worst, total, flips = 0.0, 0.0, 0
@@ -321,13 +322,13 @@ def check_deterministic(images, outputs):
             err = flip if f else plain
             if not (err.max() <= most and err.mean() <= mean):
                 raise AssertionError(
-                    f"W4 check {way}: sample {i} is {'the mirror' if f else 'the reference'} "
+                    f"{name} check {way}: sample {i} is {'the mirror' if f else 'the reference'} "
                     f"within max {err.max():.3g} (bound {most}), mean {err.mean():.3g} "
                     f"(bound {mean})")
             worst, total, flips = max(worst, float(err.max())), total + float(err.mean()), flips + f
         n = got.shape[0]
         if n >= 24 and not 0 < flips < n:
-            raise AssertionError(f"W4 check {way}: {flips} of {n} samples flipped (p = 0.5)")
+            raise AssertionError(f"{name} check {way}: {flips} of {n} samples flipped (p = 0.5)")
         found[way] = {"max": worst, "mean": total / n, "flipped": flips / n}
     return found
 
@@ -386,6 +387,7 @@ def run(args):
     from . import report
 
     tuned = False if args.no_tune_malloc else tune_malloc()
+    args.pool = args.pool or 64  # --pool's default (W5's differs)
     torch_workers = [int(n) for n in args.torch_workers.split(",") if n.strip()]
     ways = parse_ways(args.ways or ",".join(DEFAULT_WAYS), torch_workers)
     batches = [int(b) for b in (args.batches or "64").split(",")]
