@@ -6,11 +6,18 @@
         out, labels = client.process(images, [tp.random_flip(0.5)], labels=labels, seed=7)
         for out in client.stream(batches, [tp.flip("horizontal")], inflight=4):
             ...
+        # Encoded files (or raw arrays of their own sizes) in, one dense batch out:
+        out = client.process([jpeg_bytes, "b.png", pathlib.Path("c.jpg")],
+                             [tp.random_resized_crop(224), tp.cast("float32")])
 
 Transport: on the same host as a server that allows it, tensors travel through shared memory
 (tensorprep.shm) and requests only name them; otherwise as bytes inside the gRPC messages. The
 client decides by itself (``shm="auto"``), on the first call or ``connect()``; ``client.transport``
 and ``client.shm_reason`` say what it chose and why, and each Result says which way it went.
+
+Lists of samples (``images=[...]``: encoded JPEG/PNG files as bytes or paths, or NumPy arrays
+each of its own size) are decoded and run on the server's CPU, and must be brought to one size by
+the pipeline; they always travel inline (wire.as_sample_list says what a list may hold).
 
 Arrays come back as views, no copy: over the received message (read-only) on the inline path,
 over a shared-memory slot (writable) on the shared-memory path. A slot stays reserved as long as
@@ -40,7 +47,8 @@ from . import shm as _shm
 from ._stubs import pb, pb_grpc
 from .errors import TensorprepError, error_for, from_rpc_error
 from .ops import as_pipeline, has_random, interpolation_enum
-from .wire import AuxInput, as_wire_array, decode_response, encode_request
+from .wire import (AuxInput, SampleList, as_sample_list, as_wire_array, decode_response,
+                   encode_request, is_encoded_item, is_sample_list)
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Preprocessor"].full_name
 _DEVICES = {"auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU, "cuda": pb.DEVICE_CUDA,
@@ -69,6 +77,8 @@ _REGISTER_REFUSED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: "the server has no room for this client's shared memory",
     grpc.StatusCode.INVALID_ARGUMENT: "the server refused the shared-memory region",
 }
+# Why a request with a list of samples went inline whatever the transport.
+_LIST_INLINE = "a list of samples is sent inline (shared memory carries dense tensors only)"
 
 
 _SERVICE_CONFIG = json.dumps({
@@ -153,7 +163,9 @@ class Result:
     images: np.ndarray
     aux: dict  # name -> ndarray
     device: str  # "cpu" or "cuda": the device that ran the kernels
-    timings: dict  # server stage -> seconds: decode, queue, kernel, encode, total
+    # server stage -> seconds: decode, queue, kernel, encode, total, and image_decode (decoding
+    # the encoded samples of a list; 0 for a dense batch)
+    timings: dict
     request_id: str
     round_trip_s: float  # client-side, from send to receipt
     transport: str = "inline"  # "shm" or "inline": how this result's tensors travelled
@@ -169,11 +181,35 @@ def _transfer(t):
 
 def _timings(t):
     return {"decode": t.decode_ns * 1e-9, "queue": t.queue_ns * 1e-9, "kernel": t.kernel_ns * 1e-9,
-            "encode": t.encode_ns * 1e-9, "total": t.total_ns * 1e-9}
+            "encode": t.encode_ns * 1e-9, "total": t.total_ns * 1e-9,
+            "image_decode": t.image_decode_ns * 1e-9}
 
 
-def _prepare_aux(labels, aux):
-    """-> list of (name, array, interpolation enum, fill) and whether `labels` was given."""
+def _prepare_inputs(images, labels, aux, channels):
+    """(images as an array or SampleList, aux items) checked and ready for the wire."""
+    if is_sample_list(images):
+        images = as_sample_list(images, "images", channels)
+    else:
+        if channels is not None:
+            raise ValueError("channels= applies to a list of samples (encoded files or arrays "
+                             "of their own sizes), not to a dense batch")
+        images = as_wire_array(images)
+    return images, _prepare_aux(labels, aux, images)
+
+
+def _batch_len(images):
+    return len(images) if isinstance(images, SampleList) else images.shape[0]
+
+
+def _rows(x, lo, hi):
+    return x.slice(lo, hi) if isinstance(x, SampleList) else x[lo:hi]
+
+
+def _prepare_aux(labels, aux, images=None):
+    """-> list of (name, array or SampleList, interpolation enum, fill).
+
+    With a list of samples as ``images``, an aux tensor may be a list (one sample per image) or a
+    dense batch (N, H, W[, C]), sent as N samples; with a dense batch it must be dense too."""
     items = []
     if labels is not None:
         items.append((LABELS, labels))
@@ -182,14 +218,33 @@ def _prepare_aux(labels, aux):
             if name == LABELS and labels is not None:
                 raise ValueError("aux has an entry named 'labels' and labels= is given too")
             items.append((name, value))
+    listed = isinstance(images, SampleList)
     out = []
     for name, value in items:
         if isinstance(value, AuxInput):
-            arr, interp, fill = value.array, value.interpolation, value.fill
+            arr, interp, fill, channels = (value.array, value.interpolation, value.fill,
+                                           value.channels)
         else:
-            arr, interp, fill = value, None, 0.0
-        out.append((name, as_wire_array(arr, f"aux {name!r}"), interpolation_enum(interp),
-                    float(fill)))
+            arr, interp, fill, channels = value, None, 0.0, None
+        what = name if name == LABELS else f"aux[{name!r}]"
+        if is_sample_list(arr):
+            if not listed:
+                raise ValueError(f"{what} is a list of samples, so images must be one too "
+                                 "(a list of encoded files or arrays)")
+            arr = as_sample_list(arr, what, channels)
+        elif listed:
+            arr = as_wire_array(arr, what)
+            if arr.ndim not in (3, 4):
+                raise ValueError(f"{what}: expected a list of samples or a batch (N, H, W[, C]), "
+                                 f"got shape {arr.shape}")
+            arr = SampleList(list(arr), channels or 0)
+        else:
+            if channels is not None:
+                raise ValueError(f"{what}: channels applies to a list of samples")
+            arr = as_wire_array(arr, f"aux {name!r}")
+        if listed and len(arr) != len(images):
+            raise ValueError(f"{what} has {len(arr)} samples, images have {len(images)}")
+        out.append((name, arr, interpolation_enum(interp), float(fill)))
     return out
 
 
@@ -433,6 +488,8 @@ class Client:
 
     def _plan(self, images, aux_items, pipeline, timeout):
         """(ShmRequest, None) for the shared-memory path, or (None, why inline)."""
+        if isinstance(images, SampleList):
+            return None, _LIST_INLINE
         self._decide(timeout)
         pool = self._pool
         if self.transport != "shm" or pool is None:
@@ -459,12 +516,22 @@ class Client:
             raise from_rpc_error(e) from None
 
     def call(self, images, pipeline, *, labels=None, aux=None, seed=None, sample_offset=0,
-             device=None, timeout=None, request_id=None, workload=None, copy=False):
+             device=None, timeout=None, request_id=None, workload=None, copy=False,
+             channels=None):
         """Runs ``pipeline`` on one batch with a unary call; returns a Result.
 
-        ``images``: (N, H, W) or (N, H, W, C) uint8 / int32 / float32 / float16.
+        ``images``: (N, H, W) or (N, H, W, C) uint8 / int32 / float32 / float16; or a list (or
+        tuple) of samples, each of its own size: encoded JPEG or PNG files as ``bytes`` /
+        ``bytearray`` / ``memoryview`` or as paths (``str`` / ``os.PathLike``, read here), or
+        NumPy arrays (H, W) or (H, W, C) (one kind per list). The server decodes a list (to
+        uint8) and runs it on its CPU; the pipeline must give a fixed size (resize to both
+        sides, crop, center_crop or random_resized_crop), else INVALID_ARGUMENT. The result is
+        one dense batch, and errors name the sample ("image_list.samples[3]: ...").
+        ``channels``: for a list, the channels decoded files get: None (3, RGB) or 1 (grey).
         ``labels``: an array (N, H, W[, C]) that follows the geometric ops (nearest sampling);
-        returned as aux["labels"]. ``aux``: more of them, {name: array or AuxInput}.
+        returned as aux["labels"]. ``aux``: more of them, {name: array or AuxInput}. With a list
+        of images, each may be a list too (a mask per image, e.g. palette PNGs, which give their
+        indices; AuxInput's ``channels`` picks otherwise), or a dense batch of N.
         ``seed``: for random ops; None draws a fresh one per call.
         ``copy``: return ordinary (writable, owning) arrays; a shared-memory slot is then freed
         at once. Otherwise arrays are views (see the module doc for their lifetime).
@@ -472,8 +539,7 @@ class Client:
         for what the server rejects.
         """
         pipeline = as_pipeline(pipeline)
-        images = as_wire_array(images)
-        aux_items = _prepare_aux(labels, aux)
+        images, aux_items = _prepare_inputs(images, labels, aux, channels)
         if seed is None:
             seed = secrets.randbits(64) if has_random(pipeline) else 0
         rid = request_id if request_id is not None else f"u{next(self._ids)}"
@@ -525,21 +591,25 @@ class Client:
         return _copied(res) if copy else res
 
     def process(self, images, pipeline, labels=None, seed=None, device=None, *, aux=None,
-                sample_offset=0, timeout=None, workload=None, copy=False):
+                sample_offset=0, timeout=None, workload=None, copy=False, channels=None):
         """Like ``call`` but returns arrays: the images, or (images, labels) when labels are
         given, or (images, {name: array}) when aux is given."""
         res = self.call(images, pipeline, labels=labels, aux=aux, seed=seed,
                         sample_offset=sample_offset, device=device, timeout=timeout,
-                        workload=workload, copy=copy)
+                        workload=workload, copy=copy, channels=channels)
         return _shape_output(res, labels is not None, aux)
 
     def stream(self, batches, pipeline, *, inflight=4, seed=None, device=None, timeout=None,
-               full=False, workload=None, sample_offset=0, chunk_mb=4.0, copy=False):
+               full=False, workload=None, sample_offset=0, chunk_mb=4.0, copy=False,
+               channels=None):
         """Sends each batch of ``batches`` on one bidirectional stream; yields results in order.
 
         ``batches`` yields arrays, (images, labels) pairs, or (images, {name: aux}) pairs; it is
         read lazily, from a gRPC thread, and never more than ``inflight`` batches ahead of what
         this generator has handed out (that bounds memory whatever the consumer's pace).
+        A batch may be a list of samples as ``call`` takes them (``channels`` applies to those).
+        A list or tuple of two is read as a pair unless it holds an encoded file or a path, so a
+        batch of exactly two raw arrays goes as ``([a, b], None)``.
 
         A batch larger than ``chunk_mb`` megabytes is sent as several requests of whole samples
         (with their sample offsets, so random draws are unchanged) and reassembled: several
@@ -598,10 +668,9 @@ class Client:
                     break
                 try:
                     images, labels, aux = _split_item(item)
-                    images = as_wire_array(images)
-                    aux_items = _prepare_aux(labels, aux)
+                    images, aux_items = _prepare_inputs(images, labels, aux, channels)
                     plan, reason = self._plan(images, aux_items, pipeline, timeout)
-                    spans = [(0, images.shape[0])] if plan is not None else _chunks(
+                    spans = [(0, _batch_len(images))] if plan is not None else _chunks(
                         images, aux_items, chunk_bytes)
                 except BaseException as e:
                     state["error"] = e
@@ -620,8 +689,8 @@ class Client:
                                                    seed=int(seed), sample_offset=offset)
                         else:
                             payload = encode_request(
-                                images[lo:hi], pipeline,
-                                aux=[(n, a[lo:hi], i, f) for n, a, i, f in aux_items],
+                                _rows(images, lo, hi), pipeline,
+                                aux=[(n, _rows(a, lo, hi), i, f) for n, a, i, f in aux_items],
                                 request_id=rid, device=device, seed=int(seed),
                                 sample_offset=offset + lo)
                     except BaseException as e:
@@ -638,7 +707,7 @@ class Client:
                             plans[rid] = plan
                     sent_at[rid] = time.perf_counter()
                     yield payload
-                offset += images.shape[0]
+                offset += _batch_len(images)
             state["done"] = True
 
         try:
@@ -759,6 +828,12 @@ def _copied(res):
 
 
 def _split_item(item):
+    # A list holding an encoded file or a path is a batch of samples, never a pair; so is one of
+    # arrays whose length is not 2. Two arrays stay a pair (images, labels), as they always were.
+    if isinstance(item, (tuple, list)) and (
+            any(is_encoded_item(x) for x in item)
+            or (len(item) != 2 and any(isinstance(x, np.ndarray) for x in item))):
+        return item, None, None
     if isinstance(item, (tuple, list)):
         if len(item) != 2:
             raise ValueError(f"a stream item is an array or an (images, labels) pair; got "
@@ -772,9 +847,22 @@ def _split_item(item):
 
 def _chunks(images, aux_items, chunk_bytes):
     """[(lo, hi)] sample ranges of at most ``chunk_bytes`` each (at least one sample each)."""
-    n = images.shape[0]
+    n = _batch_len(images)
     if chunk_bytes is None or n <= 1:
         return [(0, n)]
+    if isinstance(images, SampleList):
+        # Samples of their own sizes: contiguous runs, each closed before it would pass the limit.
+        sizes = images.sample_nbytes()
+        for _, a, _, _ in aux_items:
+            sizes = [s + t for s, t in zip(sizes, a.sample_nbytes())]
+        spans, lo, size = [], 0, 0
+        for i, s in enumerate(sizes):
+            if i > lo and size + s > chunk_bytes:
+                spans.append((lo, i))
+                lo, size = i, 0
+            size += s
+        spans.append((lo, n))
+        return spans
     per_sample = (images.nbytes + sum(a.nbytes for _, a, _, _ in aux_items)) / n
     k = max(1, int(chunk_bytes // max(per_sample, 1)))
     if k >= n:

@@ -19,6 +19,7 @@ that both ways against the generated classes).
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 from google.protobuf.message import DecodeError as _DecodeError
@@ -44,6 +45,11 @@ _REQ_AUX = _num(pb.ProcessRequest, "aux")
 _RESP_IMAGES = _num(pb.ProcessResponse, "images")
 _RESP_AUX = _num(pb.ProcessResponse, "aux")
 _AUX_TENSOR = _num(pb.AuxTensor, "tensor")
+_REQ_IMAGE_LIST = _num(pb.ProcessRequest, "image_list")
+_AUX_LIST = _num(pb.AuxTensor, "list")
+_LIST_SAMPLES = _num(pb.ImageList, "samples")
+_SAMPLE_ENCODED = _num(pb.ImageSample, "encoded")
+_SAMPLE_TENSOR = _num(pb.ImageSample, "tensor")
 _TENSOR_DTYPE = _num(pb.Tensor, "dtype")
 _TENSOR_SHAPE = _num(pb.Tensor, "shape")
 _TENSOR_DATA = _num(pb.Tensor, "data")
@@ -98,28 +104,180 @@ def _len_field(field, parts, length):
 
 @dataclasses.dataclass
 class AuxInput:
-    """An auxiliary tensor to send (labels, a mask): follows every geometric op of the batch."""
-    array: np.ndarray
+    """An auxiliary tensor to send (labels, a mask): follows every geometric op of the batch.
+
+    ``array`` is a dense batch, or (when the images are a list of samples) a list of samples as
+    the images take them: encoded files (a mask stored as PNG) or raw (H, W[, C]) arrays, one per
+    image and of its size. ``channels`` applies to such a list: None (the server's default for
+    aux tensors: 1, which gives a palette PNG's indices) or 3.
+    """
+    array: object
     interpolation: object = None  # None (nearest on the server), "nearest" or "bilinear"
     fill: float = 0.0
+    channels: int = None
+
+
+# --- ragged batches (ImageList) -------------------------------------------------------------------
+_ENCODED_TYPES = (bytes, bytearray, memoryview)
+
+
+def is_encoded_item(item):
+    """Whether ``item`` is a sample given as an encoded file: bytes-like, or a path."""
+    return isinstance(item, _ENCODED_TYPES + (str, os.PathLike))
+
+
+def is_sample_list(value):
+    """Whether ``value`` is meant as a list of samples (ImageList) rather than a dense batch: a
+    list or tuple that is empty or holds an encoded file (bytes-like), a file path (str or
+    os.PathLike) or a NumPy array. A list of plain numbers or nested lists stays a dense batch
+    (converted by np.asarray, as before lists of samples existed)."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    return not value or any(is_encoded_item(x) or isinstance(x, np.ndarray) for x in value)
+
+
+@dataclasses.dataclass
+class SampleList:
+    """A ragged batch ready for the wire (see as_sample_list): each sample is a bytes-like object
+    (a whole encoded file) or a C-contiguous little-endian array (H, W) or (H, W, C)."""
+    samples: list
+    channels: int = 0  # 0: the server's default (3 for images, 1 for an aux tensor)
+
+    def __len__(self):
+        return len(self.samples)
+
+    @property
+    def nbytes(self):
+        return sum(_sample_nbytes(s) for s in self.samples)
+
+    def sample_nbytes(self):
+        return [_sample_nbytes(s) for s in self.samples]
+
+    def slice(self, lo, hi):
+        return SampleList(self.samples[lo:hi], self.channels)
+
+
+def _sample_nbytes(sample):
+    return sample.nbytes if isinstance(sample, (np.ndarray, memoryview)) else len(sample)
+
+
+def _read_file(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        # OSError(errno, text) makes the matching subclass (FileNotFoundError, ...).
+        raise OSError(e.errno, f"{what}: cannot read {os.fspath(path)!r}: {e.strerror}") from None
+
+
+def as_sample_list(value, what="images", channels=None):
+    """Checks a list (or tuple) of samples and returns it as a SampleList, before anything is sent.
+
+    Each item is an encoded JPEG or PNG file as ``bytes``/``bytearray``/``memoryview``; a path
+    (``str`` or ``os.PathLike``), read here, on the client; or a NumPy array (H, W) or (H, W, C)
+    of a supported dtype (a raw sample of its own size). Encoded and raw samples may not be mixed
+    in one list, and raw samples must share dtype and channel count (the wire API's rule).
+    ``channels``: None (the server's default) or a positive int, for the decoded samples.
+
+    Raises TypeError for an item of another type, ValueError for an empty list or sample, mixed
+    kinds, or a raw sample of the wrong rank, dtype or channels; OSError (naming the item) for a
+    path that cannot be read.
+    """
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what}: expected a list of samples, got {type(value).__name__}")
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)
+                                 or channels < 1):
+        raise ValueError(f"{what}: channels must be None or a positive int, got {channels!r}")
+    if not value:
+        raise ValueError(f"{what}: the list of samples is empty")
+    samples = []
+    first_raw = None  # (index, dtype, channels) of the first raw sample
+    first_encoded = None
+    for i, item in enumerate(value):
+        name = f"{what}[{i}]"
+        if is_encoded_item(item) and first_raw is not None:
+            raise ValueError(f"{name}: a list holds encoded files or raw arrays, not both "
+                             f"({what}[{first_raw[0]}] is an array, this one an encoded file)")
+        if isinstance(item, _ENCODED_TYPES):
+            data = item
+            if isinstance(item, memoryview):
+                data = item.cast("B") if item.c_contiguous else item.tobytes()
+        elif isinstance(item, (str, os.PathLike)):
+            data = _read_file(item, name)
+        elif isinstance(item, np.ndarray):
+            if item.ndim not in (2, 3):
+                raise ValueError(f"{name}: a raw sample is (H, W) or (H, W, C), got shape "
+                                 f"{item.shape}")
+            if 0 in item.shape:
+                raise ValueError(f"{name}: a raw sample needs every dimension >= 1, got shape "
+                                 f"{item.shape}")
+            if first_encoded is not None:
+                raise ValueError(f"{name}: a list holds encoded files or raw arrays, not both "
+                                 f"({what}[{first_encoded}] is an encoded file, this one an "
+                                 "array)")
+            arr = as_wire_array(item, name)
+            c = arr.shape[2] if arr.ndim == 3 else 1
+            if first_raw is None:
+                first_raw = (i, arr.dtype, c)
+            elif (arr.dtype, c) != first_raw[1:]:
+                j, dt, cj = first_raw
+                raise ValueError(f"{name}: raw samples of one list share dtype and channels; "
+                                 f"{what}[{j}] is {dt} with {cj} channel(s), this one {arr.dtype} "
+                                 f"with {c}")
+            samples.append(arr)
+            continue
+        else:
+            raise TypeError(f"{name}: expected bytes (an encoded JPEG or PNG file), a file path "
+                            f"or a NumPy array (H, W[, C]), got {type(item).__name__}")
+        if len(data) == 0:
+            raise ValueError(f"{name}: the encoded file is empty")
+        if first_encoded is None:
+            first_encoded = i
+        samples.append(data)
+    return SampleList(samples, channels or 0)
+
+
+def _sample_list_parts(samples):
+    """Parts of a serialised ImageList holding ``samples`` (a SampleList); and its length. The
+    samples' bytes are referenced, not copied, until the final join."""
+    parts = []
+    total = 0
+    if samples.channels:
+        head = pb.ImageList(channels=samples.channels).SerializeToString()
+        parts.append(head)
+        total += len(head)
+    for sample in samples.samples:
+        if isinstance(sample, np.ndarray):
+            inner, inner_len = _len_field(_SAMPLE_TENSOR, *_tensor_parts(sample))
+        else:
+            inner, inner_len = _len_field(_SAMPLE_ENCODED, [sample], len(sample))
+        fparts, flen = _len_field(_LIST_SAMPLES, inner, inner_len)
+        parts += fparts
+        total += flen
+    return parts, total
 
 
 def encode_request(images, pipeline, *, aux=(), request_id="", device=pb.DEVICE_AUTO, seed=0,
                    sample_offset=0):
-    """Serialises a ProcessRequest. ``images`` and aux arrays must come from as_wire_array.
+    """Serialises a ProcessRequest. ``images`` and aux arrays must come from as_wire_array, or be
+    SampleLists (from as_sample_list), which go as ``image_list`` and ``AuxTensor.list``.
 
-    ``aux`` is a sequence of (name, array, interpolation_enum, fill). Returns bytes.
+    ``aux`` is a sequence of (name, array or SampleList, interpolation_enum, fill). Returns bytes.
     """
     head = pb.ProcessRequest(request_id=request_id, pipeline=pipeline, device=device, seed=seed,
                              sample_offset=sample_offset).SerializeToString()
     parts = [head]
-    tparts, tlen = _tensor_parts(images)
-    fparts, _ = _len_field(_REQ_IMAGES, tparts, tlen)
+    if isinstance(images, SampleList):
+        fparts, _ = _len_field(_REQ_IMAGE_LIST, *_sample_list_parts(images))
+    else:
+        fparts, _ = _len_field(_REQ_IMAGES, *_tensor_parts(images))
     parts += fparts
     for name, arr, interp, fill in aux:
         aux_head = pb.AuxTensor(name=name, interpolation=interp, fill=fill).SerializeToString()
-        tparts, tlen = _tensor_parts(arr)
-        inner, inner_len = _len_field(_AUX_TENSOR, tparts, tlen)
+        if isinstance(arr, SampleList):
+            inner, inner_len = _len_field(_AUX_LIST, *_sample_list_parts(arr))
+        else:
+            inner, inner_len = _len_field(_AUX_TENSOR, *_tensor_parts(arr))
         fparts, _ = _len_field(_REQ_AUX, [aux_head] + inner, len(aux_head) + inner_len)
         parts += fparts
     return b"".join(parts)
