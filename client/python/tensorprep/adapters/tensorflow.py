@@ -10,6 +10,25 @@ request on one bidirectional stream with ``inflight`` requests outstanding; the 
 prefetches ``prefetch`` processed batches. Python runs once per batch (tf.data's generator
 bridge), never per sample.
 
+Encoded images: ``batches`` may instead yield lists of encoded JPEG/PNG files, as a
+tf.data pipeline that reads TFRecords has them:
+
+    def parse(record):
+        f = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string),
+                                                "mask": tf.io.FixedLenFeature([], tf.string)})
+        return f["image"], f["mask"]
+    source = tf.data.TFRecordDataset(files).map(parse).batch(64)   # (images, masks) strings
+    ds = tensorprep.adapters.tensorflow.dataset(
+        address, source, [tp.random_resized_crop(224), tp.random_flip(0.5)])
+    for images, masks in ds: ...   # (64, 224, 224, 3) uint8 and (64, 224, 224) uint8
+
+A batch is a 1-D tf.string tensor (images), or a pair of them (images, masks; a mask stored as
+a palette PNG gives its indices); a callable or iterable source yields Python lists of bytes or
+paths instead. The server decodes the files, and the pipeline must bring them to one size
+(resize to both sides, crop, center_crop, random_resized_crop). ``channels`` sets the images'
+decoded channels (None: 3, RGB; 1: grey). The output's shapes and dtypes are learnt by running
+the first batch once when the dataset is made (one extra request, with the dataset's seed or 0).
+
 Random ops: with ``seed=None`` every pass (epoch) draws a fresh seed; a fixed seed repeats the same
 draws on every pass.
 
@@ -26,35 +45,87 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
-from ..client import Client
+from ..client import LABELS, Client, _split_item
 from ..ops import as_pipeline
 from ..shm import result_dtype
+from ..wire import is_sample_list
 
 
 def _spec(shape, dtype):
     return tf.TensorSpec(shape=(None,) + tuple(shape[1:]), dtype=tf.as_dtype(np.dtype(dtype)))
 
 
+def _string_batches(spec):
+    """Whether a tf.data element spec is a batch of encoded files (1-D tf.string images)."""
+    first = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if not isinstance(first, tf.TensorSpec) or first.dtype != tf.string:
+        return False
+    if first.shape.rank != 1:
+        raise ValueError(f"dataset: encoded images come as batches, 1-D tf.string tensors; got "
+                         f"shape {first.shape} (add .batch(n) to the source)")
+    return True
+
+
+def _as_lists(item):
+    """A batch read from tf.data with its 1-D string arrays (NumPy object arrays of bytes) as
+    Python lists of samples; other parts (a dense mask batch) as they are."""
+    def listed(x):
+        return list(x) if isinstance(x, np.ndarray) and x.dtype == object else x
+    if isinstance(item, tuple):
+        return tuple(listed(x) for x in item)
+    return listed(item)
+
+
+def _learn_signature(conn, first, pipeline, seed, device, timeout, channels):
+    """The output signature of a dataset of lists of samples: their sizes are the pipeline's
+    business, so the first batch is run once and its result read."""
+    images, labels, aux = _split_item(first)
+    if aux is not None:
+        raise ValueError("dataset: a batch of encoded images is images or (images, masks)")
+    res = conn.call(images, pipeline, labels=labels, seed=0 if seed is None else seed,
+                    device=device, timeout=timeout, channels=channels)
+    specs = [_spec(res.images.shape, res.images.dtype)]
+    if labels is not None:
+        specs.append(_spec(res.aux[LABELS].shape, res.aux[LABELS].dtype))
+    return specs[0] if len(specs) == 1 else tuple(specs)
+
+
 def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, device=None,
-            timeout=None, workload=None, client_options=None):
+            timeout=None, workload=None, client_options=None, channels=None):
     """Returns a tf.data.Dataset of processed batches (see the module doc).
 
     ``client`` is a Client or an address; with an address each pass opens its own Client with
     ``client_options`` (keyword arguments of Client, e.g. {"shm": False}).
-    Errors from the service surface as exceptions when the dataset is iterated.
+    ``channels``: for batches of encoded images, the channels they decode to (None: 3).
+    Errors from the service surface as exceptions when the dataset is iterated; for batches of
+    encoded images, an error in the first batch is raised here (it is run to learn the output's
+    shape).
     """
     client_options = dict(client_options or {})
     pipeline = as_pipeline(pipeline)
     is_tf = isinstance(batches, tf.data.Dataset)
+    encoded = is_tf and _string_batches(batches.element_spec)
 
     def source():
         if is_tf:
-            return batches.as_numpy_iterator()
+            it = batches.as_numpy_iterator()
+            return map(_as_lists, it) if encoded else it
         return iter(batches()) if callable(batches) else iter(batches)
 
-    # Output signature: from the source dataset's spec, else by peeking at the first batch.
-    first = None
-    if is_tf:
+    def connect():
+        own = not isinstance(client, Client)
+        return (Client(client, **client_options) if own else client), own
+
+    # Output signature: from the source dataset's spec, else by peeking at the first batch; for
+    # lists of samples, from the result of the first batch.
+    first = None  # the batch peeked at, for a source that cannot be read twice
+    probe = None  # the first batch of lists of samples
+    if encoded:
+        try:
+            probe = _as_lists(next(batches.take(1).as_numpy_iterator()))
+        except StopIteration:
+            raise ValueError("dataset: the batch source is empty") from None
+    elif is_tf:
         spec = batches.element_spec
         if isinstance(spec, (tuple, list)):
             in_shapes = [(s.shape.as_list(), s.dtype.as_numpy_dtype) for s in spec]
@@ -67,13 +138,27 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
         except StopIteration:
             raise ValueError("dataset: the batch source is empty") from None
         items = list(first) if isinstance(first, (tuple, list)) else [first]
-        in_shapes = [(np.shape(x), np.asarray(x).dtype) for x in items]
-    if len(in_shapes) > 2:
-        raise ValueError("dataset: a batch is images or (images, labels)")
-    out_specs = [_spec(in_shapes[0][0], result_dtype(pipeline, in_shapes[0][1]))]
-    if len(in_shapes) == 2:
-        out_specs.append(_spec(*in_shapes[1]))
-    signature = out_specs[0] if len(out_specs) == 1 else tuple(out_specs)
+        encoded = is_sample_list(_split_item(first)[0])
+        if encoded:
+            probe = first
+        else:
+            in_shapes = [(np.shape(x), np.asarray(x).dtype) for x in items]
+    if encoded:
+        conn, own = connect()
+        try:
+            signature = _learn_signature(conn, probe, pipeline, seed, device, timeout, channels)
+        finally:
+            if own:
+                conn.close()
+    else:
+        if channels is not None:
+            raise ValueError("dataset: channels applies to batches of encoded images")
+        if len(in_shapes) > 2:
+            raise ValueError("dataset: a batch is images or (images, labels)")
+        out_specs = [_spec(in_shapes[0][0], result_dtype(pipeline, in_shapes[0][1]))]
+        if len(in_shapes) == 2:
+            out_specs.append(_spec(*in_shapes[1]))
+        signature = out_specs[0] if len(out_specs) == 1 else tuple(out_specs)
 
     first_pass = [first_iter] if first is not None else []
 
@@ -82,11 +167,10 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
             it = itertools.chain([first], first_pass.pop())
         else:
             it = source()
-        own = not isinstance(client, Client)
-        conn = Client(client, **client_options) if own else client
+        conn, own = connect()
         try:
             for out in conn.stream(it, pipeline, inflight=inflight, seed=seed, device=device,
-                                   timeout=timeout, workload=workload):
+                                   timeout=timeout, workload=workload, channels=channels):
                 yield tuple(out) if isinstance(out, tuple) else out
         finally:
             if own:
