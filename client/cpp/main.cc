@@ -3,15 +3,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -35,6 +37,16 @@ Commands:
                               mapping, inline or a file name, e.g.
                               '{"ops":[{"rotate":{"angleDeg":30,"border":"BORDER_EDGE"}}]}'
                               (a bare JSON list of ops is accepted too)
+  process --images A.jpg B.png ... --out Y.npy --pipeline P [--channels 1|3]
+          [--masks M1.png M2.png ... --masks-out M.npy] [--seed N]
+                              the same for image files, each of its own size: JPEG and PNG
+                              files are sent as they are and decoded by the server (.npy files
+                              go as raw (H, W[, C]) samples); P must bring them to one size
+                              (resize to both sides, crop, centerCrop or randomResizedCrop), and
+                              Y.npy is the dense batch. --channels: 3 (RGB, default) or 1
+                              (grey). --masks: one per image, of its size (a palette PNG gives
+                              its indices), following the geometric ops; written to --masks-out
+                              (default Y.npy.masks.npy). Always inline, on the server's CPU
   bench [--workload W1|W2|W3|small] [--batch N] [--mode unary|stream] [--requests N]
         [--warmup N] [--inflight N] [--device D] [--json] [--distinct N]
         [--progress-seconds S|off] [--max-memory-mb N] [--shm[=auto|on|off]]
@@ -67,8 +79,12 @@ as "authorization: Bearer <token>"; TENSORPREP_AUTH_TOKEN gives it directly).
 
 struct Args {
   std::map<std::string, std::string> flags;
+  // Flags that take every word up to the next flag (--images a.jpg b.png).
+  std::map<std::string, std::vector<std::string>> lists;
   std::vector<std::string> positional;
 };
+
+bool IsListFlag(const std::string& name) { return name == "images" || name == "masks"; }
 
 Args ParseArgs(int argc, char** argv) {
   Args a;
@@ -77,6 +93,14 @@ Args ParseArgs(int argc, char** argv) {
     if (s.rfind("--", 0) == 0) {
       std::string name = s.substr(2), value = "true";
       const size_t eq = name.find('=');
+      if (IsListFlag(name.substr(0, eq))) {
+        std::vector<std::string>& list = a.lists[name.substr(0, eq)];
+        if (eq != std::string::npos) list.push_back(name.substr(eq + 1));
+        while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
+          list.push_back(argv[++i]);
+        }
+        continue;
+      }
       if (eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
@@ -140,7 +164,8 @@ absl::StatusOr<v1::Device> ParseDevice(const std::string& s) {
   if (s.empty() || s == "auto") return v1::DEVICE_AUTO;
   if (s == "cpu") return v1::DEVICE_CPU;
   if (s == "cuda") return v1::DEVICE_CUDA;
-  return absl::InvalidArgumentError(absl::StrCat("--device: expected auto, cpu or cuda, got '", s, "'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device: expected auto, cpu or cuda, got '", s, "'"));
 }
 
 int CmdOps(const Client& client) {
@@ -188,7 +213,117 @@ void PrintTransport(const CallResult& r) {
   }
 }
 
+void PrintTimings(v1::Device device, double rtt, const v1::ServerTimings& t) {
+  std::fprintf(stderr,
+               "device=%s round_trip=%.3f ms server=%.3f ms (decode %.3f, image decode %.3f, "
+               "queue %.3f, kernel %.3f, encode %.3f)\n",
+               v1::Device_Name(device).substr(7).c_str(), rtt * 1e3, t.total_ns() * 1e-6,
+               t.decode_ns() * 1e-6, t.image_decode_ns() * 1e-6, t.queue_ns() * 1e-6,
+               t.kernel_ns() * 1e-6, t.encode_ns() * 1e-6);
+}
+
+// Fills `list` with one sample per file: a .npy file as a raw tensor, anything else as an
+// encoded file whose format the server reads from its first bytes. NOT_FOUND for a file that
+// cannot be read, INVALID_ARGUMENT for an empty one or a .npy file that does not parse; both
+// name the flag and the file.
+absl::Status ReadSamples(const std::vector<std::string>& paths, const std::string& flag,
+                         v1::ImageList* list) {
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const std::string& path = paths[i];
+    const std::string what = absl::StrCat("--", flag, " ", path, " (sample ", i, ")");
+    v1::ImageSample* sample = list->add_samples();
+    if (absl::EndsWith(path, ".npy")) {
+      auto t = ReadNpy(path);
+      if (!t.ok()) {
+        return absl::Status(t.status().code(), absl::StrCat(what, ": ", t.status().message()));
+      }
+      *sample->mutable_tensor() = std::move(*t);
+      continue;
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot open the file"));
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) return absl::NotFoundError(absl::StrCat(what, ": cannot read the file"));
+    if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": the file is empty"));
+    sample->set_encoded(std::move(bytes));
+  }
+  return absl::OkStatus();
+}
+
+// `process --images ...`: a ragged batch of files in, one dense batch out (always inline).
+int CmdProcessFiles(const Client& client, const Args& a) {
+  const std::string out = Flag(a, "out"), pipe = Flag(a, "pipeline");
+  const std::vector<std::string>& images = a.lists.at("images");
+  auto masks_it = a.lists.find("masks");
+  const bool with_masks = masks_it != a.lists.end();
+  if (images.empty() || out.empty() || pipe.empty()) {
+    std::cerr << "tensorprep process: --images (one or more files), --out and --pipeline are "
+                 "required\n";
+    return 2;
+  }
+  if (!Flag(a, "in").empty() || !Flag(a, "labels").empty()) {
+    std::cerr << "tensorprep process: --images takes --masks, not --in or --labels\n";
+    return 2;
+  }
+  if (with_masks && masks_it->second.size() != images.size()) {
+    std::cerr << "tensorprep process: --masks: expected one per image (" << images.size()
+              << "), got " << masks_it->second.size() << "\n";
+    return 2;
+  }
+  const int64_t channels = IntFlag(a, "channels", 0);
+  if (channels < 0) {
+    std::cerr << "tensorprep process: --channels: expected 1 or 3, got " << channels << "\n";
+    return 2;
+  }
+  auto pipeline = ParsePipeline(pipe);
+  if (!pipeline.ok()) return Fail(pipeline.status());
+  v1::ProcessRequest request;
+  request.set_request_id("cli");
+  *request.mutable_pipeline() = std::move(*pipeline);
+  request.mutable_image_list()->set_channels(static_cast<uint32_t>(channels));
+  if (absl::Status s = ReadSamples(images, "images", request.mutable_image_list()); !s.ok()) {
+    return Fail(s);
+  }
+  if (with_masks) {
+    v1::AuxTensor* aux = request.add_aux();
+    aux->set_name("masks");
+    if (absl::Status s = ReadSamples(masks_it->second, "masks", aux->mutable_list()); !s.ok()) {
+      return Fail(s);
+    }
+  }
+  request.set_seed(static_cast<uint64_t>(IntFlag(a, "seed", 0)));
+  auto device = ParseDevice(Flag(a, "device"));
+  if (!device.ok()) return Fail(device.status());
+  request.set_device(*device);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = client.Process(request);
+  const double rtt =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!r.ok()) return Fail(r.status());
+  if (absl::Status s = WriteNpy(out, r->images()); !s.ok()) return Fail(s);
+  if (with_masks) {
+    if (r->aux_size() != 1) {
+      return Fail(absl::InternalError(
+          absl::StrCat("the response has ", r->aux_size(), " aux tensors, expected the masks")));
+    }
+    if (absl::Status s = WriteNpy(Flag(a, "masks-out", out + ".masks.npy"), r->aux(0).tensor());
+        !s.ok()) {
+      return Fail(s);
+    }
+  }
+  PrintTimings(r->device(), rtt, r->timings());
+  std::fprintf(stderr, "transport=inline (files are sent inline) %llu bytes in, %llu out\n",
+               static_cast<unsigned long long>(r->transfer().inline_bytes_in()),
+               static_cast<unsigned long long>(r->transfer().inline_bytes_out()));
+  return 0;
+}
+
 int CmdProcess(const Client& client, const Args& a) {
+  if (a.lists.count("images") != 0) return CmdProcessFiles(client, a);
+  if (a.lists.count("masks") != 0) {
+    std::cerr << "tensorprep process: --masks goes with --images\n";
+    return 2;
+  }
   const std::string in = Flag(a, "in"), out = Flag(a, "out"), pipe = Flag(a, "pipeline");
   if (in.empty() || out.empty() || pipe.empty()) {
     std::cerr << "tensorprep process: --in, --out and --pipeline are required\n";
@@ -223,7 +358,8 @@ int CmdProcess(const Client& client, const Args& a) {
   if (absl::Status c = client.Connect(); !c.ok()) return Fail(c);
   const auto start = std::chrono::steady_clock::now();
   auto r = client.Call(call);
-  const double rtt = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double rtt =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!r.ok()) return Fail(r.status());
   // Written from where the result lies (a shared-memory slot, or the response's bytes).
   auto write = [](const std::string& path, const TensorResult& t) {
@@ -236,13 +372,7 @@ int CmdProcess(const Client& client, const Args& a) {
     s = write(labels_out, r->aux.at(0).tensor);
     if (!s.ok()) return Fail(s);
   }
-  const auto& t = r->timings;
-  std::fprintf(stderr,
-               "device=%s round_trip=%.3f ms server=%.3f ms (decode %.3f, queue %.3f, kernel "
-               "%.3f, encode %.3f)\n",
-               v1::Device_Name(r->device).substr(7).c_str(), rtt * 1e3, t.total_ns() * 1e-6,
-               t.decode_ns() * 1e-6, t.queue_ns() * 1e-6, t.kernel_ns() * 1e-6,
-               t.encode_ns() * 1e-6);
+  PrintTimings(r->device, rtt, r->timings);
   PrintTransport(*r);
   return 0;
 }
