@@ -1,5 +1,5 @@
-"""The README's training-transform and encoded-image recipes run as written (against a test server) and make what
-their comments say."""
+"""The README's training-transform and encoded-image recipes run as written (against a test
+server) and make what their comments say."""
 
 import pathlib
 
