@@ -104,7 +104,8 @@ def test_grey_channels_and_npy_samples(server, files, tmp_path):
                 "--pipeline", '[{"resize": {"height": 4, "width": 5, '
                 '"interpolation": "INTERPOLATION_NEAREST"}}]')
     assert r.returncode == 0, r.stderr
-    got = np.load(out).reshape(3, 4, 5)
+    got = np.load(out)
+    assert got.shape == (3, 4, 5) and got.dtype == np.float32
     for g, a in zip(got, raws):
         h, w = a.shape
         rows = np.floor(np.arange(4) * h / 4).astype(int)

@@ -115,7 +115,8 @@ def test_raw_ragged_arrays_resize_float32_against_torchvision(client):
 def test_raw_two_dimensional_samples_nearest_resize_exact(client):
     samples = [RNG.integers(0, 1000, (h, w), dtype=np.int32) for h, w in SIZES]
     out = client.process(samples, [tp.resize(10, 14, interpolation="nearest")])
-    for got, src in zip(out.reshape(len(samples), 10, 14), samples):
+    assert out.shape == (len(samples), 10, 14)  # (H, W) samples make an (N, H, W) batch
+    for got, src in zip(out, samples):
         h, w = src.shape
         rows = np.floor(np.arange(10) * h / 10).astype(int)  # PyTorch's nearest
         cols = np.floor(np.arange(14) * w / 14).astype(int)
