@@ -526,7 +526,9 @@ class Client:
         NumPy arrays (H, W) or (H, W, C) (one kind per list). The server decodes a list (to
         uint8) and runs it on its CPU; the pipeline must give a fixed size (resize to both
         sides, crop, center_crop or random_resized_crop), else INVALID_ARGUMENT. The result is
-        one dense batch, and errors name the sample ("image_list.samples[3]: ...").
+        one dense batch, and errors name the sample ("image_list.samples[3]: ..."). A list of
+        arrays is a list of samples even when they share a size (np.stack them for a dense
+        batch, which any pipeline, device and shared memory take).
         ``channels``: for a list, the channels decoded files get: None (3, RGB) or 1 (grey).
         ``labels``: an array (N, H, W[, C]) that follows the geometric ops (nearest sampling);
         returned as aux["labels"]. ``aux``: more of them, {name: array or AuxInput}. With a list
