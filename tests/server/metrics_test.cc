@@ -117,6 +117,7 @@ TEST(NamesTest, ClosedLabelSetsUseGrpcSpelling) {
   EXPECT_STREQ(StageName(Stage::kQueue), "queue");
   EXPECT_STREQ(StageName(Stage::kKernel), "kernel");
   EXPECT_STREQ(StageName(Stage::kEncode), "encode");
+  EXPECT_STREQ(StageName(Stage::kImageDecode), "image_decode");
   EXPECT_STREQ(DeviceName(MetricDevice::kCpu), "cpu");
   EXPECT_STREQ(DeviceName(MetricDevice::kCuda), "cuda");
   // grpc::StatusCode values, spelled as in grpc/include/grpcpp/support/status_code_enum.h.
