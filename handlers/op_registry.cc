@@ -196,10 +196,17 @@ void PlanBuilder::AddResize(int op_index, std::vector<Affine> maps, std::vector<
   // PyTorch clamps source positions to the image: the edge border.
   const WarpParams params{interp, kernels::Border::kEdge, 0};
   bool shrinks = false;
-  for (const ResampleBox& b : boxes) shrinks = shrinks || b.height > out_h || b.width > out_w;
-  if (!antialias || interp != kernels::Interp::kBilinear || !shrinks) {
-    // Without a shrinking axis the antialias filter is the bilinear triangle: the warp computes
-    // the same weights, and composes with the ops around it.
+  bool whole = true;
+  for (const ResampleBox& b : boxes) {
+    shrinks = shrinks || b.height > out_h || b.width > out_w;
+    whole = whole && b.top == 0 && b.left == 0 && b.height == state_.shape.h &&
+            b.width == state_.shape.w;
+  }
+  if (!antialias || interp != kernels::Interp::kBilinear || (!shrinks && whole)) {
+    // Without a shrinking axis the antialias filter is the bilinear triangle: for the whole
+    // image the warp computes the same weights (its edge is the image's), and composes with the
+    // ops around it. A box inside the image goes to the resampler, whose taps stop at the box's
+    // edges as torchvision's crop-then-resize does; the warp's would blend pixels outside it.
     AddWarp(op_index, std::move(maps), params, out_h, out_w);
     return;
   }

@@ -392,11 +392,11 @@ def source_inside(n_box, n_out):
     return (pos >= 0) & (pos <= n_box - 1)
 
 
-# Against torchvision's resized_crop on the drawn box: where an axis shrinks with antialias, and
-# inside the box's pixel centres otherwise, uint8 within 1, float32 within 1e-5 (measured 2.6e-6).
-# Without antialias, and with antialias where neither axis shrinks (the strict xfail below), the
-# first and last output rows or columns of a growing axis blend in the pixels just outside the box
-# (the warp's border is the image's): torchvision repeats the box's edge.
+# Against torchvision's resized_crop on the drawn box: with antialias all of it (the resampler,
+# whose taps stop at the box's edges), without antialias inside the box's pixel centres, uint8
+# within 1, float32 within 1e-5 (measured 2.6e-6). Without antialias the first and last output
+# rows or columns of a growing axis blend in the pixels just outside the box (the warp's border is
+# the image's): torchvision repeats the box's edge.
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("size", [(16, 16), (20, 100), (100, 20), (96, 112)])
@@ -409,16 +409,15 @@ def test_random_resized_crop_is_resized_crop_of_the_drawn_box(client, dtype, siz
         want = nhwc(TF.resized_crop(nchw(x[i:i + 1]), top, left, h, w, list(size),
                                     interpolation=IM.BILINEAR, antialias=antialias))[0]
         rows, cols = source_inside(h, size[0]), source_inside(w, size[1])
-        if antialias and (h > size[0] or w > size[1]):
+        if antialias:
             rows[:] = cols[:] = True  # the resampler, taps within the box: all of it compares
         assert_close(got[i][rows][:, cols], want[rows][:, cols],
                      1 if dtype == np.uint8 else 1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="server: random_resized_crop with antialias where no axis "
-                   "shrinks takes the warp, whose edge rows and columns blend pixels outside the "
-                   "box; torchvision's resized_crop repeats the box's edge")
 def test_random_resized_crop_enlarging_with_antialias_keeps_to_the_box(client):
+    """Every box smaller than the output in both axes: the resampler, not the warp, so the edge
+    rows and columns repeat the box's edge as torchvision's resized_crop does."""
     x = images(np.uint8, (RRC_N, RRC_H, RRC_W, 3))
     got = run(client, x, ops.random_resized_crop(96, 112, **RRC_ARGS, antialias=True), seed=3)
     for i, (top, left, h, w) in enumerate(drawn_boxes(client, 3)):
