@@ -89,3 +89,20 @@ def test_dataset_from_an_address_uses_shared_memory(shm_server):
                        client_options={"shm": True})  # would raise if shm were not possible
     got = np.concatenate(list(ds.as_numpy_iterator()))
     np.testing.assert_allclose(got, x.astype(np.float32) / 255, rtol=1e-6)
+
+
+def test_dataset_through_ops_that_change_the_size_has_the_result_shapes(server):
+    """resize, crop and channels_first change the output's shape: the signature is the result's
+    (learnt from the first batch), so tf.data's shape checks pass and the values are right."""
+    x = RNG.random((6, 16, 20, 3)).astype(np.float32)
+    y = RNG.integers(0, 10, (6, 16, 20)).astype(np.int32)
+    pipeline = [tp.ops.crop(2, 3, 10, 12), tp.ops.channels_first()]
+    for source in (tf.data.Dataset.from_tensor_slices((x, y)).batch(3),
+                   lambda: ((x[i:i + 3], y[i:i + 3]) for i in (0, 3))):
+        ds = tp_tf.dataset(server.address, source, pipeline)
+        assert ds.element_spec[0].shape.as_list() == [None, 3, 10, 12]
+        assert ds.element_spec[1].shape.as_list() == [None, 10, 12]
+        got = list(ds.as_numpy_iterator())
+        np.testing.assert_array_equal(np.concatenate([g[0] for g in got]),
+                                      x[:, 2:12, 3:15].transpose(0, 3, 1, 2))
+        np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y[:, 2:12, 3:15])

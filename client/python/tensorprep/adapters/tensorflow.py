@@ -76,12 +76,26 @@ def _as_lists(item):
     return listed(item)
 
 
+# Ops after which a batch keeps its height, width and channels (and its layout): with only these
+# the output signature follows from the input's; any other op (resize, crop, pad, grayscale,
+# channels_first, ...) has the first batch's result give it.
+_SHAPE_KEEPING = frozenset({
+    "rotate", "flip", "add", "subtract", "multiply", "divide", "normalize", "clamp", "cast",
+    "random_flip", "random_rotate", "affine", "random_affine", "brightness", "contrast",
+    "saturation", "hue", "color_jitter"})
+
+
+def _keeps_shape(pipeline):
+    return all(op.WhichOneof("kind") in _SHAPE_KEEPING for op in pipeline.ops)
+
+
 def _learn_signature(conn, first, pipeline, seed, device, timeout, channels):
-    """The output signature of a dataset of lists of samples: their sizes are the pipeline's
-    business, so the first batch is run once and its result read."""
+    """The output signature of a dataset whose output size the pipeline decides (lists of
+    samples, or dense batches through ops that change the size): the first batch is run once and
+    its result read."""
     images, labels, aux = _split_item(first)
     if aux is not None:
-        raise ValueError("dataset: a batch of encoded images is images or (images, masks)")
+        raise ValueError("dataset: a batch is images or (images, labels)")
     res = conn.call(images, pipeline, labels=labels, seed=0 if seed is None else seed,
                     device=device, timeout=timeout, channels=channels)
     specs = [_spec(res.images.shape, res.images.dtype)]
@@ -98,8 +112,9 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
     ``client_options`` (keyword arguments of Client, e.g. {"shm": False}).
     ``channels``: for batches of encoded images, the channels they decode to (None: 3).
     Errors from the service surface as exceptions when the dataset is iterated; for batches of
-    encoded images, an error in the first batch is raised here (it is run to learn the output's
-    shape).
+    encoded images, and for pipelines with an op that changes the size or layout (resize, crop,
+    pad, grayscale, channels_first, ...), the first batch is run here to learn the output's shape,
+    so an error in it is raised here.
     """
     client_options = dict(client_options or {})
     pipeline = as_pipeline(pipeline)
@@ -119,12 +134,14 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
     # Output signature: from the source dataset's spec, else by peeking at the first batch; for
     # lists of samples, from the result of the first batch.
     first = None  # the batch peeked at, for a source that cannot be read twice
-    probe = None  # the first batch of lists of samples
-    if encoded:
+    probe = None  # the first batch, run once to learn the output signature
+    learn = encoded or not _keeps_shape(pipeline)
+    if is_tf and learn:
         try:
-            probe = _as_lists(next(batches.take(1).as_numpy_iterator()))
+            probe = next(batches.take(1).as_numpy_iterator())
         except StopIteration:
             raise ValueError("dataset: the batch source is empty") from None
+        probe = _as_lists(probe) if encoded else probe
     elif is_tf:
         spec = batches.element_spec
         if isinstance(spec, (tuple, list)):
@@ -139,11 +156,14 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
             raise ValueError("dataset: the batch source is empty") from None
         items = list(first) if isinstance(first, (tuple, list)) else [first]
         encoded = is_sample_list(_split_item(first)[0])
-        if encoded:
+        learn = learn or encoded
+        if learn:
             probe = first
         else:
             in_shapes = [(np.shape(x), np.asarray(x).dtype) for x in items]
-    if encoded:
+    if not encoded and channels is not None:
+        raise ValueError("dataset: channels applies to batches of encoded images")
+    if learn:
         conn, own = connect()
         try:
             signature = _learn_signature(conn, probe, pipeline, seed, device, timeout, channels)
@@ -151,8 +171,6 @@ def dataset(client, batches, pipeline, *, inflight=4, prefetch=2, seed=None, dev
             if own:
                 conn.close()
     else:
-        if channels is not None:
-            raise ValueError("dataset: channels applies to batches of encoded images")
         if len(in_shapes) > 2:
             raise ValueError("dataset: a batch is images or (images, labels)")
         out_specs = [_spec(in_shapes[0][0], result_dtype(pipeline, in_shapes[0][1]))]
