@@ -21,8 +21,8 @@ ctest_rc=$?
 
 sanitize_rc=0
 if [[ "${TENSORPREP_SKIP_SANITIZE:-0}" != 1 ]]; then
-  TENSORPREP_SANITIZE_TARGETS="kernels_test handlers_test server_test metrics_test bad_input_test \
-limits_test security_test shutdown_test load_test wire_response_test stream_state_test \
+  TENSORPREP_SANITIZE_TARGETS="kernels_test codec_test handlers_test server_test metrics_test \
+bad_input_test limits_test security_test shutdown_test load_test wire_response_test stream_state_test \
 shm_test shm_client_test pipeline_models_test" "${repo}/scripts/sanitize.sh"
   sanitize_rc=$?
 fi
