@@ -1,6 +1,7 @@
 #include "handlers/image_list.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -153,28 +154,52 @@ void ShiftStep(const DecodeBox& box, Step* step) {
   }
 }
 
-// One tensor of one sample, ready for the kernels: a view of its raw bytes, or of `buffer`.
-struct SampleInput {
-  AlignedBuffer buffer;
-  kernels::ConstTensorView view;
+// Per-thread buffers for decoded samples (one slot per tensor of a request: the images, then
+// each aux list), kept across samples and requests up to kKeepBytes each, so that a stream of
+// requests decodes into memory that is already mapped and, sample after sample, in cache.
+class DecodeBuffers {
+ public:
+  static constexpr size_t kKeepBytes = size_t{64} << 20;
+  // This thread's buffer `slot`, of at least `bytes` (uninitialised).
+  static void* Get(size_t slot, size_t bytes) {
+    std::vector<AlignedBuffer>& slots = Slots();
+    if (slots.size() <= slot) slots.resize(slot + 1);
+    if (slots[slot].size() < bytes) slots[slot] = AlignedBuffer(bytes);
+    return slots[slot].data();
+  }
+  // Frees this thread's buffers that are too large to keep (a big request's).
+  static void Trim() {
+    for (AlignedBuffer& b : Slots()) {
+      if (b.size() > kKeepBytes) b = AlignedBuffer();
+    }
+  }
+
+ private:
+  static std::vector<AlignedBuffer>& Slots() {
+    thread_local std::vector<AlignedBuffer> slots;
+    return slots;
+  }
 };
 
-absl::Status DecodeSample(const RaggedTensor& t, size_t i, const DecodeBox& box,
-                          SampleInput* out) {
+// Tensor `t` of sample i, ready for the kernels: a view of its raw bytes, or of its decoded box
+// in this thread's buffer `slot` (valid until the thread decodes into that slot again). The
+// images' box comes from planning, which keeps what the kernels read 2 pixels inside its edges:
+// its edge columns need not be exact (kernels::DecodeImage).
+absl::Status DecodeSample(const RaggedTensor& t, size_t i, const DecodeBox& box, size_t slot,
+                          kernels::ConstTensorView* view) {
   const RaggedSample& s = t.samples[i];
   if (s.encoded.empty()) {
-    out->view = s.raw;
+    *view = s.raw;
     return absl::OkStatus();
   }
   const uint64_t row = static_cast<uint64_t>(box.width) * static_cast<uint64_t>(t.c);
-  out->buffer = AlignedBuffer(row * static_cast<uint64_t>(box.height));
-  absl::Status st =
-      kernels::DecodeImage(s.encoded, s.header, static_cast<int>(t.c), box,
-                           static_cast<uint8_t*>(out->buffer.data()), static_cast<int64_t>(row));
-  out->view.dtype = kernels::DType::kUInt8;
-  out->view.shape = {1, box.height, box.width, t.c};
-  out->view.data = out->buffer.data();
-  return st;
+  void* data = DecodeBuffers::Get(slot, row * static_cast<uint64_t>(box.height));
+  view->dtype = kernels::DType::kUInt8;
+  view->shape = {1, box.height, box.width, t.c};
+  view->data = data;
+  return kernels::DecodeImage(s.encoded, s.header, static_cast<int>(t.c), box,
+                              static_cast<uint8_t*>(data), static_cast<int64_t>(row),
+                              /*exact_edges=*/slot != 0);
 }
 
 kernels::TensorView SampleSlice(const kernels::TensorView& dense, int64_t i) {
@@ -327,7 +352,13 @@ absl::StatusOr<Plan> PlanImageList(const pb::Pipeline& pipeline, uint64_t seed,
     if (!s.encoded.empty() && s.header.format == kernels::ImageFormat::kJpeg &&
         batch->aux.empty() && !plan->steps.empty()) {
       box = ReadBox(plan->steps.front(), s.h, s.w);
-      if (box.height != s.h || box.width != s.w) ShiftStep(box, &plan->steps.front());
+      if (box.height != s.h || box.width != s.w) {
+        // From the column of blocks it starts in, so that it decodes without a copy.
+        const int64_t skew = box.left % s.header.block_width;
+        box.left -= skew;
+        box.width += skew;
+        ShiftStep(box, &plan->steps.front());
+      }
     }
     uint64_t scratch = s.encoded.empty() ? 0
                                          : static_cast<uint64_t>(box.height) *
@@ -354,43 +385,60 @@ absl::Status RunImageList(const RaggedBatch& batch, Backend* cpu, kernels::Threa
                           int64_t* decode_ns) {
   const size_t n = batch.main.samples.size();
   const size_t tensors = 1 + batch.aux.size();
-  // Decoding: every (sample, tensor) pair is a task; a failure keeps the lowest sample's error.
-  std::vector<SampleInput> inputs(n * tensors);
-  std::vector<absl::Status> errors(n * tensors);
-  auto start = Clock::now();
-  kernels::ParallelFor(pool, static_cast<int64_t>(n * tensors), [&](int64_t k) {
-    const size_t i = static_cast<size_t>(k) / tensors;
-    const size_t t = static_cast<size_t>(k) % tensors;
-    const RaggedTensor& rt = t == 0 ? batch.main : batch.aux[t - 1];
-    const RaggedSample& s = rt.samples[i];
-    const DecodeBox box = t == 0 ? batch.boxes[i] : DecodeBox{0, 0, s.h, s.w};
-    errors[k] = DecodeSample(rt, i, box, &inputs[k]);
-  });
-  *decode_ns = NanosSince(start);
-  for (size_t k = 0; k < errors.size(); ++k) {
-    if (errors[k].ok()) continue;
-    const size_t i = k / tensors;
-    const size_t t = k % tensors;
-    const std::string field = t == 0 ? SamplePath("image_list", i)
-                                     : SamplePath(absl::StrCat("aux[", t - 1, "].list"), i);
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ".encoded: ", errors[k].message()));
-  }
-
-  // The kernels: one plan per sample, each spread over the pool as a batch of one would be.
-  std::vector<std::vector<StepTiming>> per_sample(n);
+  // One task per sample: decode its files, then run its plan while they are in cache. A file
+  // that fails to decode stops the samples not yet started; the lowest failing sample is named.
+  std::vector<std::string> decode_errors(n);
   std::vector<absl::Status> failed(n);
-  kernels::ParallelFor(pool, static_cast<int64_t>(n), [&](int64_t i) {
+  std::vector<std::vector<StepTiming>> per_sample(n);
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> decoding{0}, running{0};
+  const auto start = Clock::now();
+  kernels::ParallelFor(pool, static_cast<int64_t>(n), [&](int64_t k) {
+    if (stop.load(std::memory_order_relaxed)) return;
+    const size_t i = static_cast<size_t>(k);
+    const auto t0 = Clock::now();
     ExecInputs in;
-    in.main = inputs[static_cast<size_t>(i) * tensors].view;
-    ExecOutputs o;
-    o.main = SampleSlice(out.main, i);
-    for (size_t j = 0; j < batch.aux.size(); ++j) {
-      in.aux.push_back(inputs[static_cast<size_t>(i) * tensors + 1 + j].view);
-      o.aux.push_back(SampleSlice(out.aux[j], i));
+    for (size_t t = 0; t < tensors; ++t) {
+      const RaggedTensor& rt = t == 0 ? batch.main : batch.aux[t - 1];
+      const RaggedSample& s = rt.samples[i];
+      const DecodeBox box = t == 0 ? batch.boxes[i] : DecodeBox{0, 0, s.h, s.w};
+      kernels::ConstTensorView view;
+      absl::Status st = DecodeSample(rt, i, box, t, &view);
+      if (!st.ok()) {
+        const std::string field = t == 0
+                                      ? SamplePath("image_list", i)
+                                      : SamplePath(absl::StrCat("aux[", t - 1, "].list"), i);
+        decode_errors[i] = absl::StrCat(field, ".encoded: ", st.message());
+        stop.store(true, std::memory_order_relaxed);
+        DecodeBuffers::Trim();
+        return;
+      }
+      if (t == 0) {
+        in.main = view;
+      } else {
+        in.aux.push_back(view);
+      }
     }
+    const auto t1 = Clock::now();
+    ExecOutputs o;
+    o.main = SampleSlice(out.main, k);
+    for (size_t j = 0; j < batch.aux.size(); ++j) o.aux.push_back(SampleSlice(out.aux[j], k));
     failed[i] = cpu->Execute(batch.plans[i], in, o, timings ? &per_sample[i] : nullptr);
+    const auto t2 = Clock::now();
+    DecodeBuffers::Trim();
+    decoding.fetch_add((t1 - t0).count(), std::memory_order_relaxed);
+    running.fetch_add((t2 - t1).count(), std::memory_order_relaxed);
   });
+  // The stage's wall time, split between decoding and the kernels in proportion to the time
+  // the tasks spent in each (they overlap across threads).
+  const int64_t wall = NanosSince(start);
+  const double spent = static_cast<double>(decoding.load() + running.load());
+  *decode_ns = spent > 0 ? static_cast<int64_t>(static_cast<double>(wall) *
+                                                static_cast<double>(decoding.load()) / spent)
+                         : 0;
+  for (const std::string& e : decode_errors) {
+    if (!e.empty()) return absl::InvalidArgumentError(e);
+  }
   for (const absl::Status& s : failed) {
     if (!s.ok()) return s;
   }

@@ -54,7 +54,8 @@ struct RaggedBatch {
   // Per sample, the part of the main image its plan reads (the whole image unless the first step
   // reads only a box of it and the request has no aux); plans[i] is expressed relative to it.
   std::vector<kernels::DecodeBox> boxes;
-  // The most memory the decoded samples take at once while the request runs.
+  // Bytes of all decoded samples together: a bound on what decoding holds while the request
+  // runs (each worker thread holds one sample's at a time).
   uint64_t scratch_bytes = 0;
 };
 
@@ -84,10 +85,12 @@ absl::StatusOr<Plan> PlanImageList(const pb::Pipeline& pipeline, uint64_t seed,
                                    uint64_t sample_offset, const std::vector<AuxSampling>& aux,
                                    const PlanOptions& options, RaggedBatch* batch);
 
-// Decodes every sample of `batch` (in parallel over `pool`, which may be null) and runs its plan
-// on `cpu`, writing sample i of `out` (whose main and aux have the dense shapes). INVALID_ARGUMENT
-// naming the sample for a file that turns out corrupt or truncated; INTERNAL for a kernel error.
-// `decode_ns` gets the decoding stage's wall time; `timings` (may be null) one entry per kernel
+// Decodes every sample of `batch` and runs its plan on `cpu` right after, while its pixels are in
+// cache (one task per sample, in parallel over `pool`, which may be null), writing sample i of
+// `out` (whose main and aux have the dense shapes). INVALID_ARGUMENT naming the sample for a file
+// that turns out corrupt or truncated (the samples not yet started are skipped); INTERNAL for a
+// kernel error. `decode_ns` gets decoding's share of the wall time (split from the kernels' in
+// proportion to the time the tasks spent in each); `timings` (may be null) one entry per kernel
 // kind, summed over the samples. Thread-safe.
 absl::Status RunImageList(const RaggedBatch& batch, Backend* cpu, kernels::ThreadPool* pool,
                           const ExecOutputs& out, std::vector<StepTiming>* timings,

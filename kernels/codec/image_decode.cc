@@ -126,6 +126,12 @@ absl::StatusOr<ImageHeader> ReadJpegHeader(std::string_view file) {
         return absl::InvalidArgumentError(absl::StrCat(
             "unsupported JPEG: ", h.stored_channels, " components (1, 3 or 4 are taken)"));
       }
+      // Each component: id, sampling factors (H << 4 | V), quantisation table.
+      int max_h = 1;
+      for (int k = 0; k < h.stored_channels && i + 12 + 3 * k < n; ++k) {
+        max_h = std::max(max_h, p[i + 11 + 3 * k] >> 4);
+      }
+      h.block_width = h.stored_channels == 1 ? 8 : 8 * std::clamp(max_h, 1, 4);
       return h;
     }
     i += 2 + length;
@@ -193,7 +199,8 @@ void JpegEmitMessage(j_common_ptr cinfo, int level) {
 
 // Decoded rows go to `row` (one scanline of the crop) and are copied into the caller's box.
 absl::Status DecodeJpeg(std::string_view file, const ImageHeader& header, int channels,
-                        const DecodeBox& box, uint8_t* out, int64_t out_stride) {
+                        const DecodeBox& box, uint8_t* out, int64_t out_stride,
+                        bool exact_edges) {
   jpeg_decompress_struct cinfo;
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
@@ -226,26 +233,33 @@ absl::Status DecodeJpeg(std::string_view file, const ImageHeader& header, int ch
     cinfo.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   }
   jpeg_start_decompress(&cinfo);
-  // Widen the box by a pixel on each side (where there is one) before libjpeg aligns it to whole
-  // blocks: chroma upsampling reads the neighbouring samples, which must then be decoded too.
-  JDIMENSION x = static_cast<JDIMENSION>(box.left > 0 ? box.left - 1 : 0);
-  const int64_t right = std::min<int64_t>(header.width, box.left + box.width + 1);
+  // Exact edges: widen the box by a pixel on each side (where there is one) before libjpeg aligns
+  // it to whole blocks, since chroma upsampling reads the neighbouring samples.
+  const int64_t margin = exact_edges ? 1 : 0;
+  JDIMENSION x = static_cast<JDIMENSION>(std::max<int64_t>(box.left - margin, 0));
+  const int64_t right = std::min<int64_t>(header.width, box.left + box.width + margin);
   JDIMENSION w = static_cast<JDIMENSION>(right - x);
   if (x != 0 || w != cinfo.output_width) jpeg_crop_scanline(&cinfo, &x, &w);
-  JSAMPARRAY row = (*cinfo.mem->alloc_sarray)(
-      reinterpret_cast<j_common_ptr>(&cinfo), JPOOL_IMAGE,
-      static_cast<JDIMENSION>(cinfo.output_width * decoded_channels), 1);
+  // When libjpeg's columns are the box's, its rows go straight to the caller.
+  const bool direct = !cmyk && x == static_cast<JDIMENSION>(box.left) &&
+                      cinfo.output_width == static_cast<JDIMENSION>(box.width);
+  JSAMPARRAY row = direct ? nullptr
+                          : (*cinfo.mem->alloc_sarray)(
+                                reinterpret_cast<j_common_ptr>(&cinfo), JPOOL_IMAGE,
+                                static_cast<JDIMENSION>(cinfo.output_width * decoded_channels), 1);
   const int64_t skip_cols = box.left - x;
   if (box.top > 0) {
     jpeg_skip_scanlines(&cinfo, static_cast<JDIMENSION>(box.top));
   }
   const bool adobe_inverted = cinfo.saw_Adobe_marker;
   for (int64_t y = 0; y < box.height; ++y) {
-    if (jpeg_read_scanlines(&cinfo, row, 1) != 1) {
+    uint8_t* dst = out + y * out_stride;
+    JSAMPROW direct_row[1] = {dst};
+    if (jpeg_read_scanlines(&cinfo, direct ? direct_row : row, 1) != 1) {
       jpeg_destroy_decompress(&cinfo);
       return absl::InvalidArgumentError("corrupt JPEG file: fewer rows than its header declares");
     }
-    uint8_t* dst = out + y * out_stride;
+    if (direct) continue;
     const uint8_t* src = row[0] + skip_cols * decoded_channels;
     if (!cmyk) {
       std::memcpy(dst, src, static_cast<size_t>(box.width) * channels);
@@ -389,7 +403,8 @@ absl::Status DecodePng(std::string_view file, const ImageHeader& header, int cha
 }  // namespace
 
 absl::Status DecodeImage(std::string_view file, const ImageHeader& header, int channels,
-                         const DecodeBox& box, uint8_t* out, int64_t out_stride) {
+                         const DecodeBox& box, uint8_t* out, int64_t out_stride,
+                         bool exact_edges) {
   if (channels != 1 && channels != 3) {
     return absl::InternalError(absl::StrCat("DecodeImage: channels ", channels));
   }
@@ -399,7 +414,7 @@ absl::Status DecodeImage(std::string_view file, const ImageHeader& header, int c
     return absl::InternalError("DecodeImage: the box is not inside the image");
   }
   return header.format == ImageFormat::kJpeg
-             ? DecodeJpeg(file, header, channels, box, out, out_stride)
+             ? DecodeJpeg(file, header, channels, box, out, out_stride, exact_edges)
              : DecodePng(file, header, channels, box, out, out_stride);
 }
 

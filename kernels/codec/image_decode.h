@@ -26,6 +26,10 @@ struct ImageHeader {
   // 2 (grey + alpha).
   int stored_channels = 0;
   bool palette = false;  // a PNG with a palette (colour type 3)
+  // JPEG: the width of a column of whole blocks (8 times the largest horizontal sampling factor
+  // of a colour file, 8 for a grey one); a box that starts on a multiple of it is decoded
+  // straight into the caller's rows (see DecodeImage).
+  int block_width = 8;
 };
 
 // Reads the format and the declared size from the first bytes of `file`: JPEG (the first SOF
@@ -47,11 +51,16 @@ struct DecodeBox {
 // a palette expanded, CMYK converted) or 1 (grey: a JPEG's luma plane, a PNG's grey samples or
 // palette indices, RGB converted with ITU-R 601 weights). 16-bit PNG samples keep their high byte.
 // A JPEG box is decoded by skipping the rows and columns around it where the format allows
-// (whole blocks), and gives the same pixels as the same box of a full decode.
+// (whole blocks), and gives the same pixels as the same box of a full decode. With
+// `exact_edges` false the pixels of the box's first and last column may differ from a full
+// decode where they are not the image's (chroma upsampling there lacks its outer neighbour), and
+// a box whose left edge is a multiple of header.block_width is then decoded straight into `out`,
+// without a copy: for a caller that reads the box only 1 pixel or more inside such edges.
 // INVALID_ARGUMENT for a corrupt or truncated file (what the decoder said), or one whose size
 // differs from `header`'s. Writes only inside the box's rows of `out`.
 absl::Status DecodeImage(std::string_view file, const ImageHeader& header, int channels,
-                         const DecodeBox& box, uint8_t* out, int64_t out_stride);
+                         const DecodeBox& box, uint8_t* out, int64_t out_stride,
+                         bool exact_edges = true);
 
 }  // namespace tensorprep::kernels
 

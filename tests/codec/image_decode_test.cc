@@ -194,6 +194,46 @@ TEST(JpegDecodeTest, BoxEqualsTheSameBoxOfTheWholeImage) {
   }
 }
 
+// Without exact edges a box that starts on a block column is decoded straight into the caller's
+// rows: all but its first and last column (where they are not the image's) equal the whole
+// decode; the block width is read from the header.
+TEST(JpegDecodeTest, BoxOnBlockColumnsWithoutExactEdges) {
+  std::mt19937 rng(19);
+  for (Subsampling s : {Subsampling::k444, Subsampling::k422, Subsampling::k420}) {
+    const int64_t h = 70, w = 131;
+    const std::string file = EncodeJpeg(SyntheticImage(h, w, 3, 20), 85, s, false);
+    auto header = ReadImageHeader(file);
+    ASSERT_TRUE(header.ok());
+    EXPECT_EQ(header->block_width, s == Subsampling::k444 ? 8 : 16);
+    auto whole = Decode(file, 3);
+    ASSERT_TRUE(whole.ok());
+    for (int k = 0; k < 30; ++k) {
+      DecodeBox b;
+      b.top = std::uniform_int_distribution<int64_t>(0, h - 1)(rng);
+      b.left = std::uniform_int_distribution<int64_t>(0, (w - 1) / header->block_width)(rng) *
+               header->block_width;
+      b.height = std::uniform_int_distribution<int64_t>(1, h - b.top)(rng);
+      b.width = std::uniform_int_distribution<int64_t>(1, w - b.left)(rng);
+      SCOPED_TRACE(::testing::Message() << "subsampling " << static_cast<int>(s) << " box "
+                                        << b.top << "," << b.left << " " << b.height << "x"
+                                        << b.width);
+      std::vector<uint8_t> out(static_cast<size_t>(b.height * b.width * 3));
+      ASSERT_TRUE(DecodeImage(file, *header, 3, b, out.data(), b.width * 3, false).ok());
+      const int64_t x_from = b.left > 0 ? 1 : 0;
+      const int64_t x_to = b.left + b.width < w ? b.width - 1 : b.width;
+      for (int64_t y = 0; y < b.height; ++y) {
+        for (int64_t x = x_from; x < x_to; ++x) {
+          for (int c = 0; c < 3; ++c) {
+            ASSERT_EQ(out[static_cast<size_t>((y * b.width + x) * 3 + c)],
+                      whole->at(b.top + y, b.left + x, c))
+                << "at " << y << "," << x << "," << c;
+          }
+        }
+      }
+    }
+  }
+}
+
 // CMYK files (Adobe's inverted convention) become RGB = C * K / 255 per channel, rounded.
 TEST(JpegDecodeTest, CmykBecomesRgbAndGrey) {
   Pixels cmyk = SyntheticImage(16, 24, 4, 9);
