@@ -7,8 +7,6 @@
 
 #include <gtest/gtest.h>
 
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,6 +19,7 @@ namespace {
 using tensorprep::testing::EncodeCmykJpeg;
 using tensorprep::testing::EncodeJpeg;
 using tensorprep::testing::EncodePng;
+using tensorprep::testing::OpenCvDecode;
 using tensorprep::testing::Pixels;
 using tensorprep::testing::PngOptions;
 using tensorprep::testing::Subsampling;
@@ -35,20 +34,6 @@ absl::StatusOr<Pixels> Decode(const std::string& file, int channels, DecodeBox b
            std::vector<uint8_t>(static_cast<size_t>(box.height * box.width * channels))};
   absl::Status s = DecodeImage(file, *header, channels, box, p.data.data(), box.width * channels);
   if (!s.ok()) return s;
-  return p;
-}
-
-// OpenCV's decode of the same file, as RGB or grey.
-Pixels OpenCvDecode(const std::string& file, int channels) {
-  cv::Mat m = cv::imdecode(cv::Mat(1, static_cast<int>(file.size()), CV_8UC1,
-                                   const_cast<char*>(file.data())),
-                           channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
-  if (channels == 3) cv::cvtColor(m, m, cv::COLOR_BGR2RGB);
-  Pixels p{m.rows, m.cols, channels, std::vector<uint8_t>(m.total() * m.elemSize())};
-  for (int y = 0; y < m.rows; ++y) {
-    std::memcpy(p.data.data() + static_cast<size_t>(y) * m.cols * channels, m.ptr(y),
-                static_cast<size_t>(m.cols) * channels);
-  }
   return p;
 }
 

@@ -12,6 +12,10 @@
 // clang-format on
 #include <png.h>
 
+#include <cstring>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
 namespace tensorprep::testing {
 
 Pixels SyntheticImage(int64_t h, int64_t w, int c, uint32_t seed) {
@@ -105,6 +109,23 @@ std::string EncodeJpeg(const Pixels& p, int quality, Subsampling s, bool progres
 
 std::string EncodeCmykJpeg(const Pixels& p, int quality) {
   return Compress(p, quality, JCS_CMYK, Subsampling::k444, false);
+}
+
+Pixels OpenCvDecode(const std::string& file, int channels) {
+  cv::Mat m = cv::imdecode(
+      cv::Mat(1, static_cast<int>(file.size()), CV_8UC1, const_cast<char*>(file.data())),
+      channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
+  if (m.empty()) {
+    ADD_FAILURE() << "OpenCV could not decode the file";
+    return {};
+  }
+  if (channels == 3) cv::cvtColor(m, m, cv::COLOR_BGR2RGB);
+  Pixels p{m.rows, m.cols, channels, std::vector<uint8_t>(m.total() * m.elemSize())};
+  for (int y = 0; y < m.rows; ++y) {
+    std::memcpy(p.data.data() + static_cast<size_t>(y) * m.cols * channels, m.ptr(y),
+                static_cast<size_t>(m.cols) * channels);
+  }
+  return p;
 }
 
 std::string EncodePng(const Pixels& p, const PngOptions& o) {

@@ -1,6 +1,6 @@
-// Test image files made in memory: JPEG through OpenCV's encoder (subsampling, progressive,
-// grey), CMYK JPEG through libjpeg, and PNG through libpng with any colour type, bit depth,
-// palette and interlacing. Shared by the codec and image_list tests.
+// Test image files made in memory: JPEG through libjpeg (subsampling, progressive, grey, CMYK)
+// and PNG through libpng with any colour type, bit depth, palette and interlacing; and OpenCV's
+// decode of a file as the independent reference. Shared by the codec and image_list tests.
 #ifndef TENSORPREP_TESTS_CODEC_IMAGE_FILES_H_
 #define TENSORPREP_TESTS_CODEC_IMAGE_FILES_H_
 
@@ -36,6 +36,10 @@ struct PngOptions {
   std::vector<uint8_t> palette;  // colour type 3: RGB triples
   std::vector<uint8_t> trns;     // colour type 3: alpha per palette entry (optional)
 };
+// OpenCV's decode of a whole file as RGB (channels 3) or grey (1): an independent decoder to
+// compare with.
+Pixels OpenCvDecode(const std::string& file, int channels);
+
 // A PNG of `p`, whose c matches the colour type (palette: c = 1, the indices; bit depths below 8
 // take the low bits of each value).
 std::string EncodePng(const Pixels& p, const PngOptions& options);

@@ -5,8 +5,6 @@
 // and every bad input is named: sample, field, what was expected.
 #include <gtest/gtest.h>
 
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <string>
 #include <vector>
 
@@ -22,6 +20,7 @@ namespace {
 namespace v1 = ::tensorprep::v1;
 using tensorprep::testing::EncodeJpeg;
 using tensorprep::testing::EncodePng;
+using tensorprep::testing::OpenCvDecode;
 using tensorprep::testing::Pixels;
 using tensorprep::testing::PngOptions;
 using tensorprep::testing::Subsampling;
@@ -63,20 +62,6 @@ v1::Tensor DenseOne(const Pixels& p, bool nhw = false) {
   if (!nhw) t.add_shape(p.c);
   t.set_data(p.data.data(), p.data.size());
   return t;
-}
-
-// OpenCV's decode of a whole file: the reference the box decoding must reproduce.
-Pixels OpenCvDecode(const std::string& file) {
-  cv::Mat m = cv::imdecode(
-      cv::Mat(1, static_cast<int>(file.size()), CV_8UC1, const_cast<char*>(file.data())),
-      cv::IMREAD_COLOR);
-  cv::cvtColor(m, m, cv::COLOR_BGR2RGB);
-  Pixels p{m.rows, m.cols, 3, std::vector<uint8_t>(m.total() * 3)};
-  for (int y = 0; y < m.rows; ++y) {
-    std::memcpy(p.data.data() + static_cast<size_t>(y) * m.cols * 3, m.ptr(y),
-                static_cast<size_t>(m.cols) * 3);
-  }
-  return p;
 }
 
 void TrainTransform(v1::Pipeline* p, int64_t size) {
@@ -161,7 +146,7 @@ TEST(ImageListTest, JpegSamplesEqualTheirWholeDecodeSentDense) {
                                         seed % 2 ? Subsampling::k420 : Subsampling::k444, false);
     ++seed;
     r.mutable_image_list()->add_samples()->set_encoded(file);
-    decoded.push_back(OpenCvDecode(file));
+    decoded.push_back(OpenCvDecode(file, 3));
   }
   r.set_seed(9);
   for (int variant = 0; variant < 4; ++variant) {
@@ -218,7 +203,7 @@ TEST(ImageListTest, JpegSampleDecodesOnlyTheBoxItsFirstStepReads) {
   EXPECT_GE(box.top + box.height, 70);
   EXPECT_GE(box.left + box.width, 130);
   EXPECT_LT(box.height * box.width, 40 * 40);
-  ExpectEachSampleAlone(server, r, {OpenCvDecode(file)});
+  ExpectEachSampleAlone(server, r, {OpenCvDecode(file, 3)});
 }
 
 // Masks stored as palette PNGs give their indices and follow the geometry with nearest
