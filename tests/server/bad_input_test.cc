@@ -204,7 +204,7 @@ std::vector<BadCase> Table() {
        Code::kInvalidArgument, "images.dtype: expected one of DTYPE_UINT8, DTYPE_INT32, "
                                "DTYPE_FLOAT32, DTYPE_FLOAT16, got DTYPE_UNSPECIFIED"},
       {"missing images", [](auto& r) { r.clear_images(); }, Code::kInvalidArgument,
-       "images: expected a batch tensor, got none"},
+       "images: expected a batch tensor (or an image_list), got none"},
       // ---- ops and their arguments
       {"NaN angle", [&](auto& r) { rotate(r)->set_angle_deg(kNaN); }, Code::kInvalidArgument,
        "pipeline.ops[0].rotate.angle_deg: expected a finite number, got nan"},
@@ -477,7 +477,7 @@ TEST_F(BadInputTest, StreamEachCaseGetsAnErrorResponseAndTheStreamGoesOn) {
 TEST_F(BadInputTest, ZeroByteMessageIsARequestWithoutImages) {
   const grpc::Status s = RawProcess("");
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(s.error_message(), "images: expected a batch tensor, got none");
+  EXPECT_EQ(s.error_message(), "images: expected a batch tensor (or an image_list), got none");
   ExpectStillServing();
 }
 
