@@ -10,9 +10,10 @@ Decode + RandomResizedCrop to 224x224 (scale (0.08, 1), ratio (3/4, 4/3), biline
 + horizontal flip (p = 0.5) + normalize (ImageNet mean and std, on values 0..255 with mean and
 std scaled by 255); float16 channels-first (N, 3, 224, 224) out.
 
-(a) ``tensorprep``: the service, started by the bench on 127.0.0.1 (or ``--address``), the JPEG
-    files sent as they are in ``ProcessRequest.image_list`` on one ProcessStream (``--inflight``
-    requests in flight, one request per batch), results inline in the messages:
+(a) ``tensorprep``: the service, started by the bench on 127.0.0.1 (or ``--address``), through
+    the Python client: each batch a list of the JPEG files as bytes, which the client sends as
+    they are in ``ProcessRequest.image_list``, on one ``Client.stream`` (``--inflight`` requests
+    in flight, one request per batch), results inline in the messages and handed out as views:
     random_resized_crop, random_flip, cast float32, normalize (mean and std x 255), cast float16,
     channels_first.
 (b) ``tf``: tf.data over the encoded strings, ``map(..., num_parallel_calls=AUTOTUNE)`` per
@@ -30,9 +31,8 @@ std scaled by 255); float16 channels-first (N, 3, 224, 224) out.
     float32 (H, W, 3), instead of as its JPEG file; and the float16 result that comes back.
 
 Bytes per image: for the service, the server's own count of tensor bytes (``transfer``
-inline_bytes_in / inline_bytes_out of each response) and the size of the serialised request and
-response messages; for tf.data and DALI, which run in the training process, the encoded bytes
-they read (nothing crosses a wire).
+inline_bytes_in / inline_bytes_out of each response); for tf.data and DALI, which run in the
+training process, the encoded bytes they read (nothing crosses a wire).
 
 Before any timing, for the "256" set, one batch of the workload made deterministic (crop = the
 whole image, flip kept at p = 0.5) goes through every way and is compared with a reference made
@@ -52,7 +52,6 @@ import json
 import os
 import pathlib
 import sys
-import threading
 import time
 
 import numpy as np
@@ -213,112 +212,22 @@ def service_pipeline(cfg):
             ops.cast("float16"), ops.channels_first()]
 
 
-def image_list_field(encoded):
-    """The serialised ``image_list`` field of a request carrying these files; appended to the
-    rest of a serialised ProcessRequest it makes the whole request (protobuf concatenates)."""
-    from .._stubs import pb
-    return pb.ProcessRequest(image_list=pb.ImageList(
-        samples=[pb.ImageSample(encoded=b) for b in encoded])).SerializeToString()
-
-
-@dataclasses.dataclass
-class Reply:
-    images: np.ndarray  # read-only view into the response's bytes
-    meta: object  # the ProcessResponse without its tensor bytes
-    round_trip_s: float
-    request_bytes: int
-    response_bytes: int
-
-
-class ServiceStream:
-    """Requests of pre-serialised image lists on one ProcessStream, at most ``inflight`` of them
-    unanswered. Not thread-safe: one consumer iterates it. ``close()`` cancels the stream."""
-
-    def __init__(self, channel, batches, pipeline, *, seed, device, inflight, timeout=None,
-                 sample_offset=0):
-        """``batches``: a list of (image_list field bytes, number of images), sent cyclically
-        with each request's sample_offset following the last, so a batch split in two requests
-        draws as the whole one."""
-        from .._stubs import pb
-        method = f"/{pb.DESCRIPTOR.services_by_name['Preprocessor'].full_name}/ProcessStream"
-        self._bidi = channel.stream_stream(method)
-        self._pb = pb
-        self._batches = batches
-        self._pipeline = ops.as_pipeline(pipeline)
-        self._seed, self._device, self._offset0 = int(seed), device, int(sample_offset)
-        self._window = threading.Semaphore(inflight)
-        self._stop = threading.Event()
-        self._sent = {}
-        self._call = self._bidi(self._requests(), timeout=timeout)
-        self._responses = iter(self._call)
-
-    def _requests(self):
-        offset = self._offset0
-        for i in itertools.count():
-            while not self._window.acquire(timeout=0.05):
-                if self._stop.is_set():
-                    return
-            if self._stop.is_set():
-                return
-            field, n = self._batches[i % len(self._batches)]
-            head = self._pb.ProcessRequest(
-                request_id=str(i), pipeline=self._pipeline, device=self._device,
-                seed=self._seed, sample_offset=offset).SerializeToString()
-            payload = head + field
-            self._sent[str(i)] = (time.perf_counter(), len(payload))
-            offset += n
-            yield payload
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        """The next response (in arrival order); raises the request's TensorprepError."""
-        import grpc
-
-        from ..errors import error_for, from_rpc_error
-        from ..wire import decode_response
-        try:
-            raw = next(self._responses)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        now = time.perf_counter()
-        self._window.release()
-        d = decode_response(raw)
-        sent_at, size = self._sent.pop(d.meta.request_id, (now, 0))
-        if d.meta.HasField("error"):
-            raise error_for(d.meta.error.code, d.meta.error.message, d.meta.request_id)
-        return Reply(d.images, d.meta, now - sent_at, size, len(raw))
-
-    def close(self):
-        self._stop.set()
-        self._call.cancel()
-
-
-def service_batch(channel, encoded, pipeline, seed, device, parts=1):
-    """One batch through the service as ``parts`` requests on one stream; the images in order."""
+def service_batch(client, encoded, pipeline, seed, parts=1):
+    """One batch of files through the service (``client``: a tensorprep.Client), as one unary
+    call, or as ``parts`` requests on one stream (sample offsets following on, so the draws
+    equal the unary call's); the images as an ordinary array."""
+    if parts == 1:
+        return np.array(client.process(list(encoded), pipeline, seed=seed, copy=True))
     n = len(encoded)
     bounds = [n * k // parts for k in range(parts + 1)]
-    batches = [(image_list_field(encoded[lo:hi]), hi - lo) for lo, hi in zip(bounds, bounds[1:])]
-    s = ServiceStream(channel, batches, pipeline, seed=seed, device=device, inflight=parts,
-                      timeout=600)
-    try:
-        got = {}
-        for _ in range(parts):
-            r = next(s)
-            got[int(r.meta.request_id)] = np.array(r.images)
-    finally:
-        s.close()
-    return np.concatenate([got[k] for k in range(parts)])
+    pieces = [list(encoded[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+    return np.concatenate([np.array(x) for x in client.stream(
+        pieces, pipeline, seed=seed, inflight=parts, chunk_mb=None)])
 
 
-def service_support(channel):
+def service_support(client):
     """None when the server lists every op of SERVICE_OPS, else why not."""
-    from .._stubs import pb
-    method = f"/{pb.DESCRIPTOR.services_by_name['Preprocessor'].full_name}/ListOps"
-    listed = pb.ListOpsResponse.FromString(channel.unary_unary(method)(
-        pb.ListOpsRequest().SerializeToString(), timeout=30))
-    names = {op.name for op in listed.ops}
+    names = {op.name for op in client.list_ops().ops}
     missing = [name for name in SERVICE_OPS if name not in names]
     return f"{NOT_SERVED} (ListOps lacks {', '.join(missing)})" if missing else None
 
@@ -505,11 +414,11 @@ def run(args):
     except ImportError:
         pass
 
-    server = channel = None
-    from .._stubs import pb
-    device = {"cpu": pb.DEVICE_CPU, "cuda": pb.DEVICE_CUDA}.get(args.device, pb.DEVICE_AUTO)
+    server = client = None
     if "tensorprep" in ways:
         import grpc
+
+        from .. import Client
         versions["grpcio"] = grpc.__version__
         server = None if args.address else harness.LocalServer(
             args.server_bin, args.server_threads, args.device, uds=False)
@@ -518,19 +427,17 @@ def run(args):
             results["server"] = (f"{server.ready_line} GLIBC_TUNABLES={server.tunables} "
                                  f"args: {' '.join(server.args[1:])}")
         results["config"]["address"] = address
-        limit = 256 << 20
-        channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
-        grpc.channel_ready_future(channel).result(timeout=30)
-        why = service_support(channel)
+        client, _, _ = harness.make_clients(Client, address, address, ["tensorprep"], args, None)
+        client.wait_ready(30)
+        why = service_support(client)
         if why:
             results["not_served"]["tensorprep"] = why
             skip("tensorprep", why)
         else:
             results["notes"]["tensorprep"] = (
-                f"one ProcessStream over TCP, {args.inflight} requests in flight, one request "
-                f"per batch, results inline; the client decodes each response into a view "
-                f"(no copy)")
+                f"tensorprep.Client.stream over TCP, lists of JPEG bytes as batches, "
+                f"{args.inflight} requests in flight, one request per batch, results inline "
+                f"(lists always travel inline), handed out as views of the responses (no copy)")
     if any(w.startswith("tf") for w in ways):
         results["notes"]["tf"] = ("from_tensor_slices(strings) -> repeat -> map(per image, "
                                   "AUTOTUNE) -> batch -> prefetch(AUTOTUNE)")
@@ -553,8 +460,8 @@ def run(args):
             del p
             return out
         pipe = service_pipeline(cfg)
-        whole = service_batch(channel, encoded, pipe, seed, device)
-        split = service_batch(channel, encoded, pipe, seed, device, parts=2)
+        whole = service_batch(client, encoded, pipe, seed)
+        split = service_batch(client, encoded, pipe, seed, parts=2)
         if not np.array_equal(whole, split):
             raise AssertionError(f"W5 {way}: a batch sent as two requests differs from the same "
                                  f"batch in one (same seed and sample offsets)")
@@ -629,8 +536,7 @@ def run(args):
             encoded, _ = pools[s]
             info = results["sets"][s]
             for b in batches:
-                fields = ([(image_list_field(x), len(x)) for x in batches_of(encoded, b)]
-                          if "tensorprep" in ways else None)
+                lists = batches_of(encoded, b)
                 for way in ways:
                     it = pipe = stream = None
                     replies = []
@@ -643,16 +549,14 @@ def run(args):
                         pipe = dali_pipeline(encoded, WORKLOAD, b, args.dali_threads)
                         next_batch = lambda pipe=pipe: dali_next(pipe)  # noqa: E731
                     else:
-                        stream = ServiceStream(channel, fields, pipe_ops, seed=int(time.time()),
-                                               device=device, inflight=args.inflight,
-                                               timeout=3600)
+                        stream = client.stream(itertools.cycle(lists), pipe_ops,
+                                               inflight=args.inflight, full=True, chunk_mb=None)
                         warm = args.inflight + 2
                         others = server.pid if server else None
 
                         def next_batch(stream=stream, replies=replies):
                             r = next(stream)
-                            replies.append((r.round_trip_s, r.request_bytes, r.response_bytes,
-                                            r.meta.transfer, r.meta.timings,
+                            replies.append((r.round_trip_s, r.transfer, r.timings,
                                             r.images.shape[0]))
                     m = ms.measure(next_batch, b, warmup_s=args.warmup, min_time_s=args.min_time,
                                    repeats=args.repeats, min_batches=3, server_pid=others,
@@ -668,16 +572,15 @@ def run(args):
                         row["server_cpu_us_per_image"] = None
                     if way == "tensorprep":
                         timed = replies[-m.batches:]  # the timed windows' responses
-                        images = sum(r[5] for r in timed)
+                        images = sum(r[3] for r in timed)
                         rts = np.asarray([r[0] for r in timed]) * 1e3
                         row.update(
                             round_trip_p50_ms=float(np.percentile(rts, 50)),
-                            bytes_in_per_image=sum(r[3].inline_bytes_in for r in timed) / images,
-                            bytes_out_per_image=sum(r[3].inline_bytes_out for r in timed) / images,
-                            message_bytes_in_per_image=sum(r[1] for r in timed) / images,
-                            message_bytes_out_per_image=sum(r[2] for r in timed) / images,
+                            bytes_in_per_image=sum(r[1]["inline_bytes_in"] for r in timed) / images,
+                            bytes_out_per_image=(sum(r[1]["inline_bytes_out"] for r in timed)
+                                                 / images),
                             server_stage_us_per_image={
-                                k: sum(getattr(r[4], f"{k}_ns") for r in timed) / images / 1e3
+                                k: sum(r[2][k] for r in timed) / images * 1e6
                                 for k in ("image_decode", "kernel", "decode", "queue", "encode",
                                           "total")})
                     else:
@@ -688,11 +591,11 @@ def run(args):
                           f"p50 {m.p50_ms:8.2f} ms  cpu {m.train_cpu_us_per_image:8.0f} us/img  "
                           f"in {row['bytes_in_per_image'] / 1024:6.1f} KiB/img  "
                           f"load {row['load_avg_1m']}", file=sys.stderr)
-                del fields
+                del lists
                 gc.collect()
     finally:
-        if channel is not None:
-            channel.close()
+        if client is not None:
+            client.close()
         if server:
             server.stop()
 
@@ -792,17 +695,15 @@ def markdown(results):
                  "same set and batch.")
     svc = [r for r in results["rows"] if r["way"] == "tensorprep"]
     if svc:
-        lines += ["", "The service's requests: serialised messages per image (in / out) and the "
-                      "server's stage timings per image (`timings`, summed over the batch's "
-                      "requests; decode = parsing and planning, image decode = the JPEG files):",
-                  "", "| set | batch | message in | message out | round trip p50 ms | "
-                      "image decode µs | kernels µs | decode µs | queue µs | encode µs | "
-                      "total µs |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "The service's stage timings per image (`timings`, wall time summed over "
+                      "the timed responses, with requests in flight overlapping; decode = "
+                      "parsing and planning, image decode = the JPEG files):",
+                  "", "| set | batch | round trip p50 ms | image decode µs | kernels µs | "
+                      "decode µs | queue µs | encode µs | total µs |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in svc:
             st = r["server_stage_us_per_image"]
-            lines.append(f"| {r['set']} | {r['batch']} | {_kib(r['message_bytes_in_per_image'])}"
-                         f" | {_kib(r['message_bytes_out_per_image'])} | "
-                         f"{_fmt(r['round_trip_p50_ms'], 2)} | "
+            lines.append(f"| {r['set']} | {r['batch']} | {_fmt(r['round_trip_p50_ms'], 2)} | "
                          + " | ".join(_fmt(st[k]) for k in ("image_decode", "kernel", "decode",
                                                              "queue", "encode", "total")) + " |")
     for s, chk in results["checks"].items():
