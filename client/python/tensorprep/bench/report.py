@@ -172,6 +172,37 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
+def preamble(results, name):
+    """The first lines of a workload's report: the machine and versions, the load average, the
+    repeats (a sentence the caller may continue)."""
+    m = results["machine"]
+    cfg = results["config"]
+    load = results["load_average"]
+    return [f"{name}: {results['description']}.", "",
+            f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus')} CPUs, {m.get('mem_gib', '?')} "
+            f"GiB; {m.get('platform')}; Python {m.get('python')}; "
+            + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
+            f"Load average (1 min) at the start {_fmt(load.get('start'), 2)}, at the end "
+            f"{_fmt(load.get('end'), 2)}; the `load` column is its value after each cell.",
+            f"Repeats: {cfg['repeats']} × ≥ {cfg['min_time']} s (and ≥ 3 batches) per cell "
+            f"after {cfg['warmup']} s warm-up; images/s is their median"]
+
+
+def write(results, md, out, title, with_chart=True):
+    """Writes a workload's report under ``out`` (benchmark.md, benchmark.json and, with
+    ``with_chart``, benchmark.png titled ``title``) and prints it."""
+    import json
+    import sys
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.md").write_text(md)
+    (out / "benchmark.json").write_text(json.dumps(results, indent=2, default=float))
+    if with_chart:
+        chart(results, out / "benchmark.png", title=title)
+    print(md)
+    print(f"wrote {out / 'benchmark.md'}, {out / 'benchmark.json'}"
+          f"{', ' + str(out / 'benchmark.png') if with_chart else ''}", file=sys.stderr)
+
+
 def chart(results, path, title=None):
     """Grouped bars of images/s (log scale) per workload and batch; needs matplotlib."""
     try:

@@ -36,7 +36,6 @@ CHECK_BOUNDS, and both outcomes must occur. The real workload's batch of every w
 import dataclasses
 import gc
 import itertools
-import json
 import multiprocessing
 import pathlib
 import sys
@@ -597,34 +596,19 @@ def run(args):
     results["targets"] = report.evaluate_targets(
         results["rows"], targets, (), [w for w in SERVICE_WAYS if w in ways or w in not_served])
     out = pathlib.Path(args.out or "out/bench-w4")
-    out.mkdir(parents=True, exist_ok=True)
-    md = markdown(results)
-    (out / "benchmark.md").write_text(md)
-    (out / "benchmark.json").write_text(json.dumps(results, indent=2, default=float))
-    if not args.no_chart:
-        report.chart(results, out / "benchmark.png",
-                     title="W4: tensorprep vs torchvision in a DataLoader and DALI CPU")
-    print(md)
-    print(f"wrote {out / 'benchmark.md'}, {out / 'benchmark.json'}"
-          f"{'' if args.no_chart else ', ' + str(out / 'benchmark.png')}", file=sys.stderr)
+    report.write(results, markdown(results), out,
+                 "W4: tensorprep vs torchvision in a DataLoader and DALI CPU", with_chart=not args.no_chart)
     return 0
 
 
 def markdown(results):
     """The W4 report: setting, one row per way (a not-served service way says so), targets."""
     from .report import _fmt, _ratio
-    m = results["machine"]
+    from . import report
     cfg = results["config"]
-    load = results["load_average"]
-    lines = [f"W4: {results['description']}.", "",
-             f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus')} CPUs, {m.get('mem_gib', '?')} "
-             f"GiB; {m.get('platform')}; Python {m.get('python')}; "
-             + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
-             f"Load average (1 min) at the start {_fmt(load.get('start'), 2)}, at the end "
-             f"{_fmt(load.get('end'), 2)}; the `load` column is its value after each cell.",
-             f"Repeats: {cfg['repeats']} × ≥ {cfg['min_time']} s (and ≥ 3 batches) per cell "
-             f"after {cfg['warmup']} s warm-up; images/s is their median; pool of "
-             f"{max([cfg['pool']] + [r['batch'] for r in results['rows']])} distinct images."]
+    lines = report.preamble(results, NAME)
+    lines[-1] += (f"; pool of {max([cfg['pool']] + [r['batch'] for r in results['rows']])} "
+                  "distinct images.")
     if results.get("server"):
         lines.append(f"Server: `{results['server']}`.")
     for way, note in results["notes"].items():

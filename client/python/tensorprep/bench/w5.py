@@ -48,7 +48,6 @@ import dataclasses
 import gc
 import io
 import itertools
-import json
 import os
 import pathlib
 import sys
@@ -620,16 +619,8 @@ def run(args):
                 "baseline": "float32", "target": BYTES_TARGET, "value": value,
                 "met": None if value is None else value >= BYTES_TARGET})
     out = pathlib.Path(args.out or "out/bench-w5")
-    out.mkdir(parents=True, exist_ok=True)
-    md = markdown(results)
-    (out / "benchmark.md").write_text(md)
-    (out / "benchmark.json").write_text(json.dumps(results, indent=2, default=float))
-    if not args.no_chart:
-        report.chart(results, out / "benchmark.png",
-                     title="W5: JPEG in, tensorprep vs tf.data and DALI CPU")
-    print(md)
-    print(f"wrote {out / 'benchmark.md'}, {out / 'benchmark.json'}"
-          f"{'' if args.no_chart else ', ' + str(out / 'benchmark.png')}", file=sys.stderr)
+    report.write(results, markdown(results), out,
+                 "W5: JPEG in, tensorprep vs tf.data and DALI CPU", with_chart=not args.no_chart)
     return 0
 
 
@@ -640,17 +631,10 @@ def _kib(v):
 def markdown(results):
     """The W5 report: data, one row per set and way, the bytes baseline, stages, targets."""
     from .report import _fmt, _ratio
-    m = results["machine"]
+    from . import report
     cfg = results["config"]
-    load = results["load_average"]
-    lines = [f"W5: {results['description']}.", "",
-             f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus')} CPUs, {m.get('mem_gib', '?')} "
-             f"GiB; {m.get('platform')}; Python {m.get('python')}; "
-             + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
-             f"Load average (1 min) at the start {_fmt(load.get('start'), 2)}, at the end "
-             f"{_fmt(load.get('end'), 2)}; the `load` column is its value after each cell.",
-             f"Repeats: {cfg['repeats']} × ≥ {cfg['min_time']} s (and ≥ 3 batches) per cell "
-             f"after {cfg['warmup']} s warm-up; images/s is their median."]
+    lines = report.preamble(results, NAME)
+    lines[-1] += "."
     if results.get("server"):
         lines.append(f"Server: `{results['server']}`.")
     for s, info in results["sets"].items():
