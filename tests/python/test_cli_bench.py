@@ -10,7 +10,6 @@ test instead of exhausting the machine's memory.
 import collections
 import json
 import os
-import pathlib
 import re
 import signal
 import subprocess
@@ -19,18 +18,11 @@ import tempfile
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from cli import cli_binary
+
 MiB = 1 << 20
 Run = collections.namedtuple("Run", "code stdout stderr peak_rss")
 PROGRESS = re.compile(r"^tensorprep bench: (generated|warm-up|measured) (\d+)/(\d+) ")
-
-
-def cli_binary():
-    path = pathlib.Path(os.environ.get("TENSORPREP_CLI_BIN",
-                                       REPO / "build" / "client" / "cpp" / "tensorprep"))
-    if not path.is_file():
-        pytest.fail(f"CLI binary {path} does not exist; build the tensorprep target first")
-    return path
 
 
 # Linux charges a child the resident size of the process it was forked from (its peak RSS starts

@@ -7,32 +7,17 @@ slicing of the source arrays.
 """
 
 import json
-import os
-import pathlib
 import re
-import subprocess
 
 import numpy as np
 import pytest
 
+from cli import run_cli
+
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (scripts/python-env.sh "
                             "installs it)")
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 SIZES = [(30, 41), (52, 28), (19, 19)]
-
-
-def cli_binary():
-    path = pathlib.Path(os.environ.get("TENSORPREP_CLI_BIN",
-                                       REPO / "build" / "client" / "cpp" / "tensorprep"))
-    if not path.is_file():
-        pytest.fail(f"CLI binary {path} does not exist; build the tensorprep target first")
-    return path
-
-
-def run_cli(*args, timeout=120):
-    return subprocess.run([str(cli_binary()), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")

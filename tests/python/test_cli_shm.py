@@ -9,14 +9,13 @@ conftest (shm_server: --shm-prefix and --uds; server: shared memory off).
 
 import json
 import os
-import pathlib
 import re
-import subprocess
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from cli import run_cli
+
 PIPELINE = json.dumps([
     {"rotate": {"angleDeg": 30, "interpolation": "INTERPOLATION_BILINEAR",
                 "border": "BORDER_EDGE"}},
@@ -24,19 +23,6 @@ PIPELINE = json.dumps([
     {"add": {"value": [1.0]}},
 ])
 TRANSPORT = re.compile(r"^transport=(shm|inline) \((.*)\)$", re.M)
-
-
-def cli_binary():
-    path = pathlib.Path(os.environ.get("TENSORPREP_CLI_BIN",
-                                       REPO / "build" / "client" / "cpp" / "tensorprep"))
-    if not path.is_file():
-        pytest.fail(f"CLI binary {path} does not exist; build the tensorprep target first")
-    return path
-
-
-def run_cli(*args, timeout=120):
-    return subprocess.run([str(cli_binary()), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def shm_objects(prefix):
