@@ -225,7 +225,6 @@ absl::StatusOr<RaggedTensor> CheckImageList(const pb::ImageList& list, const std
   }
   const int channels = list.channels() != 0 ? static_cast<int>(list.channels()) : default_channels;
   out.samples.resize(static_cast<size_t>(list.samples_size()));
-  uint64_t decoded = 0;
   for (int i = 0; i < list.samples_size(); ++i) {
     const pb::ImageSample& in = list.samples(i);
     RaggedSample& s = out.samples[static_cast<size_t>(i)];
@@ -251,7 +250,13 @@ absl::StatusOr<RaggedTensor> CheckImageList(const pb::ImageList& list, const std
               s.h, "x", s.w, " = ", pixels, " pixels, over the server's limit of ",
               image_limits.max_image_pixels, " pixels per image; nothing was decoded"));
         }
-        decoded += pixels * static_cast<uint64_t>(channels);
+        if (pixels * static_cast<uint64_t>(channels) > limits.max_tensor_bytes) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              sp, ".encoded: the ", kernels::ImageFormatName(s.header.format), " of ", s.h, "x",
+              s.w, " decodes to ", pixels * static_cast<uint64_t>(channels),
+              " bytes, over the server's max tensor size of ", limits.max_tensor_bytes,
+              " bytes; nothing was decoded"));
+        }
         out.encoded_bytes += s.encoded.size();
         break;
       }
@@ -260,7 +265,6 @@ absl::StatusOr<RaggedTensor> CheckImageList(const pb::ImageList& list, const std
         if (!st.ok()) return st;
         dtype = s.raw.dtype;
         c = s.raw.shape.c;
-        decoded += s.raw.bytes();
         out.encoded_bytes += s.raw.bytes();
         break;
       }
@@ -278,13 +282,7 @@ absl::StatusOr<RaggedTensor> CheckImageList(const pb::ImageList& list, const std
           " channel(s) like samples[0], got ", kernels::DTypeName(dtype), " with ", c,
           in.kind_case() == pb::ImageSample::kEncoded ? " (a decoded file)" : ""));
     }
-    if (decoded > limits.max_tensor_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          path, ": samples[0..", i, "] decode to ", decoded,
-          " bytes, over the server's max tensor size of ", limits.max_tensor_bytes, " bytes"));
-    }
   }
-  out.decoded_bytes = decoded;
   return out;
 }
 
@@ -370,7 +368,7 @@ absl::StatusOr<Plan> PlanImageList(const pb::Pipeline& pipeline, uint64_t seed,
                    static_cast<uint64_t>(a.c);
       }
     }
-    batch->scratch_bytes += scratch;
+    batch->scratch_bytes = std::max(batch->scratch_bytes, scratch);
     batch->boxes.push_back(box);
     batch->plans.push_back(std::move(*plan));
   }

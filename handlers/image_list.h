@@ -41,7 +41,6 @@ struct RaggedTensor {
   int64_t c = 0;
   int rank = 4;                // of the dense result: 3 (N, H, W) or 4 (N, H, W, C)
   uint64_t encoded_bytes = 0;  // bytes of the list in the request
-  uint64_t decoded_bytes = 0;  // bytes of its decoded samples (whole images)
 };
 
 // A request whose images came as an ImageList, prepared: the checked lists and one plan per
@@ -54,13 +53,13 @@ struct RaggedBatch {
   // Per sample, the part of the main image its plan reads (the whole image unless the first step
   // reads only a box of it and the request has no aux); plans[i] is expressed relative to it.
   std::vector<kernels::DecodeBox> boxes;
-  // Bytes of all decoded samples together: a bound on what decoding holds while the request
-  // runs (each worker thread holds one sample's at a time).
+  // The decoded bytes of the largest sample (its tensors together): each worker thread holds
+  // one sample's at a time while the request runs.
   uint64_t scratch_bytes = 0;
 };
 
-// Limits on encoded samples, besides DecodeLimits' per-tensor bytes (which bound the decoded
-// samples of a list together).
+// Limits on encoded samples, besides DecodeLimits' per-tensor bytes (which bound each decoded
+// sample).
 struct ImageLimits {
   // Declared pixels (height x width) of one encoded image; more is refused from its header,
   // before anything is decoded (a decompression bomb declares a huge size in a few bytes).
@@ -68,8 +67,8 @@ struct ImageLimits {
 };
 
 // Checks `list` (at `path`, e.g. "image_list"): at least one sample; each one encoded (its header
-// read, its size within `image_limits`) or raw ((H, W) or (H, W, C), data of the right size); all
-// of one dtype and C. `default_channels` applies when list.channels is 0. INVALID_ARGUMENT names
+// read, its size within `image_limits` and, decoded, within limits.max_tensor_bytes) or raw ((H, W)
+// or (H, W, C), data of the right size); all of one dtype and C. `default_channels` applies when list.channels is 0. INVALID_ARGUMENT names
 // the sample and field ("image_list.samples[3].encoded: corrupt JPEG file: ..."),
 // RESOURCE_EXHAUSTED a size over a limit. Views point into `list`, which must outlive the result.
 absl::StatusOr<RaggedTensor> CheckImageList(const pb::ImageList& list, const std::string& path,

@@ -257,6 +257,10 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                                  plan_options);
   if (!plan.ok()) return WithRequestId(plan.status(), id);
   prepared->plan = std::move(*plan);
+  if (ragged) {
+    prepared->ragged_threads = std::min<uint64_t>(
+        shape.n, pool_ == nullptr ? 1 : static_cast<uint64_t>(pool_->size()));
+  }
   absl::Status placed = PlaceOutputs(request, shm_, prepared.get());
   if (!placed.ok()) return WithRequestId(placed, id);
 
@@ -329,7 +333,7 @@ uint64_t Processor::AuxOutputBytes(const PreparedRequest& prepared, size_t j) {
 
 uint64_t Processor::InlineOutputBytes(const PreparedRequest& prepared) {
   uint64_t bytes = prepared.main_out.data != nullptr ? 0 : MainOutputBytes(prepared);
-  if (prepared.ragged) bytes += prepared.ragged->scratch_bytes;
+  if (prepared.ragged) bytes += prepared.ragged->scratch_bytes * prepared.ragged_threads;
   for (size_t j = 0; j < prepared.aux.size(); ++j) {
     if (j >= prepared.aux_out.size() || prepared.aux_out[j].data == nullptr) {
       bytes += AuxOutputBytes(prepared, j);

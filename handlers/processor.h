@@ -46,6 +46,7 @@ struct PreparedRequest {
   // Set when the images came as an image_list (main and aux then hold only the dense batch's
   // dtype, C and rank, with no data): the samples and their plans; `plan` gives the dense shape.
   std::unique_ptr<RaggedBatch> ragged;
+  uint64_t ragged_threads = 0;  // threads that decode its samples at once
   int64_t decode_ns = 0;
   uint64_t bytes_in = 0;
   // Input bytes that came inside the message; the rest (bytes_in - inline_bytes_in) were read

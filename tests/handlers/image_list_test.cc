@@ -379,21 +379,38 @@ TEST(ImageListTest, BadInputIsNamed) {
   }
 }
 
+// Each decoded sample is a tensor of its own (the batch of them is never made): the tensor
+// limit applies to each, from its header, before anything is decoded.
 TEST(ImageListTest, DecodedSizeOverTheTensorLimitIsRefusedBeforeDecoding) {
-  const std::string a = EncodePng(SyntheticImage(40, 40, 3, 1), {});
-  Server server(/*max_tensor_bytes=*/40 * 40 * 3 * 2 - 1);
-  auto prepared = server.processor().Prepare(ListOf({a, a}));
+  const std::string small = EncodePng(SyntheticImage(40, 40, 3, 1), {});
+  const std::string large = EncodePng(SyntheticImage(40, 41, 3, 2), {});
+  Server server(/*max_tensor_bytes=*/40 * 40 * 3);
+  auto many = server.processor().Prepare(ListOf({small, small, small}));
+  EXPECT_TRUE(many.ok()) << many.status();
+  auto prepared = server.processor().Prepare(ListOf({small, large}));
   ASSERT_FALSE(prepared.ok());
   EXPECT_EQ(prepared.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(prepared.status().message().find(
-                "image_list: samples[0..1] decode to 9600 bytes, over the server's max tensor "
-                "size of 9599 bytes"),
+                "image_list.samples[1].encoded: the PNG of 40x41 decodes to 4920 bytes, over the "
+                "server's max tensor size of 4800 bytes; nothing was decoded"),
             std::string::npos)
       << prepared.status();
   Server small_images(uint64_t{1} << 40, /*max_image_pixels=*/40 * 40 - 1);
-  auto refused = small_images.processor().Prepare(ListOf({a}));
+  auto refused = small_images.processor().Prepare(ListOf({small}));
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+// While a request runs each worker thread holds one sample's decoded pixels: that, not the whole
+// list, is what the admission budget counts besides the result.
+TEST(ImageListTest, AdmissionCountsOneDecodedSamplePerThread) {
+  const std::string a = EncodePng(SyntheticImage(40, 50, 3, 1), {});
+  const std::string b = EncodePng(SyntheticImage(60, 30, 3, 2), {});
+  Server server;
+  auto prepared = server.processor().Prepare(ListOf({a, b, a, a}));
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  // 4 results of 16x16x3, and 2 threads holding up to the largest sample, 40x50x3.
+  EXPECT_EQ(Processor::InlineOutputBytes(**prepared), 4u * 16 * 16 * 3 + 2u * 40 * 50 * 3);
 }
 
 // A file whose header is fine but whose data is cut short fails when it is decoded, naming it;
