@@ -3,7 +3,7 @@
 It exports the client family (tensorprep_client_call_duration_seconds) with prometheus_client on
 127.0.0.1 (every series at zero first; prints "exporting" and waits for "go" on stdin, sent once
 Prometheus has scraped it), drives known traffic at a running server (successful and failing unary calls, a stream
-with good and bad messages, ListOps), observes the remote calls and the in-process Python
+with good and bad messages, encoded images, ListOps), observes the remote calls and the in-process Python
 callbacks they replace, writes a JSON summary of exactly what it sent and received, prints
 "ready", and keeps serving its metrics until its stdin closes.
 
@@ -40,17 +40,21 @@ N_INVALID_UNARY = 7  # unary with an unspecified dtype
 N_STREAM_RAW_OK = 3  # raw stream: good messages
 N_STREAM_RAW_BAD = 2  # raw stream: messages whose bytes do not match shape x dtype
 N_LIST_OPS = 3
+N_W5 = 3  # unary, 3 PNG files of their own sizes center-cropped to one size (image_decode stage)
 N_CALLBACKS = 20  # in-process Python callbacks per workload
 # The (path, workload) series of the client family this process observes.
-SERIES = ("remote_unary W1", "remote_unary W2", "remote_stream W3", "python_callback W1",
-          "python_callback W3")
+SERIES = ("remote_unary W1", "remote_unary W2", "remote_stream W3", "remote_unary W5",
+          "python_callback W1", "python_callback W3")
 
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def _payload_bytes(images, aux):
-    return int(images.nbytes) + sum(int(a.nbytes) for a in aux.values())
+    """Tensor bytes as the server counts them: an encoded file is its length."""
+    def size(x):
+        return sum(len(f) for f in x) if isinstance(x, list) else int(x.nbytes)
+    return size(images) + sum(size(a) for a in aux.values())
 
 
 class Tally:
@@ -71,10 +75,10 @@ class Tally:
 
     def ok(self, rpc, res, images, aux):
         self.requests[f"{rpc} OK"] += 1
-        self.samples_ok += int(images.shape[0])
+        self.samples_ok += len(images) if isinstance(images, list) else int(images.shape[0])
         self.bytes_in_ok += _payload_bytes(images, aux)
         self.bytes_out += _payload_bytes(res.images, res.aux)
-        for stage in ("decode", "queue", "kernel", "encode", "total"):
+        for stage in ("decode", "queue", "kernel", "encode", "image_decode", "total"):
             self.timings[stage] += res.timings[stage]
         self.timings_count += 1
         self.devices[res.device] += 1
@@ -120,6 +124,31 @@ def run_w3_stream(client, tally):
             want = labels[k, :, ::-1] if flipped else labels[k]
             if not np.array_equal(res.aux["labels"][k], want):
                 tally.errors.append(f"W3 label {k} did not follow its image")
+
+
+def run_w5(client, tally):
+    """Encoded images in: PNG files of three sizes (even margins, so the centre is exact),
+    center-cropped to one dense batch."""
+    import io
+
+    from PIL import Image
+    rng = np.random.default_rng(5)
+    sizes = [(40, 52), (62, 34), (32, 32)]
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    files = []
+    for a in arrays:
+        out = io.BytesIO()
+        Image.fromarray(a).save(out, format="PNG")
+        files.append(out.getvalue())
+    for i in range(N_W5):
+        res = client.call(files, [tp.ops.center_crop(24, 24)], workload="W5",
+                          request_id=f"{tally.marker}-w5-{i}")
+        want = np.stack([a[(h - 24) // 2:(h + 24) // 2, (w - 24) // 2:(w + 24) // 2]
+                         for a, (h, w) in zip(arrays, sizes)])
+        if not np.array_equal(res.images, want):
+            tally.errors.append("W5 result differs from the center crops")
+        tally.ok("Process", res, files, {})
+        tally.client_calls["remote_unary W5"] += 1
 
 
 def run_invalid_unary(channel, tally):
@@ -171,6 +200,7 @@ def run_raw_stream(channel, tally):
                                  "queue": resp.timings.queue_ns * 1e-9,
                                  "kernel": resp.timings.kernel_ns * 1e-9,
                                  "encode": resp.timings.encode_ns * 1e-9,
+                                 "image_decode": resp.timings.image_decode_ns * 1e-9,
                                  "total": resp.timings.total_ns * 1e-9})
         tally.ok("ProcessStream", res, img, {})
 
@@ -233,6 +263,7 @@ def main():
         run_invalid_unary(channel, tally)
         run_w2(client, tally)
         run_w3_stream(client, tally)
+        run_w5(client, tally)
         run_raw_stream(channel, tally)
         run_callbacks(registry, tally)
 

@@ -26,7 +26,7 @@ GRPC_CODES = {
 SERVER_LABELS = {"rpc", "code", "stage", "device", "op", "version", "le", "transport",
                  "direction", "protocol", "model"}
 TRANSPORTS = {"inline", "shm", "mixed"}
-STAGES = ("decode", "queue", "kernel", "encode")
+STAGES = ("decode", "queue", "kernel", "encode", "image_decode")
 
 # Grafana's $__rate_interval, replaced for the test: longer than the whole test, so every window
 # starts at the first scrape (all series at zero) and no observation falls out of it.
