@@ -118,3 +118,67 @@ def test_collate_on_shared_memory_stacks_into_the_pool(shm_server):
     # The stacked batch lives in the pool, so the request names it: no copy into shared memory.
     stacked = tp_torch._stack(collate._client, [x[0], x[1]])
     assert collate._client._pool.locate(stacked) is not None
+
+
+def _png(array):
+    import io
+
+    from PIL import Image
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+class _EncodedDataset(torch.utils.data.Dataset):
+    """What an ImageNet-style dataset that reads files returns: the encoded bytes and a target
+    (a class index, or the mask's PNG file)."""
+
+    def __init__(self, images, targets):
+        self.images, self.targets = images, targets
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return _png(self.images[i]), self.targets[i]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_collate_sends_encoded_files_and_passes_class_targets_through(server, workers):
+    sizes = [(20, 30), (26, 18), (24, 24), (31, 22), (18, 40), (22, 22)]
+    images = [RNG.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    classes = list(range(10, 16))
+    loader = torch.utils.data.DataLoader(
+        _EncodedDataset(images, classes), batch_size=3, num_workers=workers,
+        collate_fn=tp_torch.Collate(server.address, [tp.ops.center_crop(16, 16),
+                                                     tp.ops.channels_first()]))
+    got = list(loader)
+    assert len(got) == 2
+    for b, (x, y) in enumerate(got):
+        assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
+        assert y.tolist() == classes[3 * b:3 * b + 3]
+        for k in range(3):
+            a = images[3 * b + k]
+            top, left = round((a.shape[0] - 16) / 2), round((a.shape[1] - 16) / 2)
+            np.testing.assert_array_equal(x[k].numpy(),
+                                          a[top:top + 16, left:left + 16].transpose(2, 0, 1))
+
+
+def test_collate_sends_png_masks_beside_encoded_images(server):
+    sizes = [(20, 30), (26, 18)]
+    images = [RNG.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    masks = [RNG.integers(0, 21, (h, w), dtype=np.uint8) for h, w in sizes]
+    collate = tp_torch.Collate(server.address, [tp.ops.crop(2, 3, 12, 14), tp.flip("horizontal")])
+    x, m = collate([(_png(a), _png(b)) for a, b in zip(images, masks)])
+    assert x.shape == (2, 12, 14, 3) and m.shape == (2, 12, 14)
+    for k in range(2):
+        np.testing.assert_array_equal(x[k].numpy(), images[k][2:14, 3:17][:, ::-1])
+        np.testing.assert_array_equal(m[k].numpy(), masks[k][2:14, 3:17][:, ::-1])
+
+
+def test_collate_passes_class_targets_of_dense_images_through(server):
+    x = RNG.random((4, 8, 8, 3)).astype(np.float32)
+    collate = tp_torch.Collate(server.address, [tp.flip("vertical")])
+    images, targets = collate([(torch.from_numpy(x[k]), torch.tensor(k * 2)) for k in range(4)])
+    np.testing.assert_array_equal(images.numpy(), x[:, ::-1])
+    assert targets.tolist() == [0, 2, 4, 6]

@@ -31,6 +31,7 @@ import torch
 import torch.utils.data
 
 from ..client import Client
+from ..wire import is_encoded_item
 
 
 def _to_torch(value):
@@ -91,8 +92,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 class Collate:
     """A DataLoader ``collate_fn``: stacks the samples and processes them in one request.
 
-    Samples are arrays/tensors (images) or (image, label) pairs; returns a tensor or
-    (images, labels) tensors. The connection is opened lazily in each process that calls it.
+    Samples are images or (image, label) pairs; returns a tensor or (images, labels) tensors.
+    An image is an array/tensor, or an encoded JPEG/PNG file (``bytes``, or a path) that the
+    server decodes: a batch of files goes as a list of samples (each of its own size; the
+    pipeline must bring them to one). A label is a mask that follows the geometry (an array of the
+    image's height and width, or a PNG file beside an encoded image), or a class target (a number
+    or 0-d array/tensor), which is not sent and comes back as one tensor, in order. The connection
+    is opened lazily in each process that calls it.
     """
 
     def __init__(self, address, pipeline, *, seed=None, device=None, timeout=None,
@@ -122,15 +128,31 @@ class Collate:
         if not samples:
             raise ValueError("Collate: empty batch")
         conn = self._conn()
-        if isinstance(samples[0], (tuple, list)):
-            images = _stack(conn, [_to_numpy(s[0]) for s in samples])
-            labels = _stack(conn, [_to_numpy(s[1]) for s in samples])
+        pairs = isinstance(samples[0], (tuple, list))
+        images = [s[0] for s in samples] if pairs else list(samples)
+        labels = [s[1] for s in samples] if pairs else None
+        targets = None
+        if labels is not None and all(_is_target(v) for v in labels):
+            targets, labels = torch.as_tensor(np.array([_to_numpy(v) for v in labels])), None
+        if any(is_encoded_item(x) for x in images):
+            images = list(images)  # a list of files: decoded by the server
+            if labels is not None:
+                labels = [v if is_encoded_item(v) else _to_numpy(v) for v in labels]
         else:
-            images = _stack(conn, [_to_numpy(s) for s in samples])
-            labels = None
+            images = _stack(conn, [_to_numpy(x) for x in images])
+            if labels is not None:
+                labels = _stack(conn, [_to_numpy(v) for v in labels])
         out = conn.process(images, self.pipeline, labels=labels, seed=self.seed,
                            device=self.device, timeout=self.timeout)
-        return _to_torch(out)
+        out = _to_torch(out)
+        return out if targets is None else (out, targets)
+
+
+def _is_target(value):
+    """A class target: a number, or a 0-d array or tensor (not a mask, not a file)."""
+    if isinstance(value, (bool, int, float, np.number)):
+        return True
+    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0
 
 
 def _stack(client, arrays):
