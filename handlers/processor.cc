@@ -100,6 +100,16 @@ absl::Status PlaceOutputs(const pb::ProcessRequest& request, const SharedMemoryR
   return absl::OkStatus();
 }
 
+// An image list as the dense batch it becomes, without data: N, dtype, C and rank, which the
+// outputs are made from (their H and W come from the plan).
+DecodedTensor DenseOutline(const RaggedTensor& list, int64_t n) {
+  DecodedTensor t;
+  t.view.dtype = list.dtype;
+  t.view.shape = {n, 1, 1, list.c};
+  t.rank = list.rank;
+  return t;
+}
+
 // True when a shared-memory region the request used broke while it ran.
 bool AnyRegionBroken(const PreparedRequest& p) {
   auto broken = [](const ShmSpan& s) { return s.pin && s.pin.region()->broken(); };
@@ -150,10 +160,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
     prepared->ragged = std::make_unique<RaggedBatch>();
     prepared->ragged->main = std::move(*list);
     const RaggedTensor& m = prepared->ragged->main;
-    // No data: the dense batch's N, dtype, C and rank, which the outputs are made from.
-    prepared->main.view.dtype = m.dtype;
-    prepared->main.view.shape = {static_cast<int64_t>(m.samples.size()), 1, 1, m.c};
-    prepared->main.rank = m.rank;
+    prepared->main = DenseOutline(m, static_cast<int64_t>(m.samples.size()));
     bytes_in = inline_bytes_in = m.encoded_bytes;
   } else {
     auto main = DecodeBatch(request.images(), "images", options_.limits, shm_);
@@ -187,9 +194,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
       auto list = CheckImageList(a.list(), path + ".list", 1, options_.limits,
                                  options_.image_limits);
       if (!list.ok()) return WithRequestId(list.status(), id);
-      decoded.view.dtype = list->dtype;
-      decoded.view.shape = {shape.n, 1, 1, list->c};
-      decoded.rank = list->rank;
+      decoded = DenseOutline(*list, shape.n);
       bytes_in += list->encoded_bytes;
       inline_bytes_in += list->encoded_bytes;
       prepared->ragged->aux.push_back(std::move(*list));
@@ -202,17 +207,20 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
       return WithRequestId(
           absl::InvalidArgumentError(absl::StrCat(path, ".tensor: expected a tensor, got none")),
           id);
-    }
-    auto aux = ragged ? absl::StatusOr<DecodedTensor>(std::move(decoded))
-                      : DecodeBatch(a.tensor(), path + ".tensor", options_.limits, shm_);
-    if (!aux.ok()) return WithRequestId(aux.status(), id);
-    const kernels::BatchShape& as = aux->view.shape;
-    if (!ragged && (as.n != shape.n || as.h != shape.h || as.w != shape.w)) {
-      return WithRequestId(
-          absl::InvalidArgumentError(absl::StrCat(
-              path, ".tensor.shape: expected N,H,W = ", shape.n, ",", shape.h, ",", shape.w,
-              " (the images' batch and size), got ", as.n, ",", as.h, ",", as.w)),
-          id);
+    } else {
+      auto aux = DecodeBatch(a.tensor(), path + ".tensor", options_.limits, shm_);
+      if (!aux.ok()) return WithRequestId(aux.status(), id);
+      const kernels::BatchShape& as = aux->view.shape;
+      if (as.n != shape.n || as.h != shape.h || as.w != shape.w) {
+        return WithRequestId(
+            absl::InvalidArgumentError(absl::StrCat(
+                path, ".tensor.shape: expected N,H,W = ", shape.n, ",", shape.h, ",", shape.w,
+                " (the images' batch and size), got ", as.n, ",", as.h, ",", as.w)),
+            id);
+      }
+      bytes_in += aux->view.bytes();
+      if (!aux->shm.pin) inline_bytes_in += aux->view.bytes();
+      decoded = std::move(*aux);
     }
     if (a.interpolation() < pb::INTERPOLATION_UNSPECIFIED ||
         a.interpolation() > pb::INTERPOLATION_BILINEAR) {
@@ -233,11 +241,7 @@ absl::StatusOr<std::unique_ptr<PreparedRequest>> Processor::Prepare(
                                                                : kernels::Interp::kNearest;
     s.fill = a.fill();
     sampling.push_back(s);
-    if (!ragged) {
-      bytes_in += aux->view.bytes();
-      if (!aux->shm.pin) inline_bytes_in += aux->view.bytes();
-    }
-    prepared->aux.push_back(std::move(*aux));
+    prepared->aux.push_back(std::move(decoded));
   }
 
   if (request.device() < pb::DEVICE_AUTO || request.device() > pb::DEVICE_CUDA) {

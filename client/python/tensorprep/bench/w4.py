@@ -409,13 +409,7 @@ def run(args):
         except ImportError:
             for way in [w for w in ways if w.startswith("torch-w")]:
                 skip(way, "torch / torchvision are not installed (scripts/python-env.sh)")
-    if "dali" in ways:
-        try:
-            import nvidia.dali
-            versions["dali"] = nvidia.dali.__version__
-        except ImportError:
-            skip("dali", "nvidia-dali is not installed (pip install -r "
-                         "client/python/requirements-bench.txt)")
+    probe_dali(ways, versions, skip)
 
     server = client = shm = None
     not_served = {}
@@ -599,6 +593,19 @@ def run(args):
     report.write(results, markdown(results), out,
                  "W4: tensorprep vs torchvision in a DataLoader and DALI CPU", with_chart=not args.no_chart)
     return 0
+
+
+def probe_dali(ways, versions, skip):
+    """With "dali" among ``ways``: DALI's version into ``versions``, or skip(way, why) when it
+    does not import."""
+    if "dali" not in ways:
+        return
+    try:
+        import nvidia.dali
+        versions["dali"] = nvidia.dali.__version__
+    except ImportError:
+        skip("dali", "nvidia-dali is not installed (pip install -r "
+                     "client/python/requirements-bench.txt)")
 
 
 def markdown(results):

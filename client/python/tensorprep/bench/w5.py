@@ -400,13 +400,7 @@ def run(args):
         except ImportError:
             for way in [w for w in ways if w.startswith("tf")]:
                 skip(way, "tensorflow is not installed")
-    if "dali" in ways:
-        try:
-            import nvidia.dali
-            versions["dali"] = nvidia.dali.__version__
-        except ImportError:
-            skip("dali", "nvidia-dali is not installed (pip install -r "
-                         "client/python/requirements-bench.txt)")
+    w4.probe_dali(ways, versions, skip)
     try:
         import PIL
         versions["pillow"] = PIL.__version__
